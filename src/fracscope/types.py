@@ -1,0 +1,93 @@
+"""The typed objects that flow between stages.
+
+SEM image → particle instances → per-particle crops → CNN → measurements → tables.
+Every stage takes and returns these, so each can be tested alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+
+CLASS_NAMES: tuple[str, ...] = ("intact", "mildly_damaged", "broken")
+
+
+class Phase(IntEnum):
+    """Codes of a phase map (uint8)."""
+
+    BACKGROUND = 0  # matrix / outside any particle
+    SOLID = 1
+    PORE = 2
+    CRACK = 3
+
+
+PHASE_NAMES: tuple[str, ...] = ("background", "solid", "pore", "crack")
+
+
+@dataclass
+class SEMImage:
+    """One grayscale SEM image (one page of a file).
+
+    pixels: 2-D array as read (uint8, uint16 or float32); never rescaled here.
+    pixel_size_um: edge length of one pixel in µm, or None when unknown.
+    pixel_size_source: where pixel_size_um came from ("override", "fei", "zeiss",
+        "tiff_resolution", "imagej", "coco", "synthetic", "none").
+    """
+
+    pixels: np.ndarray
+    pixel_size_um: float | None
+    pixel_size_source: str = "none"
+    source: str = ""
+    page: int = 0
+
+
+@dataclass
+class ParticleAnnotation:
+    """Ground truth or prediction for one particle of an image.
+
+    particle_id is the particle's value in the instance label map.
+    class_name is one of CLASS_NAMES, or None when unlabelled.
+    measurements holds extra per-particle numbers (porosity_pct, eq_diameter_um, ...).
+    """
+
+    particle_id: int
+    class_name: str | None
+    measurements: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class AnnotatedImage:
+    """An image with optional instance and phase ground truth: one dataset sample.
+
+    instances: uint32 label map (0 = no particle) or None.
+    phases: uint8 map of Phase codes or None (no pore/crack annotation).
+    """
+
+    image: SEMImage
+    stem: str
+    instances: np.ndarray | None = None
+    phases: np.ndarray | None = None
+    particles: list[ParticleAnnotation] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ParticleCrop:
+    """A fixed-size crop centred on one particle, as the CNN sees it.
+
+    image: float32 (S, S), robustly normalised intensity.
+    mask: float32 (S, S) in {0, 1}: this particle's own mask.
+    phases: uint8 (S, S) phase codes, or None when unknown.
+    scale: output pixels per input pixel (crop pixel size = pixel_size_um / scale).
+    bbox: (row0, col0, row1, col1) of the crop window in the source image (may exceed it).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    phases: np.ndarray | None
+    particle_id: int
+    scale: float
+    bbox: tuple[int, int, int, int]
+    class_index: int | None = None
