@@ -91,3 +91,42 @@ class ParticleCrop:
     scale: float
     bbox: tuple[int, int, int, int]
     class_index: int | None = None
+
+
+@dataclass
+class ParticleResult:
+    """What inference concluded about one particle.
+
+    probs: class probabilities in CLASS_NAMES order.
+    measurements: the columns of `fracscope.measure.measure_particle` (µm units when
+        the image's pixel size is known, pixel units otherwise).
+    bbox: (row0, col0, row1, col1) of the particle in the image, end-exclusive.
+    crop: the ParticleCrop the model saw (kept for review sheets; may be None).
+    """
+
+    particle_id: int
+    class_name: str
+    probs: tuple[float, ...]
+    low_confidence: bool
+    touches_border: bool
+    too_small: bool
+    bbox: tuple[int, int, int, int]
+    measurements: dict[str, float] = field(default_factory=dict)
+    crop: ParticleCrop | None = None
+
+
+@dataclass
+class ImageResult:
+    """Everything inference produced for one image page.
+
+    instances: uint32 label map whose ids are the particles' particle_id.
+    phases: uint8 predicted phase map on the image grid (Phase codes).
+    group: the sample group (sub-folder name or from a mapping CSV).
+    """
+
+    image: SEMImage
+    stem: str
+    group: str
+    instances: np.ndarray
+    phases: np.ndarray
+    particles: list[ParticleResult] = field(default_factory=list)
