@@ -117,3 +117,21 @@ def test_measure_particle_units():
     assert eq_diameter_um(mask, 0.1) == pytest.approx(m["eq_diameter_um"])
     px = measure_particle(mask, phases, pixel_size_um=None)
     assert px["area_um2"] == pytest.approx(400.0)
+
+
+def test_threshold_phases_finds_dark_and_bright_pores():
+    from fracscope.measure.threshold import threshold_phases
+
+    mask = disc((60, 60), (30, 30), 25)
+    img = np.where(mask, 200.0, 40.0)
+    pores = mask & (np.add.outer(np.arange(60), np.arange(60)) % 7 == 0)
+    dark = np.where(pores, 60.0, img)
+    phases = threshold_phases(dark, mask, "dark")
+    assert porosity_pct(phases, mask) == pytest.approx(100.0 * pores.sum() / mask.sum())
+    bright = np.where(pores, 255.0, img)
+    assert porosity_pct(threshold_phases(bright, mask, "bright"), mask) == pytest.approx(
+        100.0 * pores.sum() / mask.sum()
+    )
+    assert (threshold_phases(dark, mask)[~mask] == 0).all()
+    with pytest.raises(ValueError, match="polarity"):
+        threshold_phases(dark, mask, "grey")
