@@ -1,0 +1,194 @@
+"""Reading and writing the rasters of a dataset: images, label maps, phase maps.
+
+Kept apart from `fracscope.io` on purpose: datasets need exact round trips of
+label maps and phase PNGs, and only the TIFF pixel-size conventions that the
+dataset writers themselves use (ImageJ resolution + unit, or a resolution in
+centimetres/inches).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
+
+# Micrometres per unit, for the unit strings that ImageJ and tifffile write.
+_UNIT_UM: dict[str, float] = {
+    "um": 1.0,
+    "µm": 1.0,
+    "μm": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometre": 1e-3,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+# A pixel size outside this range (µm) is a print DPI, not a microscope calibration.
+_PLAUSIBLE_PX_UM: tuple[float, float] = (1e-5, 10.0)
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular file with a raster image suffix."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def tiff_pixel_size_um(tif: tifffile.TiffFile) -> float | None:
+    """Pixel edge in µm from ImageJ metadata or the TIFF resolution tags, else None."""
+    page = tif.pages[0]
+    tags = page.tags
+    if "XResolution" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    if num == 0 or den == 0:
+        return None
+    px_per_unit = num / den
+    unit_um = None
+    ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+    if ij_unit is not None:
+        unit_um = _UNIT_UM.get(str(ij_unit).strip().lower())
+    if unit_um is None:
+        res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
+        unit_um = {2: 25400.0, 3: 10000.0}.get(res_unit)
+    if unit_um is None:
+        return None
+    px_um = unit_um / px_per_unit
+    lo, hi = _PLAUSIBLE_PX_UM
+    return px_um if lo <= px_um <= hi else None
+
+
+def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Collapse an (H, W, 3|4) colour array (BGR order from cv2) to one channel."""
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        rgb = arr[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            return np.ascontiguousarray(rgb[..., 0])
+        return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_BGR2GRAY)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a 2-D grayscale image, got shape {arr.shape}")
+    return arr
+
+
+def _cv2_read(path: Path) -> np.ndarray:
+    # np.fromfile + imdecode also works for non-ASCII paths, unlike cv2.imread.
+    arr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise ValueError(f"{path}: not a readable image")
+    return arr
+
+
+def read_image(path: Path, keep_pages: bool = False) -> tuple[np.ndarray, float | None]:
+    """Read a grayscale image and the pixel size stored in it.
+
+    Parameters
+    ----------
+    path : Path
+        TIFF, PNG, JPEG or BMP file.
+    keep_pages : bool
+        Keep all pages of a multi-page TIFF as a (pages, H, W) array; otherwise
+        only the first page is returned.
+
+    Returns
+    -------
+    pixels : ndarray
+        As stored (uint8, uint16 or float); colour is collapsed to gray.
+    pixel_size_um : float or None
+        From the TIFF resolution (see `tiff_pixel_size_um`); None for other formats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        with tifffile.TiffFile(path) as tif:
+            arr = tif.asarray()
+            px = tiff_pixel_size_um(tif)
+            is_rgb = tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
+        if is_rgb:
+            arr = arr[..., ::-1]  # to BGR, the order _to_gray expects
+        if arr.ndim == 3 and not is_rgb and not keep_pages:
+            arr = arr[0]
+        return (arr if (keep_pages and not is_rgb) else _to_gray(arr, path)), px
+    return _to_gray(_cv2_read(path), path), None
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """Read an instance label image as uint32 (0 = no particle).
+
+    Float label images (Fiji writes 32-bit float) are accepted when every value
+    is a non-negative integer.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label image not found: {path}")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        arr = tifffile.imread(path)
+    else:
+        arr = _cv2_read(path)
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: a label image must be 2-D, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError(f"{path}: label image holds non-integer values")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"{path}: label image holds negative values")
+    return arr.astype(np.uint32)
+
+
+def read_phase_map(path: Path) -> np.ndarray:
+    """Read a uint8 phase map (codes 0-3) from PNG or TIFF."""
+    path = Path(path)
+    arr = tifffile.imread(path) if path.suffix.lower() in TIFF_SUFFIXES else _cv2_read(path)
+    arr = np.squeeze(arr)
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: a phase map must be 2-D, got shape {arr.shape}")
+    if arr.size and int(arr.max()) > 3:
+        raise ValueError(f"{path}: phase codes must be 0-3 (matrix, solid, pore, crack); max is {arr.max()}")
+    return arr.astype(np.uint8)
+
+
+def write_image_tiff(path: Path, pixels: np.ndarray, pixel_size_um: float | None) -> None:
+    """Write an image as an ImageJ TIFF with the pixel size as resolution in µm.
+
+    uint8, uint16 and float32 images are ImageJ-compatible; other dtypes are
+    written as plain TIFF with the resolution in centimetres.
+    """
+    pixels = np.asarray(pixels)
+    kwargs: dict = {}
+    imagej = pixels.dtype in (np.uint8, np.uint16, np.float32)
+    if pixel_size_um is not None:
+        if imagej:
+            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
+        else:
+            per_cm = 1e4 / pixel_size_um
+            kwargs["resolution"] = (per_cm, per_cm)
+            kwargs["resolutionunit"] = "CENTIMETER"
+    if imagej:
+        kwargs["imagej"] = True
+        kwargs["metadata"] = {"axes": "ZYX" if pixels.ndim == 3 else "YX"}
+        if pixel_size_um is not None:  # without a unit, ImageJ's default 1 px/unit means "uncalibrated"
+            kwargs["metadata"]["unit"] = "um"
+    tifffile.imwrite(path, pixels, **kwargs)
+
+
+def write_label_tiff(path: Path, labels: np.ndarray) -> None:
+    """Write a label map losslessly as a zlib-compressed uint32 TIFF."""
+    tifffile.imwrite(path, np.asarray(labels, dtype=np.uint32), compression="zlib")
+
+
+def write_png(path: Path, arr: np.ndarray) -> None:
+    """Write a uint8 or uint16 2-D array as PNG (lossless)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG")
+    buf.tofile(str(path))
