@@ -1,0 +1,180 @@
+"""predictions_coco.json: predictions as COCO instance segmentation with RLE masks.
+
+Load it into CVAT (or any COCO tool), correct classes and masks, export, and train on
+the corrections. Written in two steps so memory stays bounded: each image's record
+is appended as one JSON line to a partial file while the run goes, and the COCO file
+is assembled from it at close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from scipy import ndimage as ndi
+
+from fracscope.report.tables import PROB_COLUMNS, image_key
+from fracscope.types import CLASS_NAMES, ImageResult
+
+COCO_JSON = "predictions_coco.json"
+COCO_PARTIAL = ".predictions_coco.partial.jsonl"
+CATEGORIES: list[dict] = [
+    {"id": i + 1, "name": name, "supercategory": "particle"} for i, name in enumerate(CLASS_NAMES)
+]
+
+
+def strip_rle(strip: np.ndarray, col0: int, width: int) -> dict:
+    """Compressed COCO RLE of a full-image mask that is empty outside columns col0 …
+
+    Parameters
+    ----------
+    strip : ndarray of bool, shape (H, w)
+        The mask restricted to columns col0 .. col0 + w (all rows).
+    col0 : int
+        First column of the strip in the image.
+    width : int
+        Image width.
+
+    Returns
+    -------
+    dict
+        {"size": [H, W], "counts": str}, identical to `pycocotools.mask.encode` of the
+        full mask, at the cost of the strip only.
+    """
+    h, w = strip.shape
+    flat = np.ascontiguousarray(strip.T).ravel()  # COCO RLE runs down columns
+    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
+    bounds = np.concatenate(([0], change, [flat.size]))
+    runs = np.diff(bounds).tolist()
+    if flat.size and flat[0]:
+        runs.insert(0, 0)  # RLE always starts with a run of zeros
+    before, after = col0 * h, (width - col0 - w) * h
+    runs[0] += before
+    if len(runs) % 2 == 1:  # ends on a zero run: extend it
+        runs[-1] += after
+    elif after:
+        runs.append(after)
+    rle = mask_utils.frPyObjects({"size": [h, width], "counts": runs}, h, width)
+    return {"size": [h, width], "counts": rle["counts"].decode("ascii")}
+
+
+def image_record(result: ImageResult) -> dict:
+    """COCO image entry (without id) and its annotations (without ids) for one image."""
+    image, page = image_key(result)
+    labels = result.instances
+    h, w = labels.shape[:2]
+    same_stem = Path(image).stem == result.stem
+    record = {
+        "image": {
+            "file_name": Path(image).name if same_stem else f"{result.stem}.tif",
+            "width": int(w),
+            "height": int(h),
+            "source": image,
+            "page": page,
+            "stem": result.stem,
+            "group": result.group,
+            "pixel_size_um": result.image.pixel_size_um,
+            "pixel_size_source": result.image.pixel_size_source,
+        },
+        "annotations": [],
+    }
+    objects = ndi.find_objects(labels)
+    for p in result.particles:
+        pid = int(p.particle_id)
+        if pid < 1 or pid > len(objects) or objects[pid - 1] is None:
+            continue
+        rs, cs = objects[pid - 1]
+        strip = labels[:, cs] == pid
+        area = int(np.count_nonzero(strip[rs]))
+        cls = CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else None
+        if cls is None:
+            continue
+        attrs = {
+            "particle_id": pid,
+            "low_confidence": bool(p.low_confidence),
+            "touches_border": bool(p.touches_border),
+            "too_small": bool(p.too_small),
+        }
+        attrs.update({c: float(v) for c, v in zip(PROB_COLUMNS, p.probs)})
+        record["annotations"].append(
+            {
+                "category_id": cls + 1,
+                "segmentation": strip_rle(strip, cs.start, w),
+                "area": area,
+                "bbox": [cs.start, rs.start, cs.stop - cs.start, rs.stop - rs.start],
+                "iscrowd": 0,
+                "score": float(p.probs[cls]),
+                "attributes": attrs,
+            }
+        )
+    return record
+
+
+def _filter_partial(path: Path, done: set[tuple[str, int]]) -> None:
+    """On resume keep only complete records of images that were committed."""
+    if not path.exists():
+        return
+    tmp = path.with_suffix(".tmp")
+    seen = set()
+    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+        for line in src:
+            try:
+                rec = json.loads(line)
+                key = (rec["image"]["source"], int(rec["image"]["page"]))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                continue  # a line cut short by a crash
+            if key in done and key not in seen:
+                seen.add(key)
+                dst.write(line if line.endswith("\n") else line + "\n")
+    os.replace(tmp, path)
+
+
+class CocoWriter:
+    """Streams COCO records per image and assembles predictions_coco.json at close."""
+
+    def __init__(self, output_dir: str | os.PathLike, resume: bool = False, done: set[tuple[str, int]] = frozenset()):
+        self.output_dir = Path(output_dir)
+        self.partial = self.output_dir / COCO_PARTIAL
+        if resume:
+            _filter_partial(self.partial, set(done))
+        self._file = self.partial.open("a" if resume else "w", encoding="utf-8")
+
+    def add(self, result: ImageResult) -> None:
+        """Append one image's record (one JSON line, flushed)."""
+        self._file.write(json.dumps(image_record(result)) + "\n")
+        self._file.flush()
+
+    def close(self, info: dict | None = None) -> Path:
+        """Write predictions_coco.json (images, annotations, categories).
+
+        The partial file stays: a later resumed run appends to it.
+        """
+        self._file.close()
+        path = self.output_dir / COCO_JSON
+        tmp = path.with_suffix(".json.tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            out.write('{"info": ' + json.dumps(info or {}, default=str))
+            out.write(', "categories": ' + json.dumps(CATEGORIES))
+            # Two passes over the partial file: images first, then annotations,
+            # without holding either list in memory.
+            out.write(', "images": [')
+            for i, rec in enumerate(self._records()):
+                out.write((", " if i else "") + json.dumps({"id": i + 1, **rec["image"]}))
+            out.write('], "annotations": [')
+            ann_id = 0
+            for i, rec in enumerate(self._records()):
+                for ann in rec["annotations"]:
+                    ann_id += 1
+                    out.write((", " if ann_id > 1 else "") + json.dumps({"id": ann_id, "image_id": i + 1, **ann}))
+            out.write("]}\n")
+        os.replace(tmp, path)
+        return path
+
+    def _records(self):
+        with self.partial.open(encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    yield json.loads(line)

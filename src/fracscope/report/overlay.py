@@ -1,0 +1,209 @@
+"""Overlay PNGs: the SEM image with particle outlines by class, pores and cracks tinted.
+
+Everything is array arithmetic on the (downsampled) label and phase maps; text and
+the legend are drawn with Pillow. About 0.3 s for a 2048 × 1536 image, PNG
+writing included.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from fracscope.types import CLASS_NAMES, ImageResult, Phase
+
+OVERLAYS_DIR = "overlays"
+CLASS_RGB: dict[str, tuple[int, int, int]] = {
+    "intact": (40, 200, 60),
+    "mildly_damaged": (255, 150, 0),
+    "broken": (235, 30, 30),
+}
+PORE_RGB = (0, 230, 255)
+CRACK_RGB = (255, 0, 255)
+PORE_ALPHA = 0.55
+CRACK_ALPHA = 0.8
+
+
+def normalise_to_uint8(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+    """Percentile-stretch a grayscale image to uint8 (robust to hot pixels and 16-bit data).
+
+    RGB(A) input is shown as its mean over the colour channels.
+    """
+    a = np.asarray(pixels)
+    if a.ndim == 3:
+        a = a[..., :3].mean(axis=2, dtype=np.float32)
+    # Percentiles of a strided sample: the same answer to within a grey level, much faster.
+    step = max(1, int(math.sqrt(a.size / 250_000)))
+    lo, hi = np.percentile(a[::step, ::step], [low_pct, high_pct])
+    if hi <= lo:
+        hi = lo + 1.0
+    if a.dtype in (np.uint8, np.uint16):
+        # A lookup table over every possible value beats float arithmetic per pixel.
+        levels = np.arange(256 if a.dtype == np.uint8 else 65536, dtype=np.float32)
+        lut = (np.clip((levels - lo) * (255.0 / (hi - lo)), 0, 255) + 0.5).astype(np.uint8)
+        return lut[a]
+    a = a.astype(np.float32, copy=False)
+    return (np.clip((a - lo) * (255.0 / (hi - lo)), 0, 255) + 0.5).astype(np.uint8)
+
+
+def inner_edges(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a labelled object within `width` (4-connected steps along rows or
+    columns) of a pixel with another label.
+
+    For width 1 this equals `skimage.segmentation.find_boundaries(labels,
+    connectivity=1, mode="inner")`, but shifted comparisons are several times faster
+    than its grey-scale dilation and erosion.
+    """
+    edge = np.zeros(labels.shape, dtype=bool)
+    for d in range(1, width + 1):
+        diff = labels[d:, :] != labels[:-d, :]
+        edge[d:, :] |= diff
+        edge[:-d, :] |= diff
+        diff = labels[:, d:] != labels[:, :-d]
+        edge[:, d:] |= diff
+        edge[:, :-d] |= diff
+    return edge & (labels > 0)
+
+
+def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 array as PNG: no row filter, zlib level 1.
+
+    Pillow's encoder tries every row filter and takes about 0.5 s for a noisy
+    2048 × 1536 RGB image; this takes about half that, files are ~10 % larger.
+    """
+    h, w, _ = rgb.shape
+    raw = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 0  # filter type "None" for every row
+    raw[:, 1:] = rgb.reshape(h, w * 3)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", header))
+        f.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)))
+        f.write(chunk(b"IEND", b""))
+
+
+def _downsample_factor(shape: tuple[int, ...], max_px: int) -> int:
+    return max(1, math.ceil(max(shape[:2]) / max_px))
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    if f == 1:
+        return a
+    h, w = (a.shape[0] // f) * f, (a.shape[1] // f) * f
+    return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(a.dtype)
+
+
+def _with_legend(img: Image.Image, font, scale: int) -> Image.Image:
+    """The image with a legend strip added below it, so the legend never hides particles."""
+    items = [(CLASS_RGB[c], c.replace("_", " ")) for c in CLASS_NAMES] + [(PORE_RGB, "pore"), (CRACK_RGB, "crack")]
+    probe = ImageDraw.Draw(img)
+    pad, sw = 4 * scale, 10 * scale
+    widths = [sw + pad + probe.textlength(t, font=font) + 3 * pad for _, t in items]
+    line_h = sw + 2 * pad
+    # Wrap the items into as many lines as the image width needs.
+    lines, x = [[]], pad
+    for item, w in zip(items, widths):
+        if x + w > img.width and lines[-1]:
+            lines.append([])
+            x = pad
+        lines[-1].append((item, x))
+        x += w
+    # Tiny images get a wider canvas rather than a clipped legend.
+    width = max(img.width, int(max(widths)) + 2 * pad)
+    out = Image.new("RGB", (width, img.height + line_h * len(lines)), (0, 0, 0))
+    out.paste(img, (0, 0))
+    draw = ImageDraw.Draw(out)
+    for i, line in enumerate(lines):
+        y = img.height + pad + i * line_h
+        for (rgb, text), x in line:
+            draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
+            draw.text((x + sw + pad, y + sw / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
+    return out
+
+
+def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = True) -> np.ndarray:
+    """The overlay of one image as an RGB uint8 array.
+
+    Parameters
+    ----------
+    result : ImageResult
+        Image, instance label map, phase map and particle classes.
+    max_px : int
+        Longest side of the output; larger images are downsampled by an integer
+        factor (block mean for the image, nearest for the maps).
+    show_ids : bool
+        Write each particle's id at its bbox centre ("?" appended when low confidence).
+
+    Returns
+    -------
+    ndarray of uint8, shape (H' + legend, W', 3)
+        The (downsampled) image; a legend strip is appended below it (and the
+        canvas widened on the right for images narrower than a legend entry).
+    """
+    f = _downsample_factor(result.instances.shape, max_px)
+    gray = _block_mean(normalise_to_uint8(result.image.pixels), f)
+    labels = result.instances[::f, ::f][: gray.shape[0], : gray.shape[1]]
+    phases = result.phases[::f, ::f][: gray.shape[0], : gray.shape[1]]
+    out = np.repeat(gray[..., None], 3, axis=2)
+
+    inside = labels > 0
+    for code, color, alpha in ((Phase.PORE, PORE_RGB, PORE_ALPHA), (Phase.CRACK, CRACK_RGB, CRACK_ALPHA)):
+        sel = inside & (phases == code)
+        # Blend only the selected pixels; the rest of the image stays uint8.
+        tint = (1 - alpha) * out[sel].astype(np.float32) + alpha * np.asarray(color, np.float32)
+        out[sel] = tint.astype(np.uint8)
+
+    # Colour lookup by label value on the outline pixels only (ids may be sparse);
+    # labels without a ParticleResult are outlined in white.
+    ids = np.array([p.particle_id for p in result.particles], dtype=np.int64)
+    colours = np.array([CLASS_RGB.get(p.class_name, (255, 255, 255)) for p in result.particles], np.uint8)
+    order = np.argsort(ids)
+    ids, colours = ids[order], np.vstack([colours.reshape(-1, 3)[order], [[255, 255, 255]]]).astype(np.uint8)
+    # Two pixels wide so outlines read at any zoom.
+    edge = inner_edges(labels, width=2)
+    values = labels[edge].astype(np.int64)
+    pos = np.searchsorted(ids, values).clip(0, max(len(ids) - 1, 0))
+    found = (ids[pos] == values) if len(ids) else np.zeros(values.shape, bool)
+    out[edge] = colours[np.where(found, pos, len(ids))]
+
+    img = Image.fromarray(out, "RGB")
+    draw = ImageDraw.Draw(img, "RGBA")
+    scale = max(1, round(max(out.shape[:2]) / 1000))
+    font = ImageFont.load_default(size=11 * scale)
+    if show_ids:
+        for p in result.particles:
+            r = (p.bbox[0] + p.bbox[2]) / 2 / f
+            c = (p.bbox[1] + p.bbox[3]) / 2 / f
+            text = f"{p.particle_id}{'?' if p.low_confidence else ''}"
+            draw.text(
+                (c, r),
+                text,
+                fill=(255, 255, 255, 255),
+                font=font,
+                anchor="mm",
+                stroke_width=max(1, scale),
+                stroke_fill=(0, 0, 0, 255),
+            )
+    return np.asarray(_with_legend(img, font, scale))
+
+
+def write_overlay(
+    result: ImageResult, output_dir: str | os.PathLike, max_px: int = 2048, show_ids: bool = True
+) -> Path:
+    """Write `overlays/<stem>.png`; returns its path."""
+    out = Path(output_dir) / OVERLAYS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result.stem}.png"
+    write_png(path, render_overlay(result, max_px, show_ids))
+    return path

@@ -1,0 +1,177 @@
+"""ReportWriter: every output of a bulk inference run, written as images arrive."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from fracscope.report.coco import CocoWriter
+from fracscope.report.markdown import write_summary_md
+from fracscope.report.options import ReportOptions
+from fracscope.report.overlay import write_overlay
+from fracscope.report.plots import write_plots
+from fracscope.report.review import ReviewSampler, write_low_confidence
+from fracscope.report.summary import (
+    Summary,
+    build_summary,
+    make_provenance,
+    scan_particles,
+    write_summary_json,
+)
+from fracscope.report.tables import ErrorTableWriter, ParticleTableWriter, image_key
+from fracscope.types import ImageResult
+
+INSTANCES_DIR = "instances"
+
+
+def _plain_config(config: Mapping | None) -> dict:
+    """The config as plain dicts and lists (OmegaConf objects converted)."""
+    if config is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(config, DictConfig):
+            return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    except ImportError:  # omegaconf is a dependency, but the report does not need it
+        pass
+    return dict(config)
+
+
+def write_instances(result: ImageResult, output_dir: str | os.PathLike) -> Path:
+    """Write `instances/<stem>.tif`: the uint32 label map, zlib-compressed.
+
+    When the pixel size is known it is stored as the TIFF resolution (pixels per cm),
+    so Fiji and other readers show µm.
+    """
+    out = Path(output_dir) / INSTANCES_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result.stem}.tif"
+    px = result.image.pixel_size_um
+    extra = {}
+    if px:
+        per_cm = 1e4 / float(px)
+        extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(path, np.asarray(result.instances, dtype=np.uint32), compression="zlib", **extra)
+    return path
+
+
+class ReportWriter:
+    """Streams the per-image outputs of a run and writes the summaries at close.
+
+    Parameters
+    ----------
+    output_dir : path
+        Run folder; its layout is documented in docs/OUTPUTS.md.
+    config : dict
+        The run's full config, stored verbatim in the provenance. Its `report`
+        section, if any, sets `ReportOptions`.
+    provenance : dict
+        Caller's provenance (model hash, model path, …), stored in summary.json.
+    resume : bool
+        Continue a previous run in the same folder: tables are appended, and images
+        already done (`done`) are skipped by `add`.
+
+    Examples
+    --------
+    >>> writer = ReportWriter(out, cfg, {"model_hash": h}, resume=True)  # doctest: +SKIP
+    >>> for result in results:                                           # doctest: +SKIP
+    ...     if image_key(result) not in writer.done:
+    ...         writer.add(result)
+    >>> summary = writer.close()                                         # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        config: Mapping | None,
+        provenance: Mapping | None,
+        resume: bool = False,
+    ):
+        self.output_dir = Path(output_dir)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.config = _plain_config(config)
+        self.options = ReportOptions.from_config(self.config)
+        self.provenance = make_provenance(self.config, dict(provenance or {}))
+        self._tables = ParticleTableWriter(self.output_dir, resume)
+        self._errors = ErrorTableWriter(self.output_dir, resume)
+        self._coco = CocoWriter(self.output_dir, resume, self._tables.done) if self.options.write_coco else None
+        self._review = ReviewSampler(self.options.review_per_class, self.options.seed)
+        self._failures: list[tuple[str, int, str]] = []
+        self._closed = False
+
+    @property
+    def done(self) -> set[tuple[str, int]]:
+        """(image, page) of images already written, this run or a resumed one."""
+        return self._tables.done
+
+    def done_images(self) -> set[tuple[str, int]]:
+        """A copy of `done`: the (image, page) pairs to skip on resume."""
+        return set(self._tables.done)
+
+    @property
+    def failures(self) -> list[tuple[str, int, str]]:
+        """(image, page, error) of failures: this session's until `close`, then the
+        final list of errors.csv (earlier sessions' failures that were not retried
+        successfully included)."""
+        return list(self._failures)
+
+    def add(self, result: ImageResult) -> bool:
+        """Write everything for one image; returns False if it was already done (skipped)."""
+        if self._closed:
+            raise RuntimeError("ReportWriter is closed")
+        key = image_key(result)
+        if key in self._tables.done:
+            warnings.warn(f"{key} is already in the report; skipped", stacklevel=2)
+            return False
+        opts = self.options
+        if opts.write_instances:
+            write_instances(result, self.output_dir)
+        if opts.write_overlays:
+            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids)
+        if opts.write_review:
+            self._review.add(result)
+        self._tables.write_particles(result)
+        if self._coco is not None:
+            self._coco.add(result)
+        # Last: the images.csv row marks the image done (see tables.done_images).
+        self._tables.commit(result)
+        return True
+
+    def add_failure(self, source: str, page: int, message: str) -> None:
+        """Record a file or page that could not be processed (errors.csv)."""
+        self._errors.add(str(source), int(page), str(message))
+        self._failures.append((str(source), int(page), str(message)))
+
+    def close(self) -> Summary:
+        """Write particles.parquet, summary.json/md, plots, review sheets and COCO."""
+        if self._closed:
+            raise RuntimeError("ReportWriter is already closed")
+        self._closed = True
+        out = self.output_dir
+        self._tables.close()
+        failed = self._errors.close(self._tables.done)
+        self._failures = [(f["image"], f["page"], f["error"]) for f in failed]
+        self.provenance["n_failed"] = len(failed)
+        scan = scan_particles(out, self.options)
+        summary = build_summary(scan, self.options, self.provenance, failed)
+        write_summary_json(summary, out)
+        write_summary_md(summary, out)
+        if self.options.write_plots:
+            write_plots(summary, scan, out)
+        if self.options.write_review:
+            self._review.write_sheets(out)
+            write_low_confidence(out)
+        if self._coco is not None:
+            keys = ("fracscope_version", "created_utc", "model_hash", "model_sha256", "model_path")
+            info = {k: self.provenance[k] for k in keys if k in self.provenance}
+            self._coco.close({"description": "fracscope predictions", **info})
+        return summary
+
+
+__all__ = ["INSTANCES_DIR", "ReportWriter", "image_key", "write_instances"]
