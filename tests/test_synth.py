@@ -1,0 +1,176 @@
+"""Tests of the synthetic SEM generator (fracscope.synth).
+
+The class checker below is written from the definitions (scipy.ndimage.label), not
+imported from the generator, so it can catch the generator lying about its classes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from fracscope.measure import measure_particle
+from fracscope.synth import SYNTH_VERSION, generate_crops, generate_electrode, load_config
+from fracscope.types import CLASS_NAMES
+
+FAST_PX = ["crops.pixel_size_um=[0.08,0.08]"]
+DAMAGE = (0.4, 0.3, 0.3)
+
+
+def independent_class(mask: np.ndarray, phases: np.ndarray) -> str:
+    """intact: no crack; mild: crack but one 4-connected body; broken: >= 2 bodies each >= 5 %."""
+    crack = mask & (phases == 3)
+    if not crack.any():
+        return "intact"
+    lab, n = ndi.label(mask & ~crack)  # default structure = 4-connectivity
+    sizes = np.bincount(lab.ravel())[1:]
+    if n == 1:
+        return "mildly_damaged"
+    if n >= 2 and np.all(sizes >= 0.05 * mask.sum()):
+        return "broken"
+    return f"invalid(n={n}, smallest={sizes.min() / mask.sum():.3f})"
+
+
+@pytest.fixture(scope="module")
+def gp_crops():
+    cfg = load_config("gp", [*FAST_PX, f"damage=[{DAMAGE[0]},{DAMAGE[1]},{DAMAGE[2]}]"])
+    return list(generate_crops(cfg, 200, seed=11))
+
+
+@pytest.fixture(scope="module")
+def p_crops():
+    return list(generate_crops(load_config("p", FAST_PX), 200, seed=12))
+
+
+def _same(a, b) -> bool:
+    return (
+        np.array_equal(a.image.pixels, b.image.pixels)
+        and np.array_equal(a.instances, b.instances)
+        and np.array_equal(a.phases, b.phases)
+        and [(p.class_name, p.measurements) for p in a.particles] == [(p.class_name, p.measurements) for p in b.particles]
+    )
+
+
+def test_same_seed_same_output_different_seed_differs():
+    cfg = load_config("gp", FAST_PX)
+    a = list(generate_crops(cfg, 3, seed=5))
+    b = list(generate_crops(cfg, 3, seed=5))
+    c = list(generate_crops(cfg, 3, seed=6))
+    assert all(_same(x, y) for x, y in zip(a, b))
+    assert not any(np.array_equal(x.image.pixels, y.image.pixels) for x, y in zip(a, c))
+    f1 = next(generate_electrode(load_config("p", ["electrode.field_px=[256,256]"]), 1, seed=3))
+    f2 = next(generate_electrode(load_config("p", ["electrode.field_px=[256,256]"]), 1, seed=3))
+    assert _same(f1, f2)
+
+
+def test_annotated_image_contract(gp_crops):
+    it = gp_crops[0]
+    assert it.image.pixels.dtype == np.uint8 and it.image.pixel_size_source == "synthetic"
+    assert it.image.pixel_size_um == pytest.approx(0.08)
+    assert it.instances.dtype == np.uint32 and it.phases.dtype == np.uint8
+    assert set(np.unique(it.instances)) == {0, 1}
+    assert np.array_equal(it.instances > 0, it.phases > 0)
+    assert it.meta["synth_version"] == SYNTH_VERSION and it.meta["preset"] == "gp"
+    m = it.particles[0].measurements
+    assert {"porosity_pct", "sphere_diameter_um", "touches_border", "eq_diameter_um"} <= set(m)
+    assert 5.0 <= m["sphere_diameter_um"] <= 15.0 and m["touches_border"] == 0
+    # The section is never a perfect disc: perimeter well above that of the equal-area circle.
+    mask = it.instances > 0
+    r = math.sqrt(mask.sum() / math.pi)
+    yy, xx = np.mgrid[-int(r) - 2 : int(r) + 3, -int(r) - 2 : int(r) + 3]
+    disc = yy**2 + xx**2 <= r * r
+
+    def perim(m):
+        return np.count_nonzero(m & ~ndi.binary_erosion(m))
+
+    assert perim(mask) > 1.15 * perim(disc)
+
+
+def test_classes_hold_on_output_grid_and_mix_matches(gp_crops):
+    got = []
+    for it in gp_crops:
+        (p,) = it.particles
+        assert independent_class(it.instances == p.particle_id, it.phases) == p.class_name
+        got.append(p.class_name)
+    counts = Counter(got)
+    n = len(got)
+    for name, frac in zip(CLASS_NAMES, DAMAGE):
+        se = math.sqrt(frac * (1 - frac) / n)
+        assert abs(counts[name] / n - frac) <= 3 * se, (name, counts)
+
+
+def test_gp_porosity_and_gradient(gp_crops):
+    ms = [it.particles[0].measurements for it in gp_crops]
+    mean = np.mean([m["porosity_pct"] for m in ms])
+    r50 = np.mean([m["porosity_r50_pct"] for m in ms])
+    r100 = np.mean([m["porosity_r100_pct"] for m in ms])
+    assert abs(mean - 8.0) <= 0.5, mean
+    assert abs(r50 - 13.0) <= 1.0, r50
+    assert r50 - r100 >= 3.0, (r50, r100)
+
+
+def test_p_porosity_flat(p_crops):
+    ms = [it.particles[0].measurements for it in p_crops]
+    mean = np.mean([m["porosity_pct"] for m in ms])
+    prof = [np.mean([m[f"porosity_r{f}_pct"] for m in ms]) for f in (50, 60, 70, 80, 90, 100)]
+    assert abs(mean - 2.0) <= 0.3, mean
+    assert max(prof) - min(prof) <= 0.5, prof
+
+
+def test_measurements_are_recomputable(gp_crops):
+    it = gp_crops[1]
+    p = it.particles[0]
+    m = measure_particle(it.instances == p.particle_id, it.phases, it.image.pixel_size_um)
+    assert m["porosity_pct"] == pytest.approx(p.measurements["porosity_pct"])
+
+
+def test_electrode_field_touching_particles_and_classes():
+    cfg = load_config("gp", ["electrode.field_px=[384,512]", "damage=[0.3,0.4,0.3]"])
+    fields = list(generate_electrode(cfg, 25, seed=2))
+    parts = [(f, p) for f in fields for p in f.particles]
+    assert len(parts) >= 25
+    for f, p in parts:
+        mask = f.instances == p.particle_id
+        assert mask.any()
+        assert independent_class(mask, f.phases) == p.class_name
+    assert any(p.measurements["touches_border"] == 1 for _, p in parts)
+    # Particles touch: some particle pixel has a 4-neighbour of another particle.
+    inst = fields[0].instances.astype(np.int64)
+    touch = (inst[:, 1:] > 0) & (inst[:, :-1] > 0) & (inst[:, 1:] != inst[:, :-1])
+    assert touch.any()
+    assert fields[0].image.pixel_size_um == pytest.approx(0.05)
+
+
+def test_heldout_config_is_shifted_and_bright_pores_option():
+    base = load_config("gp")
+    held = load_config("gp", heldout=True)
+    assert held.seed != base.seed
+    assert held.imaging.noise_sd > base.imaging.noise_sd
+    assert held.electrode.pixel_size_um != base.electrode.pixel_size_um
+    assert load_config("p", heldout=True).preset.name == "p"
+    cfg = load_config("gp", [*FAST_PX, "imaging.pore_polarity=bright", "imaging.bit_depth=16"])
+    it = next(generate_crops(cfg, 1, seed=0))
+    px = it.image.pixels
+    assert px.dtype == np.uint16 and it.meta["pore_polarity"] == "bright"
+    assert px[it.phases == 2].mean() > px[it.phases == 1].mean()
+
+
+def test_cli_writes_dataset(tmp_path):
+    pytest.importorskip("fracscope.data")
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "fracscope.synth", f"output={out}", "kind=crops", "n=3", "seed=4", "preset=p",
+           "crops.pixel_size_um=[0.09,0.09]", "imaging.noise_sd=0.05"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True)
+    ann = json.loads((out / "annotations.json").read_text())
+    assert ann["info"]["synth_version"] == SYNTH_VERSION
+    assert len(ann["images"]) == 3
+    assert all(im["pixel_size_um"] == pytest.approx(0.09) for im in ann["images"])
+    assert (out / "preview.png").is_file()
+    assert len(list((out / "images").glob("*.tif"))) == 3
