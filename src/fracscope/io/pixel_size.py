@@ -1,0 +1,209 @@
+"""Pixel size of an SEM page from its file's metadata.
+
+Sources, first present wins (recorded as ``PixelSize.source``):
+
+1. an explicit override                                   -> "override"
+2. FEI/Thermo tags 34680/34682, ``[Scan] PixelWidth`` (m)  -> "fei"
+3. Zeiss SmartSEM tag 34118, ``AP_IMAGE_PIXEL_SIZE`` /
+   ``AP_PIXEL_SIZE`` with a unit                          -> "zeiss"
+4. ImageJ description ``unit=`` with XResolution           -> "imagej", or
+   plain TIFF XResolution with ResolutionUnit cm/inch      -> "tiff_resolution"
+5. a COCO ``pixel_size_um`` looked up by file name         -> "coco"
+6. nothing                                                  -> "none"
+
+Resolution tags are often written by image editors (72, 96, 300 dpi); such values
+give pixel sizes of tens to hundreds of µm, which no SEM image of cathode particles
+has, so tag-derived values outside ``PLAUSIBLE_UM`` are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Pixel sizes a tag may claim, in µm: 0.1 pm .. 10 µm (2540 dpi). Anything else is a
+# screen/printer dpi or garbage, not an SEM calibration.
+PLAUSIBLE_UM: tuple[float, float] = (1e-4, 10.0)
+
+# Length units as written by FEI, Zeiss, ImageJ and TIFF, in µm.
+_UNIT_UM: dict[str, float] = {
+    "pm": 1e-6,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "nanometers": 1e-3,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometers": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "inch": 25400.0,
+    "in": 25400.0,
+}
+
+# TIFF ResolutionUnit codes -> µm per unit (1 = no absolute unit).
+_RESOLUTION_UNIT_UM: dict[int, float] = {2: 25400.0, 3: 1e4}
+
+TAG_FEI_SFEG = 34680
+TAG_FEI_HELIOS = 34682
+TAG_ZEISS_SEM = 34118
+
+
+@dataclass(frozen=True)
+class PixelSize:
+    """A pixel edge length in µm (None when unknown) and where it came from."""
+
+    value_um: float | None
+    source: str = "none"
+
+
+def unit_to_um(unit: str) -> float | None:
+    """µm per one `unit` (nm, µm, micron, um, mm, ...), or None for an unknown unit."""
+    u = unit.strip().lower()
+    # ImageJ writes the micro sign as the literal escape "\u00B5"; vendors use µ or μ.
+    for micro in ("\\u00b5", "\u00b5", "\u03bc"):
+        u = u.replace(micro, "u")
+    return _UNIT_UM.get(u)
+
+
+def _plausible(value_um: float | None) -> float | None:
+    if value_um is None or not math.isfinite(value_um):
+        return None
+    lo, hi = PLAUSIBLE_UM
+    return float(value_um) if lo <= value_um <= hi else None
+
+
+def _rational(value: Any) -> float | None:
+    """A TIFF RATIONAL (num, den) tuple or a number as float; None when unusable."""
+    try:
+        if isinstance(value, tuple):
+            num, den = value[0], value[1]
+            return float(num) / float(den) if den else None
+        return float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def fei_pixel_size_um(fei: Mapping[str, Any] | None) -> float | None:
+    """``[Scan] PixelWidth`` (metres) of FEI/Thermo metadata in µm; ``[EScan]`` as fallback."""
+    if not fei:
+        return None
+    for section in ("Scan", "EScan"):
+        sec = fei.get(section)
+        if isinstance(sec, Mapping) and "PixelWidth" in sec:
+            try:
+                return _plausible(float(sec["PixelWidth"]) * 1e6)
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def fei_image_height_px(fei: Mapping[str, Any] | None) -> int | None:
+    """Height of the scanned image without FEI's data bar (``ResolutionY``), if stated."""
+    if not fei:
+        return None
+    for section in ("Image", "Scan"):
+        sec = fei.get(section)
+        if isinstance(sec, Mapping) and "ResolutionY" in sec:
+            try:
+                return int(sec["ResolutionY"])
+            except (TypeError, ValueError):
+                continue
+    return None
+
+
+def zeiss_pixel_size_um(sem: Mapping[str, Any] | None) -> float | None:
+    """Pixel size of Zeiss SmartSEM metadata (as parsed by tifffile) in µm.
+
+    tifffile turns ``AP_IMAGE_PIXEL_SIZE\\nImage Pixel Size = 4.9 nm`` into
+    ``{'ap_image_pixel_size': ('Image Pixel Size', 4.9, 'nm')}``.
+    """
+    if not sem:
+        return None
+    for key in ("ap_image_pixel_size", "ap_pixel_size"):
+        entry = sem.get(key)
+        if not isinstance(entry, tuple) or len(entry) < 3:
+            continue
+        _, value, unit = entry[:3]
+        scale = unit_to_um(str(unit))
+        if scale is None:
+            continue
+        try:
+            return _plausible(float(value) * scale)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def imagej_pixel_size_um(imagej: Mapping[str, Any] | None, x_resolution: Any) -> float | None:
+    """ImageJ calibration: ``unit`` from the description, pixels per unit from XResolution."""
+    if not imagej or "unit" not in imagej:
+        return None
+    scale = unit_to_um(str(imagej["unit"]))
+    per_unit = _rational(x_resolution)
+    if scale is None or not per_unit:
+        return None
+    return _plausible(scale / per_unit)
+
+
+def tiff_resolution_pixel_size_um(x_resolution: Any, resolution_unit: Any) -> float | None:
+    """Plain TIFF XResolution with ResolutionUnit inch (2) or centimetre (3), in µm."""
+    per_unit = _rational(x_resolution)
+    try:
+        scale = _RESOLUTION_UNIT_UM.get(int(resolution_unit))
+    except (TypeError, ValueError):
+        return None
+    if scale is None or not per_unit:
+        return None
+    return _plausible(scale / per_unit)
+
+
+def coco_pixel_size_um(path: str | Path, coco_pixel_sizes: Mapping[str, float] | None) -> float | None:
+    """Look `path` up in a COCO-derived {file_name: pixel_size_um} mapping.
+
+    Keys match the full path, the file name, or a trailing part of the path
+    (COCO ``file_name`` is often relative to the image folder).
+    """
+    if not coco_pixel_sizes:
+        return None
+    p = Path(path)
+    posix = p.as_posix()
+    for key in (str(path), posix, p.name):
+        if key in coco_pixel_sizes:
+            return _plausible(float(coco_pixel_sizes[key]))
+    for key, value in coco_pixel_sizes.items():
+        k = Path(key).as_posix().lstrip("./")
+        if k and posix.endswith("/" + k):
+            return _plausible(float(value))
+    return None
+
+
+def tiff_page_pixel_size(page: Any, imagej: Mapping[str, Any] | None) -> PixelSize:
+    """Pixel size from the tags of one tifffile page (steps 2-4 of the precedence)."""
+    tags = page.tags
+    fei: dict[str, Any] = {}
+    for code in (TAG_FEI_SFEG, TAG_FEI_HELIOS):
+        value = tags.valueof(code)
+        if isinstance(value, Mapping):
+            fei.update(value)
+    value_um = fei_pixel_size_um(fei)
+    if value_um is not None:
+        return PixelSize(value_um, "fei")
+    sem = tags.valueof(TAG_ZEISS_SEM)
+    value_um = zeiss_pixel_size_um(sem if isinstance(sem, Mapping) else None)
+    if value_um is not None:
+        return PixelSize(value_um, "zeiss")
+    x_res = tags.valueof(282)  # XResolution
+    value_um = imagej_pixel_size_um(imagej, x_res)
+    if value_um is not None:
+        return PixelSize(value_um, "imagej")
+    value_um = tiff_resolution_pixel_size_um(x_res, tags.valueof(296))  # ResolutionUnit
+    if value_um is not None:
+        return PixelSize(value_um, "tiff_resolution")
+    return PixelSize(None, "none")

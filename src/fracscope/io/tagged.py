@@ -1,0 +1,105 @@
+"""Write TIFFs carrying FEI-, Zeiss- or ImageJ-style pixel-size metadata.
+
+For tests: real instrument files cannot ship with the project, so tests write small
+files whose tags tifffile parses exactly as it parses the instruments' own
+(``TiffFile.fei_metadata``, ``TiffFile.sem_metadata``, ``TiffFile.imagej_metadata``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from fracscope.io.pixel_size import TAG_FEI_HELIOS, TAG_ZEISS_SEM
+
+
+@dataclass(frozen=True)
+class SEMTags:
+    """Which pixel-size metadata to write; each field left None is not written.
+
+    fei_pixel_size_um: FEI/Thermo Helios tag 34682, ``[Scan] PixelWidth`` in metres.
+    fei_image_height_px: ``[Image] ResolutionY`` of the FEI tag (the image height without
+        the data bar), written only with fei_pixel_size_um.
+    zeiss_pixel_size: (value, unit) for Zeiss tag 34118, e.g. (50.0, "nm") or (0.05, "µm").
+    imagej_pixel_size_um: ImageJ description ``unit=micron`` + XResolution (pixels per µm).
+    resolution_pixel_size_um: plain TIFF XResolution in pixels per centimetre
+        (ignored when imagej_pixel_size_um is set: both use XResolution).
+    """
+
+    fei_pixel_size_um: float | None = None
+    fei_image_height_px: int | None = None
+    zeiss_pixel_size: tuple[float, str] | None = None
+    imagej_pixel_size_um: float | None = None
+    resolution_pixel_size_um: float | None = None
+
+
+def fei_text(pixel_size_um: float, image_height_px: int | None = None) -> str:
+    """INI-style FEI metadata text as tifffile's ``read_fei_metadata`` expects it."""
+    lines = ["[User]", "Date=01/01/2024", "[Scan]", f"PixelWidth={pixel_size_um * 1e-6!r}",
+             f"PixelHeight={pixel_size_um * 1e-6!r}", "[Beam]", "HV=5000"]
+    if image_height_px is not None:
+        lines += ["[Image]", f"ResolutionY={int(image_height_px)}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def zeiss_text(value: float, unit: str) -> str:
+    """Zeiss SmartSEM tag text: leading numbers, then UPPERCASE key / ``Name = value unit`` pairs.
+
+    tifffile's ``read_cz_sem`` needs the key line fully upper-case and the value as
+    exactly two whitespace-separated words, number and unit.
+    """
+    lines = ["0", "0", "DP_DETECTOR_TYPE", "Detector = InLens", "AP_IMAGE_PIXEL_SIZE",
+             f"Image Pixel Size = {value:g} {unit}", "AP_WD", "WD = 5.1 mm"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def write_sem_tiff(path: str | Path, pages: np.ndarray | list[np.ndarray], tags: SEMTags) -> Path:
+    """Write one or more 2-D pages to `path` with the metadata `tags` asks for.
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file.
+    pages : ndarray or list of ndarray
+        A 2-D page, or a list of 2-D pages of one dtype (uint8, uint16 or float32 when
+        ImageJ metadata is written).
+    tags : SEMTags
+        Which metadata to write.
+
+    Returns
+    -------
+    Path
+        The written file.
+    """
+    path = Path(path)
+    page_list = [pages] if isinstance(pages, np.ndarray) and pages.ndim == 2 else list(pages)
+    extratags = []
+    if tags.fei_pixel_size_um is not None:
+        text = fei_text(tags.fei_pixel_size_um, tags.fei_image_height_px)
+        extratags.append((TAG_FEI_HELIOS, "s", 0, text.encode("ascii"), True))
+    if tags.zeiss_pixel_size is not None:
+        # Zeiss writes Windows-1252 text (µ is byte 0xB5); tifffile decodes it back.
+        text = zeiss_text(*tags.zeiss_pixel_size)
+        extratags.append((TAG_ZEISS_SEM, "s", 0, text.encode("cp1252"), True))
+    kwargs: dict = {}
+    imagej = tags.imagej_pixel_size_um is not None
+    if imagej:
+        kwargs = {"resolution": (1.0 / tags.imagej_pixel_size_um,) * 2, "metadata": {"unit": "micron", "axes": "ZYX"}}
+    elif tags.resolution_pixel_size_um is not None:
+        per_cm = 1e4 / tags.resolution_pixel_size_um
+        kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path, imagej=imagej) as tw:
+        if imagej:
+            # ImageJ hyperstacks are written in one call; one page per slice.
+            stack = np.stack([np.asarray(p) for p in page_list])
+            if len(page_list) == 1:
+                stack = stack[0]
+                kwargs["metadata"]["axes"] = "YX"
+            tw.write(stack, extratags=extratags, **kwargs)
+        else:
+            for page in page_list:
+                tw.write(np.asarray(page), extratags=extratags, contiguous=False, **kwargs)
+    return path
