@@ -1,0 +1,490 @@
+"""LightningDataModule over any annotated dataset, or a cached synthetic one.
+
+Every particle is cropped ONCE with `fracscope.crop.crop_particle` (the function
+inference uses) into in-memory numpy arrays; the training loop only augments. Without a
+dataset path a synthetic set is generated at wide-field pixel sizes (single-particle
+crops plus electrode fields), written in the fracscope format under the cache
+(``$FRACSCOPE_CACHE`` or ``<repo>/.cache``) in a folder named by the hash of the synth
+configs, with the crop arrays beside it as ``.npz``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from torch.utils.data import DataLoader, Dataset
+
+from fracscope.crop import crop_particle
+from fracscope.data.augment import IGNORE_PHASE, AugmentSpec, CropAugmenter
+from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage
+
+# crop_particle normalises each window with these percentiles (fracscope.crop defaults).
+NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+CROP_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How particles become network inputs (the same at inference).
+
+    size: crop side in pixels (multiple of 32). margin: context per side as a fraction
+    of the particle box. min_diameter_px: smaller sections are skipped (slivers).
+    skip_border: skip particles cut by the image border (their class is unknowable).
+    """
+
+    size: int = 128
+    margin: float = 0.15
+    min_diameter_px: float = 12.0
+    skip_border: bool = True
+
+    def __post_init__(self) -> None:
+        if self.size % 32 or self.size < 32:
+            raise ValueError(f"crop size must be a positive multiple of 32, got {self.size}")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """The synthetic training set generated when no dataset path is given.
+
+    Crops draw their pixel size uniformly from crop_pixel_size_um; electrode fields
+    are rendered once per entry of field_pixel_sizes_um, each until
+    n_field_particles / len(field_pixel_sizes_um) particles per preset. A share
+    bright_fraction of the crops has Pt-filled (bright) pores.
+    """
+
+    presets: Sequence[str] = ("gp", "p")
+    n_crops: int = 400
+    n_field_particles: int = 400
+    crop_pixel_size_um: Sequence[float] = (0.03, 0.15)
+    field_pixel_sizes_um: Sequence[float] = (0.05, 0.08, 0.12)
+    field_px: Sequence[int] = (512, 640)
+    damage: Sequence[float] = (0.45, 0.3, 0.25)
+    bright_fraction: float = 0.0
+    overrides: Sequence[str] = ()
+    seed: int = 0
+    heldout: bool = False
+
+    def jobs(self) -> list[tuple[str, str, list[str], int]]:
+        """(preset, kind, overrides, count) for every generator call."""
+        common = [f"damage=[{','.join(str(float(d)) for d in self.damage)}]", *self.overrides]
+        out = []
+        lo, hi = (float(v) for v in self.crop_pixel_size_um)
+        for preset in self.presets:
+            n_bright = int(round(self.n_crops * self.bright_fraction))
+            crop_ov = [*common, f"crops.pixel_size_um=[{lo},{hi}]"]
+            if self.n_crops - n_bright > 0:
+                out.append((preset, "crops", crop_ov, self.n_crops - n_bright))
+            if n_bright > 0:
+                out.append((preset, "crops", [*crop_ov, "imaging.pore_polarity=bright"], n_bright))
+            sizes = list(self.field_pixel_sizes_um)
+            if self.n_field_particles > 0 and sizes:
+                per = max(1, self.n_field_particles // len(sizes))
+                fp = f"electrode.field_px=[{int(self.field_px[0])},{int(self.field_px[1])}]"
+                for px in sizes:
+                    out.append((preset, "electrode", [*common, fp, f"electrode.pixel_size_um={float(px)}"], per))
+        return out
+
+    def key(self) -> str:
+        """Hash of everything that determines the generated images."""
+        from omegaconf import OmegaConf
+
+        from fracscope.synth import SYNTH_VERSION
+
+        parts = [SYNTH_VERSION, self.seed]
+        for preset, kind, ov, n in self.jobs():
+            cfg = synth_config(preset, ov, heldout=self.heldout)
+            parts.append([kind, n, OmegaConf.to_container(cfg, resolve=True)])
+        return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def generate(self) -> Iterator[AnnotatedImage]:
+        """Yield every synthetic image (deterministic in the spec)."""
+        from fracscope.synth import generate_crops, generate_electrode
+
+        for j, (preset, kind, ov, n) in enumerate(self.jobs()):
+            cfg = synth_config(preset, ov, heldout=self.heldout)
+            seed = int(self.seed) * 1000 + j
+            if kind == "crops":
+                yield from generate_crops(cfg, n, seed)
+            else:
+                yield from generate_electrode(cfg, n, seed, workers=1)
+
+    def describe(self) -> str:
+        return (
+            f"synthetic fracscope.synth presets {list(self.presets)}: {self.n_crops} single-particle crops per preset "
+            f"at {list(self.crop_pixel_size_um)} um/px and electrode fields with >= {self.n_field_particles} "
+            f"particles per preset at {list(self.field_pixel_sizes_um)} um/px; damage fractions {list(self.damage)}; "
+            f"bright-pore crops {self.bright_fraction:.0%}; seed {self.seed}"
+            + (" (held-out config)" if self.heldout else "")
+        )
+
+
+@contextmanager
+def _outside_hydra_app() -> Iterator[None]:
+    """Let `fracscope.synth.load_config` (Hydra compose API) run inside a @hydra.main app.
+
+    Hydra refuses a second initialisation while the app's GlobalHydra is live; park the
+    app's GlobalHydra and HydraConfig, and put them back afterwards.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    if not GlobalHydra.instance().is_initialized():
+        yield
+        return
+    backup = get_gh_backup()
+    hydra_cfg = HydraConfig.instance().cfg
+    GlobalHydra.instance().clear()
+    try:
+        yield
+    finally:
+        restore_gh_from_backup(backup)
+        if hydra_cfg is not None:
+            HydraConfig.instance().cfg = hydra_cfg
+
+
+def synth_config(preset: str, overrides: Sequence[str], heldout: bool = False):
+    """`fracscope.synth.load_config`, callable from inside a Hydra app."""
+    from fracscope.synth import load_config
+
+    with _outside_hydra_app():
+        return load_config(preset, list(overrides), heldout=heldout)
+
+
+def cache_root() -> Path:
+    """``$FRACSCOPE_CACHE``, else ``<repo>/.cache/fracscope`` (repo = where src/ lives)."""
+    env = os.environ.get("FRACSCOPE_CACHE")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[3]
+    if (repo / "pyproject.toml").exists():
+        return repo / ".cache" / "fracscope"
+    return Path.home() / ".cache" / "fracscope"
+
+
+@dataclass
+class CropArrays:
+    """All crops of a dataset as arrays (N first).
+
+    image float16 (N, S, S) normalised; mask uint8 own mask; phases uint8 (255 =
+    unknown); label int64 (-1 = unknown); pixel_size_um float32 of the source image
+    (NaN unknown); crop_pixel_size_um float32 (source pixel size / scale); group int32,
+    the index of the source image (splits keep an image's particles together).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    phases: np.ndarray
+    label: np.ndarray
+    pixel_size_um: np.ndarray
+    crop_pixel_size_um: np.ndarray
+    group: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def subset(self, idx: np.ndarray) -> CropArrays:
+        return CropArrays(**{k: v[idx] for k, v in asdict_shallow(self).items()})
+
+    def save(self, path: Path) -> None:
+        """Write atomically (parallel DDP ranks may race on the same cache file)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        np.savez(tmp, **asdict_shallow(self))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> CropArrays:
+        with np.load(path) as z:
+            return cls(**{k: z[k] for k in z.files})
+
+
+def asdict_shallow(arrays: CropArrays) -> dict[str, np.ndarray]:
+    return {k: getattr(arrays, k) for k in arrays.__dataclass_fields__}
+
+
+def _detected_instances(item: AnnotatedImage, detector) -> np.ndarray:
+    """Instance map for an image without one: the classical detector's particle nearest the
+    centre becomes particle 1 (class-folder crops hold one particle each)."""
+    if detector is None:
+        from fracscope.detect.classical import ClassicalDetector
+
+        detector = ClassicalDetector()
+    labels = np.asarray(detector.detect(item.image))
+    h, w = labels.shape
+    out = np.zeros((h, w), np.uint32)
+    if labels.max() == 0:
+        out[:] = 1  # nothing found: the whole crop stands for the particle
+        return out
+    ids = np.unique(labels[labels > 0])
+    centres = ndi.center_of_mass(np.ones_like(labels), labels, ids)
+    d = [np.hypot(r - h / 2, c - w / 2) for r, c in centres]
+    out[labels == ids[int(np.argmin(d))]] = 1
+    return out
+
+
+def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=None) -> CropArrays:
+    """Crop every annotated particle of every image with the shared crop function.
+
+    Images without instance masks get them from `detector` (default classical).
+    Images without phase maps give phases = 255 (the phase loss ignores them).
+    """
+    s = spec.size
+    images, masks, phases, labels, pxs, cpxs, groups = [], [], [], [], [], [], []
+    for g, item in enumerate(items):
+        inst = item.instances
+        particles = item.particles
+        if inst is None:
+            inst = _detected_instances(item, detector)
+            particles = particles[:1] or []
+            if particles:
+                particles = [type(particles[0])(1, particles[0].class_name, dict(particles[0].measurements))]
+        boxes = ndi.find_objects(np.asarray(inst))
+        h, w = inst.shape
+        px = item.image.pixel_size_um
+        for p in particles:
+            pid = int(p.particle_id)
+            box = boxes[pid - 1] if 0 < pid <= len(boxes) else None
+            if box is None:
+                continue
+            if spec.skip_border and item.instances is not None and len(particles) > 1:
+                if box[0].start == 0 or box[1].start == 0 or box[0].stop == h or box[1].stop == w:
+                    continue
+            area = int(np.count_nonzero(inst[box] == pid))
+            if 2.0 * np.sqrt(area / np.pi) < spec.min_diameter_px:
+                continue
+            crop = crop_particle(item.image.pixels, inst, pid, s, spec.margin, item.phases, bbox=box)
+            images.append(crop.image.astype(np.float16))
+            masks.append(crop.mask.astype(np.uint8))
+            phases.append(crop.phases if crop.phases is not None else np.full((s, s), IGNORE_PHASE, np.uint8))
+            labels.append(CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else -1)
+            pxs.append(np.nan if px is None else float(px))
+            cpxs.append(np.nan if px is None else float(px) / crop.scale)
+            groups.append(g)
+    if not images:
+        raise ValueError("the dataset holds no particle that could be cropped")
+    return CropArrays(
+        image=np.stack(images),
+        mask=np.stack(masks),
+        phases=np.stack(phases),
+        label=np.asarray(labels, np.int64),
+        pixel_size_um=np.asarray(pxs, np.float32),
+        crop_pixel_size_um=np.asarray(cpxs, np.float32),
+        group=np.asarray(groups, np.int32),
+    )
+
+
+def split_indices(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/val split by source image; by particle when there are < 5 images."""
+    n = len(groups)
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    if val_fraction <= 0 or n < 2:
+        return np.arange(n), np.arange(n)
+    if len(uniq) >= 5:
+        val_groups = rng.permutation(uniq)[: max(1, int(round(val_fraction * len(uniq))))]
+        val = np.isin(groups, val_groups)
+    else:
+        val = np.zeros(n, bool)
+        val[rng.permutation(n)[: max(1, int(round(val_fraction * n)))]] = True
+    if val.all():
+        val[rng.integers(n)] = False
+    return np.flatnonzero(~val), np.flatnonzero(val)
+
+
+class ParticleDataset(Dataset):
+    """Dict samples: x (2, S, S) float32 image + input mask; mask, phases, label targets."""
+
+    def __init__(self, arrays: CropArrays, augmenter: CropAugmenter | None = None) -> None:
+        self.arrays = arrays
+        self.augmenter = augmenter
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        a = self.arrays
+        image = a.image[i].astype(np.float32)
+        mask = a.mask[i]
+        phases = a.phases[i]
+        in_mask = mask
+        if self.augmenter is not None:
+            image, in_mask, mask, phases = self.augmenter(image, mask, phases)
+        x = np.stack([image, in_mask.astype(np.float32)])
+        return {
+            "x": torch.from_numpy(np.ascontiguousarray(x)),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.uint8)),
+            "phases": torch.from_numpy(np.ascontiguousarray(phases).astype(np.int64)),
+            "label": torch.tensor(int(a.label[i]), dtype=torch.int64),
+        }
+
+
+def _as_spec(cls, value):
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    value = dict(value)
+    for k, v in value.items():  # Hydra lists -> tuples for frozen dataclasses
+        if isinstance(v, list) or type(v).__name__ == "ListConfig":
+            value[k] = tuple(v)
+    return cls(**value)
+
+
+class ParticleDataModule(L.LightningDataModule):
+    """Crops of an annotated dataset (`path`, any `read_dataset` format) or of a synthetic set.
+
+    Parameters
+    ----------
+    path : str, optional
+        Dataset folder or COCO json; None for the cached synthetic set.
+    format : str
+        `read_dataset` format ("auto" detects it).
+    crop, synth, augment : CropSpec, SynthSpec, AugmentSpec or dict
+    loader : dict
+        batch_size, num_workers, val_fraction, seed.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        format: str = "auto",
+        crop: CropSpec | dict | None = None,
+        synth: SynthSpec | dict | None = None,
+        augment: AugmentSpec | dict | None = None,
+        loader: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.path = str(path) if path else None
+        self.format = format
+        self.crop = _as_spec(CropSpec, crop)
+        self.synth = _as_spec(SynthSpec, synth)
+        self.augment = _as_spec(AugmentSpec, augment)
+        lo = {"batch_size": 32, "num_workers": 0, "val_fraction": 0.2, "seed": 0, **dict(loader or {})}
+        self.batch_size = int(lo["batch_size"])
+        self.num_workers = int(lo["num_workers"])
+        self.val_fraction = float(lo["val_fraction"])
+        self.seed = int(lo["seed"])
+        self.arrays: CropArrays | None = None
+        self.train_idx = self.val_idx = np.zeros(0, int)
+
+    # -------------------------------------------------------------- data
+    def synth_dir(self) -> Path:
+        return cache_root() / f"synth-{self.synth.key()}"
+
+    def _crop_cache_path(self, root: Path) -> Path:
+        k = json.dumps([CROP_CACHE_VERSION, asdict(self.crop)], sort_keys=True)
+        return root / f"crops-{hashlib.sha1(k.encode()).hexdigest()[:12]}.npz"
+
+    def _load_synth(self) -> CropArrays:
+        root = self.synth_dir()
+        cache = self._crop_cache_path(root)
+        if cache.exists():
+            return CropArrays.load(cache)
+        from fracscope.data import read_dataset, write_dataset
+
+        if (root / "annotations.json").exists():
+            items = read_dataset(root, format="fracscope")
+        else:
+            items = list(self.synth.generate())
+            tmp = Path(tempfile.mkdtemp(dir=root.parent if root.parent.exists() else None, prefix="tmp-synth-"))
+            write_dataset(tmp, items, dataset_meta={"description": self.synth.describe()})
+            try:
+                os.replace(tmp, root)
+            except OSError:  # another rank got there first
+                pass
+        arrays = crops_from_items(items, self.crop)
+        arrays.save(cache)
+        return arrays
+
+    def prepare_data(self) -> None:
+        if self.path is None:
+            cache_root().mkdir(parents=True, exist_ok=True)
+            self._load_synth()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.arrays is not None:
+            return
+        if self.path is None:
+            cache_root().mkdir(parents=True, exist_ok=True)
+            self.arrays = self._load_synth()
+        else:
+            from fracscope.data import read_dataset
+
+            self.arrays = crops_from_items(read_dataset(self.path, format=self.format), self.crop)
+        self.train_idx, self.val_idx = split_indices(self.arrays.group, self.val_fraction, self.seed)
+
+    # -------------------------------------------------------------- loaders
+    def train_dataset(self) -> ParticleDataset:
+        aug = CropAugmenter(self.augment, seed=self.seed) if self.augment.enabled else None
+        return ParticleDataset(self.arrays.subset(self.train_idx), aug)
+
+    def val_dataset(self) -> ParticleDataset:
+        return ParticleDataset(self.arrays.subset(self.val_idx), None)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset(), batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+            drop_last=len(self.train_idx) > self.batch_size, persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset(), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # -------------------------------------------------------------- facts
+    def class_weights(self) -> list[float]:
+        """Inverse-frequency CE weights over the training labels (mean 1; unseen classes 0)."""
+        labels = self.arrays.label[self.train_idx]
+        counts = np.bincount(labels[labels >= 0], minlength=len(CLASS_NAMES)).astype(float)
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / len(CLASS_NAMES), 0.0)
+        return [float(v) for v in w / max(w[w > 0].mean(), 1e-9)]
+
+    def describe(self) -> dict:
+        """Plain-typed facts stored in the checkpoint for export and inference."""
+        a = self.arrays
+        px = a.pixel_size_um[np.isfinite(a.pixel_size_um)]
+        cpx = a.crop_pixel_size_um[np.isfinite(a.crop_pixel_size_um)]
+        polarities = list(self.augment.pore_polarities)
+        if self.path is None and self.synth.bright_fraction > 0 and "bright" not in polarities:
+            polarities.append("bright")
+        synth_version = None
+        if self.path is None:
+            from fracscope.synth import SYNTH_VERSION
+
+            synth_version = SYNTH_VERSION
+        counts = np.bincount(a.label[a.label >= 0], minlength=len(CLASS_NAMES))
+        return {
+            "crop_size": self.crop.size,
+            "margin": self.crop.margin,
+            "in_channels": 2,
+            "normalisation": {"method": "percentile", "low_pct": NORM_PERCENTILES[0], "high_pct": NORM_PERCENTILES[1],
+                              "over": "crop window, before resizing (fracscope.crop.normalize_intensity)"},
+            "norm_percentiles": list(NORM_PERCENTILES),
+            "class_names": list(CLASS_NAMES),
+            "phase_names": list(PHASE_NAMES),
+            "pixel_size_range_um": [float(px.min()), float(px.max())] if px.size else None,
+            "crop_pixel_size_range_um": [float(cpx.min()), float(cpx.max())] if cpx.size else None,
+            "pore_polarities": polarities,
+            "synth_version": synth_version,
+            "training_data": (self.synth.describe() if self.path is None else f"dataset {self.path} ({self.format})")
+            + f"; {len(self.train_idx)} train / {len(self.val_idx)} val crops; class counts "
+            + ", ".join(f"{n}={int(c)}" for n, c in zip(CLASS_NAMES, counts)),
+            "has_phases": bool((a.phases != IGNORE_PHASE).any()),
+            "augment": asdict(self.augment),
+            "split_seed": self.seed,
+        }

@@ -1,0 +1,118 @@
+"""The multi-task particle network: shared encoder, U-Net phase decoder, class head.
+
+Input (N, C, S, S) with C = 2 by default: the normalised crop and the particle's own
+mask. Output: class logits (N, 3) from pooled deepest features, and phase logits
+(N, 4, S, S) at full input resolution. S must be a multiple of 32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fracscope.models.encoders import build_encoder
+from fracscope.types import CLASS_NAMES, PHASE_NAMES
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything needed to rebuild the network (stored in checkpoints as a plain dict)."""
+
+    encoder: str = "resnet18"
+    in_channels: int = 2
+    decoder_channels: tuple[int, ...] = (128, 64, 48, 32, 16)
+    num_classes: int = len(CLASS_NAMES)
+    num_phases: int = len(PHASE_NAMES)
+    dropout: float = 0.2
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetConfig:
+        d = dict(d)
+        if "decoder_channels" in d:
+            d["decoder_channels"] = tuple(int(c) for c in d["decoder_channels"])
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {
+            "encoder": self.encoder,
+            "in_channels": self.in_channels,
+            "decoder_channels": list(self.decoder_channels),
+            "num_classes": self.num_classes,
+            "num_phases": self.num_phases,
+            "dropout": self.dropout,
+        }
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UpBlock(nn.Module):
+    """Upsample ×2, concatenate the skip, two 3×3 convs."""
+
+    def __init__(self, cin: int, cskip: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(ConvBNReLU(cin + cskip, cout), ConvBNReLU(cout, cout))
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class ParticleNet(nn.Module):
+    """Shared encoder with a class head and a U-Net phase head.
+
+    A light full-resolution stem feeds the last decoder stage so that pores and
+    cracks one or two pixels wide survive (the encoder's first map is already /2).
+    """
+
+    def __init__(self, cfg: NetConfig = NetConfig()) -> None:
+        super().__init__()
+        if len(cfg.decoder_channels) != 5:
+            raise ValueError(f"decoder_channels needs 5 entries, got {cfg.decoder_channels}")
+        self.cfg = cfg
+        self.encoder = build_encoder(cfg.encoder, cfg.in_channels)
+        enc = self.encoder.channels  # strides 2, 4, 8, 16, 32
+        d = cfg.decoder_channels
+        self.full_res = ConvBNReLU(cfg.in_channels, d[4])
+        self.up = nn.ModuleList(
+            [
+                UpBlock(enc[4], enc[3], d[0]),  # /32 -> /16
+                UpBlock(d[0], enc[2], d[1]),  # -> /8
+                UpBlock(d[1], enc[1], d[2]),  # -> /4
+                UpBlock(d[2], enc[0], d[3]),  # -> /2
+                UpBlock(d[3], d[4], d[4]),  # -> /1 with the full-res stem
+            ]
+        )
+        self.phase_head = nn.Conv2d(d[4], cfg.num_phases, 1)
+        self.class_head = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(2 * enc[4], 128), nn.ReLU(inplace=True), nn.Linear(128, cfg.num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (class_logits (N, num_classes), phase_logits (N, num_phases, S, S))."""
+        f1, f2, f3, f4, f5 = self.encoder(x)
+        # Mean and max pooling: max keeps evidence of a single long crack.
+        pooled = torch.cat([f5.mean(dim=(2, 3)), torch.amax(f5, dim=(2, 3))], dim=1)
+        class_logits = self.class_head(pooled)
+        y = self.up[0](f5, f4)
+        y = self.up[1](y, f3)
+        y = self.up[2](y, f2)
+        y = self.up[3](y, f1)
+        y = self.up[4](y, self.full_res(x))
+        return class_logits, self.phase_head(y)
+
+
+def build_model(cfg: NetConfig | dict) -> ParticleNet:
+    """Build a `ParticleNet` from a `NetConfig` or its dict form."""
+    if isinstance(cfg, dict):
+        cfg = NetConfig.from_dict(cfg)
+    return ParticleNet(cfg)

@@ -1,0 +1,113 @@
+"""Training through Hydra: fast_dev_run, resume, init_from, checkpoint contents, DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from fracscope.models.checkpoint import init_weights_from, load_model
+from fracscope.models.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = ["experiment=smoke", "data.synth.n_crops=10", "threads=2"]
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def synth_cache(tmp_path_factory):
+    """One synthetic cache for the module (the smoke set is generated once)."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("FRACSCOPE_CACHE")
+    os.environ["FRACSCOPE_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("FRACSCOPE_CACHE", None)
+    else:
+        os.environ["FRACSCOPE_CACHE"] = old
+
+
+def compose_cfg(out: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("train", overrides=[*SMOKE, f"paths.output_dir={out}", *overrides])
+
+
+def test_fast_dev_run_writes_run_dir(tmp_path) -> None:
+    result = run(compose_cfg(tmp_path, "trainer.fast_dev_run=true"))
+    assert (tmp_path / "config.yaml").exists()
+    for png in ("val_gallery.png", "confusion_matrix_val.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert "val/loss" in result.final_metrics
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_and_init_from(tmp_path) -> None:
+    first = run(compose_cfg(tmp_path / "a", "model=cosine", "trainer.max_epochs=1"))
+    assert first.best_checkpoint is not None and first.last_checkpoint is not None
+    assert (tmp_path / "a" / "metrics.csv").exists()
+    ckpt = torch.load(first.best_checkpoint, map_location="cpu", weights_only=True)  # plain hparams
+    cfg = ckpt["hyper_parameters"]["config"]
+    for key in ("crop_size", "margin", "normalisation", "class_names", "phase_names", "pixel_size_range_um",
+                "pore_polarities", "synth_version", "training_data", "encoder", "in_channels", "best_metrics"):
+        assert key in cfg, key
+    assert cfg["crop_size"] == 64 and cfg["encoder"] == "resnet18"
+    assert cfg["pore_polarities"] == ["dark", "bright"]
+    assert "val/macro_f1" in cfg["best_metrics"]
+
+    # Resume: continues from the stored step instead of starting again.
+    steps_first = ckpt["global_step"]
+    resumed = run(compose_cfg(tmp_path / "a", "model=cosine", "trainer.max_epochs=2", f"ckpt_path={first.last_checkpoint}"))
+    last = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)
+    assert last["epoch"] > ckpt["epoch"] and last["global_step"] == 2 * steps_first
+
+    # init_from: the new network starts from the checkpoint's weights.
+    loaded = load_model(first.best_checkpoint)
+    fresh = load_model(first.best_checkpoint).net
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    rep = init_weights_from(fresh, first.best_checkpoint)
+    assert rep.loaded > 0 and not rep.skipped
+    for (k, a), b in zip(loaded.net.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k
+    tuned = run(compose_cfg(tmp_path / "b", "trainer.fast_dev_run=true", f"init_from={first.best_checkpoint}"))
+    assert tuned.final_metrics
+
+    # Evaluation of the checkpoint on annotated images: metrics, kappa and a contact sheet.
+    from fracscope.data.datamodule import synth_config
+    from fracscope.evaluate import evaluate_items
+    from fracscope.synth import generate_crops
+
+    items = list(generate_crops(synth_config("p", []), 4, seed=11))
+    rep = evaluate_items(items, first.best_checkpoint, tmp_path / "eval")
+    assert rep.metrics["n_particles"] == 4 and "head_kappa" in rep.metrics and "otsu_porosity_mae_pp" in rep.metrics
+    assert (tmp_path / "eval" / "misclassified.png").exists() and (tmp_path / "eval" / "particles.csv").exists()
+
+
+def test_init_from_skips_mismatched_shapes(tmp_path) -> None:
+    from fracscope.models import NetConfig, build_model
+
+    src = build_model(NetConfig(decoder_channels=(32, 16, 16, 8, 8)))
+    torch.save(src.state_dict(), tmp_path / "w.pt")
+    dst = build_model(NetConfig(decoder_channels=(32, 16, 16, 8, 8), num_classes=4))
+    rep = init_weights_from(dst, tmp_path / "w.pt")
+    assert any("class_head" in k for k in rep.skipped)
+    assert torch.equal(dst.encoder.stages[0][0].weight, src.encoder.stages[0][0].weight)
+    with pytest.raises(FileNotFoundError):
+        init_weights_from(dst, tmp_path / "missing.ckpt")
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_gloo(tmp_path, synth_cache) -> None:
+    env = {**os.environ, "FRACSCOPE_CACHE": str(synth_cache), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "train.py", *SMOKE[:2], "threads=1", "trainer=ddp", "trainer.max_epochs=1",
+           "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "world_size: 2" in proc.stdout + proc.stderr or "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
