@@ -41,6 +41,7 @@ class SEMImage:
     pixel_size_source: str = "none"
     source: str = ""
     page: int = 0
+    n_pages: int = 1
 
 
 @dataclass

@@ -8,6 +8,8 @@ scores a label map against ground truth.
 from fracscope.detect.base import BUILTIN_DETECTORS, Detector, build_detector
 from fracscope.detect.classical import ClassicalDetector, ClassicalParams, PixelFallback
 from fracscope.detect.matching import MatchResult, iou_table, match_instances
+from fracscope.detect.postprocess import labels_from_maps, maps_from_labels
+from fracscope.detect.tiling import TiledDetector, detect_tiled
 
 __all__ = [
     "BUILTIN_DETECTORS",
@@ -16,7 +18,11 @@ __all__ = [
     "Detector",
     "MatchResult",
     "PixelFallback",
+    "TiledDetector",
     "build_detector",
+    "detect_tiled",
     "iou_table",
+    "labels_from_maps",
+    "maps_from_labels",
     "match_instances",
 ]

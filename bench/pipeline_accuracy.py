@@ -1,0 +1,131 @@
+"""Whole-pipeline accuracy on held-out synthetic electrode fields against their ground truth.
+
+    python bench/pipeline_accuracy.py [--particles 600] [--model models/fracscope_default.onnx]
+
+Generates wide fields with the frozen `conf/synth/heldout.yaml` (half gp, half p), writes them
+as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores:
+- detection F1 at IoU 0.5 and count error, against every ground-truth section;
+- class macro-F1 and class fractions, on matched particles that are whole (not cut by the border)
+  and large enough to judge (the ones the summary counts);
+- porosity MAE and bias in percentage points on the same particles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tifffile  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from fracscope.detect import match_instances  # noqa: E402
+from fracscope.synth import generate_electrode, load_config  # noqa: E402
+from fracscope.types import CLASS_NAMES  # noqa: E402
+
+
+def write_fields(out: Path, n_particles: int) -> dict[str, object]:
+    truth = {}
+    for preset in ("gp", "p"):
+        cfg = load_config(preset, heldout=True)
+        (out / preset).mkdir(parents=True, exist_ok=True)
+        for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
+            px = item.image.pixel_size_um
+            path = out / preset / f"field{i:03d}.tif"
+            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True, metadata={"unit": "um"})
+            truth[f"{preset}__field{i:03d}"] = item
+    return truth
+
+
+def macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, list[float]]:
+    f1s, recalls = [], []
+    for k in range(len(CLASS_NAMES)):
+        tp = np.sum((pred == k) & (true == k))
+        fp = np.sum((pred == k) & (true != k))
+        fn = np.sum((pred != k) & (true == k))
+        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+        recalls.append(tp / max(tp + fn, 1))
+    return float(np.mean(f1s)), [float(r) for r in recalls]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--particles", type=int, default=600)
+    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--detector", default="classical")
+    ap.add_argument("--classify", default="topology", choices=["head", "topology"])
+    ap.add_argument("--segmenter", default="model", choices=["model", "threshold"])
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+
+    from conftest import compose_infer
+
+    from fracscope.pipeline import run
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_pipeacc_"))
+    t0 = time.perf_counter()
+    truth = write_fields(work / "fields", args.particles)
+    t_gen = time.perf_counter() - t0
+    overrides = [f"input={work / 'fields'}", f"output={work / 'out'}", f"detect={args.detector}",
+                 f"classify={args.classify}", f"segmenter={args.segmenter}"]
+    if args.model:
+        overrides.append(f"model_path={args.model}")
+    outcome = run(compose_infer(*overrides))
+    table = pd.read_csv(work / "out" / "particles.csv")
+
+    tp = fp = fn = n_true = n_pred = 0
+    rows = []
+    for stem, item in truth.items():
+        pred = tifffile.imread(work / "out" / "instances" / f"{stem}.tif")
+        gt = item.instances
+        m = match_instances(gt, pred, iou=0.5)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        n_true += len(item.particles)
+        n_pred += int(pred.max())
+        ann = {p.particle_id: p for p in item.particles}
+        img_rows = table[table["image"].astype(str).str.endswith(f"{stem.replace('__', '/')}.tif")]
+        by_id = img_rows.set_index("particle_id")
+        for g, p in m.pairs:
+            a = ann[int(g)]
+            r = by_id.loc[int(p)]
+            rows.append({
+                "true_class": CLASS_NAMES.index(a.class_name),
+                "pred_class": CLASS_NAMES.index(r["class"]),
+                "true_porosity": a.measurements["porosity_pct"],
+                "pred_porosity": r["porosity_pct"],
+                "judged": (not bool(r["touches_border"])) and (not bool(r["too_small"]))
+                and not a.measurements.get("touches_border", 0),
+            })
+    pairs = pd.DataFrame(rows)
+    judged = pairs[pairs["judged"]]
+    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+    mf1, recalls = macro_f1(judged["true_class"].to_numpy(), judged["pred_class"].to_numpy())
+    true_frac = np.bincount(judged["true_class"], minlength=3) / max(len(judged), 1)
+    pred_frac = np.bincount(judged["pred_class"], minlength=3) / max(len(judged), 1)
+    err = judged["pred_porosity"] - judged["true_porosity"]
+
+    print(f"held-out electrode fields: {len(truth)} images, {n_true} true sections (generated in {t_gen:.0f} s)")
+    print(f"pipeline: detect={args.detector} segmenter={args.segmenter} classify={args.classify} "
+          f"model={args.model or 'shipped default'}; {outcome.n_particles} particles in {outcome.wall_s:.1f} s")
+    print(f"detection  F1@0.5 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f}); "
+          f"count error {100 * (n_pred - n_true) / n_true:+.1f} %")
+    print(f"classes on {len(judged)} matched whole sections: macro-F1 {mf1:.3f}; recall "
+          + ", ".join(f"{n} {r:.3f}" for n, r in zip(CLASS_NAMES, recalls)))
+    print("class fractions true vs pred: " + ", ".join(
+        f"{n} {100 * t:.1f} % vs {100 * p:.1f} % ({100 * (p - t):+.1f} pp)" for n, t, p in zip(CLASS_NAMES, true_frac, pred_frac)))
+    print(f"porosity MAE {err.abs().mean():.2f} pp, bias {err.mean():+.2f} pp (n={len(err)})")
+    print("reproduce: python bench/pipeline_accuracy.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

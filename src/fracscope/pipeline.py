@@ -1,0 +1,299 @@
+"""Bulk inference: read → detect → crop → model → measure → report.
+
+`run(cfg)` is what `infer.py` calls; `analyse_image` is the same sentence for one image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from fracscope import __version__
+from fracscope.crop import crop_particles, paste_back
+from fracscope.detect import Detector, build_detector
+from fracscope.assets import resolve_input, resolve_model
+from fracscope.io import ReadFailure, iter_images
+from fracscope.io.groups import group_for, load_group_map
+from fracscope.measure import measure_particle
+from fracscope.measure.threshold import threshold_phases
+from fracscope.models.topology import combine_class_with_topology
+from fracscope.report import ReportWriter
+from fracscope.runtime import Backend, load_backend
+from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """How one image is turned into particle results (from the `infer` config)."""
+
+    batch_size: int = 64
+    segmenter: str = "model"  # "model" | "threshold" (the paper's Eq. 1 on an Otsu threshold)
+    classify: str = "topology"  # "head" | "topology" (class head + crack-mask connectivity)
+    pore_polarity: str = "dark"
+    low_confidence: float = 0.6  # flag particles whose top class probability is below this
+    min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
+    min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
+    keep_crops: bool = True  # keep crops on results for review contact sheets
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per stage, summed over the run."""
+
+    seconds: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("decode", "detect", "crop", "model", "measure", "write"), 0.0)
+    )
+
+    def add(self, stage: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.seconds[stage] += now - t0
+        return now
+
+
+def predict_crops(backend: Backend, crops: list[ParticleCrop], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, 3) and phase probabilities (N, 4, S, S) for a list of crops."""
+    if not crops:
+        s = backend.metadata.crop_size
+        return np.zeros((0, len(CLASS_NAMES)), np.float32), np.zeros((0, 4, s, s), np.float32)
+    x = np.stack([np.stack([c.image, c.mask]) for c in crops]).astype(np.float32, copy=False)
+    return backend.predict_batched(x, batch_size)
+
+
+def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
+    r0, c0, r1, c1 = bbox
+    return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
+
+
+def analyse_image(
+    image: SEMImage,
+    stem: str,
+    group: str,
+    detector: Detector,
+    backend: Backend,
+    settings: AnalysisSettings,
+    times: StageTimes | None = None,
+) -> ImageResult:
+    """Find, crop, classify, segment and measure every particle of one image."""
+    times = times or StageTimes()
+    meta = backend.metadata
+    t = time.perf_counter()
+    instances = detector.detect(image)
+    t = times.add("detect", t)
+
+    crops = crop_particles(image.pixels, instances, size=meta.crop_size, margin=meta.margin)
+    t = times.add("crop", t)
+
+    class_probs, phase_probs = predict_crops(backend, crops, settings.batch_size)
+    t = times.add("model", t)
+
+    phases = np.zeros(instances.shape, np.uint8)
+    particles: list[ParticleResult] = []
+    px = image.pixel_size_um
+    for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
+        r0, c0, r1, c1 = _particle_bbox(instances, crop)
+        own = instances[r0:r1, c0:c1] == crop.particle_id
+        if settings.segmenter == "threshold":
+            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity)
+        else:
+            prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
+            # Inside the detector's mask a pixel is solid, pore or crack: background is not an option.
+            local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
+            local[~own] = Phase.BACKGROUND
+        phases[r0:r1, c0:c1][own] = local[own]
+        m = measure_particle(own, local, px)
+        if settings.classify == "topology" and settings.segmenter == "model":
+            class_index = combine_class_with_topology(probs, local, own)
+        else:
+            class_index = int(np.argmax(probs))
+        diameter = m["eq_diameter_um"]
+        too_small = diameter < (settings.min_judge_diameter_um if px else settings.min_judge_diameter_px)
+        particles.append(
+            ParticleResult(
+                particle_id=crop.particle_id,
+                class_name=CLASS_NAMES[class_index],
+                probs=tuple(float(p) for p in probs),
+                low_confidence=bool(np.max(probs) < settings.low_confidence),
+                touches_border=_touches_border((r0, c0, r1, c1), instances.shape),
+                too_small=bool(too_small),
+                bbox=(r0, c0, r1, c1),
+                measurements=m,
+                crop=crop if settings.keep_crops else None,
+            )
+        )
+    times.add("measure", t)
+    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
+
+
+def _particle_bbox(instances: np.ndarray, crop: ParticleCrop) -> tuple[int, int, int, int]:
+    """The particle's own bounding box, found inside its (larger) crop window."""
+    r0, c0, r1, c1 = crop.bbox
+    h, w = instances.shape
+    wr0, wc0, wr1, wc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
+    rows, cols = np.nonzero(instances[wr0:wr1, wc0:wc1] == crop.particle_id)
+    return wr0 + rows.min(), wc0 + cols.min(), wr0 + rows.max() + 1, wc0 + cols.max() + 1
+
+
+def image_stem(image: SEMImage, root: Path | None) -> str:
+    """Unique, flat name of one image page for output files.
+
+    The path below the input root joins with "__" (A/f0.tif -> A__f0), so files of the same
+    name in different group folders never overwrite each other; pages of a multi-page file
+    get _p000, _p001, ...
+    """
+    source = Path(image.source)
+    try:
+        rel = source.resolve().relative_to(root.resolve()).with_suffix("") if root else Path(source.stem)
+    except ValueError:
+        rel = Path(source.stem)
+    stem = "__".join(rel.parts)
+    return f"{stem}_p{image.page:03d}" if image.n_pages > 1 else stem
+
+
+def input_root(spec: str) -> Path | None:
+    """The folder that groups and output names are relative to: the input folder, or a glob's fixed prefix."""
+    path = Path(spec)
+    if path.is_dir():
+        return path
+    fixed = []
+    for part in path.parts:
+        if any(ch in part for ch in "*?["):
+            return Path(*fixed) if fixed else Path(".")
+        fixed.append(part)
+    return path.parent
+
+
+def settings_from_cfg(cfg: DictConfig) -> AnalysisSettings:
+    return AnalysisSettings(
+        batch_size=int(cfg.batch_size),
+        segmenter=str(cfg.segmenter),
+        classify=str(cfg.classify),
+        pore_polarity=str(cfg.pore_polarity),
+        low_confidence=float(cfg.low_confidence),
+        min_judge_diameter_um=float(cfg.min_judge_diameter_um),
+        min_judge_diameter_px=float(cfg.min_judge_diameter_px),
+    )
+
+
+def check_polarity(backend: Backend, polarity: str) -> None:
+    """Refuse a pore polarity the model never saw in training."""
+    seen = tuple(backend.metadata.pore_polarities)
+    if polarity not in seen:
+        raise ValueError(
+            f"pore_polarity={polarity!r} but this model was trained only on {list(seen)} pores; "
+            "use a model trained with the inverted-pore augmentation, or segmenter=threshold"
+        )
+
+
+@dataclass
+class RunOutcome:
+    n_images: int
+    n_particles: int
+    failures: list[tuple[str, int, str]]
+    seconds: dict[str, float]
+    wall_s: float
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+def run(cfg: DictConfig) -> RunOutcome:
+    """Analyse every image under `cfg.input` and write the report into `cfg.output`."""
+    settings = settings_from_cfg(cfg)
+    if settings.segmenter not in ("model", "threshold"):
+        raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
+    if settings.classify not in ("head", "topology"):
+        raise ValueError(f"classify must be 'head' or 'topology', got {settings.classify!r}")
+    model_path = resolve_model(cfg.model_path)
+    backend = load_backend(model_path, backend=str(cfg.backend), device=str(cfg.device))
+    if settings.segmenter == "model":
+        check_polarity(backend, settings.pore_polarity)
+    detector = build_detector(cfg.detect)
+    input_spec = resolve_input(cfg.input)
+    if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
+        raise FileNotFoundError(f"input not found: {input_spec}")
+    root = input_root(input_spec)
+    group_map = load_group_map(cfg.groups_csv) if cfg.get("groups_csv") else None
+    output = Path(str(cfg.output))
+    provenance = {
+        "fracscope_version": __version__,
+        "model_path": model_path,
+        "model_sha256": backend.sha256,
+        "model_metadata": backend.metadata.to_dict(),
+        "input": input_spec,
+        "command": " ".join(sys.argv),
+    }
+    config = OmegaConf.to_container(cfg, resolve=True)
+    writer = ReportWriter(output, config, provenance, resume=bool(cfg.resume))
+    done = writer.done_images() if cfg.resume else set()
+    times = StageTimes()
+    n_images = n_particles = n_skipped = 0
+    t_start = time.perf_counter()
+    pixel_size = None if cfg.pixel_size_um is None else float(cfg.pixel_size_um)
+    sources = iter_images(
+        input_spec, pixel_size_um=pixel_size, crop_bar=bool(cfg.crop_data_bar), n_threads=int(cfg.decode_threads)
+    )
+    unknown_scale_warned = False
+    progress = tqdm(sources, unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
+    t = time.perf_counter()
+    for item in progress:
+        t = times.add("decode", t)
+        if isinstance(item, ReadFailure):
+            log.error("could not read %s: %s", item.source, item.error)
+            writer.add_failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
+            continue
+        if (str(item.source), item.page) in done:
+            n_skipped += 1
+            continue
+        if item.pixel_size_um is None and not unknown_scale_warned:
+            log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", item.source)
+            unknown_scale_warned = True
+        try:
+            group = group_for(item.source, root, group_map)
+            result = analyse_image(item, image_stem(item, root), group, detector, backend, settings, times)
+            t = time.perf_counter()
+            writer.add(result)
+            t = times.add("write", t)
+        except Exception as exc:  # one bad image must not stop a run over thousands
+            log.exception("failed on %s page %d", item.source, item.page)
+            writer.add_failure(str(item.source), item.page, f"{type(exc).__name__}: {exc}")
+            t = time.perf_counter()
+            continue
+        n_images += 1
+        n_particles += len(result.particles)
+        elapsed = time.perf_counter() - t_start
+        progress.set_postfix(particles=n_particles, per_s=f"{n_particles / max(elapsed, 1e-9):.1f}")
+    t = time.perf_counter()
+    writer.close()
+    times.add("write", t)
+    wall = time.perf_counter() - t_start
+    outcome = RunOutcome(n_images, n_particles, list(writer.failures), times.seconds, wall)
+    _write_timings(output, outcome, n_skipped)
+    return outcome
+
+
+def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:
+    """timings.json: where the time went, for benchmarks and for users tuning a run."""
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    payload = {
+        "n_images": outcome.n_images,
+        "n_images_skipped_resume": n_skipped,
+        "n_particles": outcome.n_particles,
+        "n_failed": len(outcome.failures),
+        "wall_s": outcome.wall_s,
+        "particles_per_s": outcome.n_particles / max(outcome.wall_s, 1e-9),
+        "stage_s": outcome.seconds,
+        "peak_rss_mb": peak_rss_mb,
+    }
+    (output / "timings.json").write_text(json.dumps(payload, indent=2) + "\n")

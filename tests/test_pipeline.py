@@ -1,0 +1,122 @@
+"""Bulk inference plumbing: read → detect → crop → model → measure → report."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+
+from conftest import compose_infer
+from fracscope.pipeline import run
+
+
+@pytest.fixture(scope="module")
+def field_dir(tmp_path_factory):
+    """Two groups of small synthetic electrode fields, written as the user would have them."""
+    from fracscope.synth import load_config, make_field
+
+    cfg = load_config("p", overrides=["electrode.field_px=[384,512]"])
+    root = tmp_path_factory.mktemp("fields")
+    truth = {}
+    for group, seed in (("A", 1), ("B", 2)):
+        (root / group).mkdir()
+        for i in range(2):
+            item = make_field(cfg, seed, i)
+            px = item.image.pixel_size_um
+            path = root / group / f"f{i}.tif"
+            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True,
+                             metadata={"unit": "um"})
+            truth[str(path)] = item
+    return root, truth
+
+
+def test_run_writes_every_output_and_ids_match_instances(tmp_path, field_dir, random_onnx_model):
+    root, truth = field_dir
+    out = tmp_path / "out"
+    cfg = compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}", "batch_size=16")
+    outcome = run(cfg)
+    assert outcome.exit_code == 0 and outcome.n_images == 4
+    table = pd.read_csv(out / "particles.csv")
+    assert len(table) == outcome.n_particles > 0
+    assert set(table["group"]) == {"A", "B"}
+    assert (table["length_unit"] == "um").all()
+    assert table["pixel_size_source"].eq("imagej").all()
+    for (image, page), rows in table.groupby(["image", "page"]):
+        # same file names in two group folders must not overwrite each other's outputs
+        stem = f"{Path(image).parent.name}__{Path(image).stem}"
+        assert (out / "overlays" / f"{stem}.png").is_file()
+        labels = tifffile.imread(out / "instances" / f"{stem}.tif")
+        assert set(rows["particle_id"]) == set(np.unique(labels[labels > 0]).tolist())
+    # detection count against the generator's ground truth: the classical detector within 15 % on tiny fields
+    n_true = sum(len(item.particles) for item in truth.values())
+    assert abs(outcome.n_particles - n_true) <= 0.15 * n_true
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["provenance"]["model_sha256"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["n_particles"] == outcome.n_particles and timings["peak_rss_mb"] > 0
+    assert pd.read_parquet(out / "particles.parquet").shape == table.shape
+
+
+def test_corrupt_file_is_an_error_row_and_the_rest_is_processed(tmp_path, field_dir, random_onnx_model):
+    root, _ = field_dir
+    bad = root / "A" / "broken.tif"
+    bad.write_bytes(b"II*\x00 this is not a tiff")
+    try:
+        out = tmp_path / "out"
+        outcome = run(compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}"))
+        assert outcome.n_images == 4
+        assert outcome.exit_code != 0
+        assert [f[0] for f in outcome.failures] == [str(bad)]
+        errors = pd.read_csv(out / "errors.csv")
+        assert errors["image"].astype(str).str.endswith("broken.tif").all() and len(errors) == 1
+    finally:
+        bad.unlink()
+
+
+def test_resume_skips_done_images(tmp_path, field_dir, random_onnx_model):
+    root, _ = field_dir
+    out = tmp_path / "out"
+    first = run(compose_infer(f"input={root}/A", f"output={out}", f"model_path={random_onnx_model}"))
+    second = run(compose_infer(f"input={root}/A", f"output={out}", f"model_path={random_onnx_model}", "resume=true"))
+    assert first.n_images == 2 and second.n_images == 0
+    assert len(pd.read_csv(out / "particles.csv")) == first.n_particles
+
+
+def test_threshold_segmenter_and_unknown_pixel_size(tmp_path, field_dir, random_onnx_model):
+    root, truth = field_dir
+    src = next(iter(truth))
+    plain = tmp_path / "plain.png"
+    from PIL import Image
+
+    Image.fromarray(tifffile.imread(src)).save(plain)
+    out = tmp_path / "out"
+    outcome = run(compose_infer(f"input={plain}", f"output={out}", f"model_path={random_onnx_model}",
+                                "segmenter=threshold"))
+    table = pd.read_csv(out / "particles.csv")
+    assert outcome.exit_code == 0 and len(table) > 0
+    assert (table["length_unit"] == "px").all()
+    assert table["porosity_pct"].between(0, 100).all()
+
+
+def test_refuses_a_polarity_the_model_never_saw(tmp_path, field_dir, random_onnx_model):
+    root, _ = field_dir
+    with pytest.raises(ValueError, match="bright"):
+        run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}",
+                          "pore_polarity=bright"))
+
+
+def test_cuda_without_gpu_runtime_is_a_clear_error(tmp_path, field_dir, random_onnx_model):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is installed here")
+    root, _ = field_dir
+    with pytest.raises(Exception, match=r"onnxruntime-gpu"):
+        run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}", "device=cuda"))
+
+
+def test_missing_input_is_a_clear_error(tmp_path, random_onnx_model):
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        run(compose_infer(f"input={tmp_path}/nope", f"output={tmp_path}", f"model_path={random_onnx_model}"))
