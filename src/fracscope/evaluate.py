@@ -31,7 +31,7 @@ from fracscope.models.scores import (  # noqa: E402
     otsu_porosity_pct,
     porosity_errors_pp,
 )
-from fracscope.models.topology import combine_class_with_topology  # noqa: E402
+from fracscope.classify import combine_class_with_topology  # noqa: E402
 from fracscope.types import CLASS_NAMES, AnnotatedImage, Phase  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from fracscope.io import ReadFailure, iter_images
 from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import threshold_phases
-from fracscope.models.topology import combine_class_with_topology
+from fracscope.classify import combine_class_with_topology
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage

@@ -2,7 +2,7 @@
 
 from fracscope.models.encoders import ENCODERS, build_encoder, encoder_names
 from fracscope.models.module import ParticleModule
-from fracscope.models.topology import combine_class_with_topology
+from fracscope.classify import combine_class_with_topology
 from fracscope.models.unet import NetConfig, ParticleNet, build_model
 
 __all__ = [

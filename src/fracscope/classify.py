@@ -1,4 +1,4 @@
-"""Decide "broken" from the connectivity of the predicted crack mask.
+"""Decide "broken" from the connectivity of the predicted crack mask (numpy only: inference needs no torch).
 
 Broken means the cracks split the section into fragments: a global connectivity
 property a CNN's pooled features may learn poorly. The phase head's crack mask makes
