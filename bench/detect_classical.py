@@ -3,7 +3,7 @@
 Usage: ``python bench/detect_classical.py [--fields N] [--overlay DIR]``
 
 Prints IoU-0.5 recall / precision / count ratio on `fracscope.synth` electrode fields
-(dark and bright pores), seconds per megapixel on a 2048 x 1536 field, and the
+(gp and p presets, seeds 0-3, bright pores, the frozen held-out config), seconds per megapixel on a 2048 x 1536 field, and the
 particles found on the real reference image (if present).
 """
 
@@ -34,13 +34,18 @@ def overlay(pixels: np.ndarray, labels: np.ndarray, path: Path) -> None:
     Image.fromarray((rgb * 255).astype(np.uint8)).save(path)
 
 
-def accuracy(n_particles: int, overrides: list[str]) -> str:
-    """Pooled IoU-0.5 scores over synth fields (GT sections below 1.5 µm dropped, as the detector does)."""
+def accuracy(n_particles: int, preset: str, seed: int | None = None, overrides: tuple[str, ...] = ()) -> str:
+    """Pooled IoU-0.5 scores over synth fields (GT sections below 1.5 µm dropped, as the detector does).
+
+    `preset` "heldout" is the frozen held-out config with its own seed.
+    """
     from fracscope.synth import generate_electrode, load_config
 
+    cfg = load_config("gp", heldout=True) if preset == "heldout" else load_config(preset, overrides=list(overrides))
+    seed = int(cfg.seed) if seed is None else seed
     det = ClassicalDetector()
     tp = fp = fn = 0
-    for item in generate_electrode(load_config("gp", overrides=overrides), n_particles, seed=0):
+    for item in generate_electrode(cfg, n_particles, seed=seed):
         gt = item.instances.astype(np.int64)
         px = item.image.pixel_size_um
         small = np.bincount(gt.ravel()) < np.pi * (det.params.min_diameter_um / px / 2) ** 2
@@ -71,9 +76,11 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=110)
     parser.add_argument("--overlay", type=Path, default=Path("/tmp"))
     args = parser.parse_args()
-    print("synth gp, dark pores:  ", accuracy(args.particles, []))
-    print("synth gp, bright pores:", accuracy(args.particles, ["imaging.pore_polarity=bright"]))
-    print("synth p preset:        ", accuracy(args.particles, ["preset=p"]))
+    for preset in ("gp", "p"):
+        for seed in range(4):
+            print(f"synth {preset} seed {seed}:        ", accuracy(args.particles, preset, seed))
+    print("synth gp seed 0, bright pores:", accuracy(args.particles, "gp", 0, ("imaging.pore_polarity=bright",)))
+    print("synth held-out:               ", accuracy(args.particles, "heldout"))
     print("speed:", speed())
     if REFERENCE.exists():
         image = read_image_pages(REFERENCE, pixel_size_um=0.033)[0]

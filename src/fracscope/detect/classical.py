@@ -9,9 +9,12 @@ Steps, at a coarse working pixel size (about 0.12 µm/px) for speed:
 3. opening removes binder specks and thin bright bridges; closing bridges cracks so a
    broken particle stays one body;
 4. holes are filled (pores, closed cracks), up to `max_hole_diameter_um`;
-5. distance-transform watershed from h-maxima seeds splits touching particles, then
-   neighbours are merged back when the neck between them is wide relative to the
-   smaller one (`merge_ratio`), so lumpy outlines do not shatter a particle;
+5. distance-transform watershed from low h-maxima seeds (so satellites nestled against
+   a large particle get their own seed) splits touching particles, then neighbours are
+   merged back when the neck between them is wide relative to the smaller one
+   (`merge_ratio`), or, for neighbours of similar size (a lumpy or border-cut particle
+   split in halves), somewhat narrower (`similar_merge_ratio`), so lumpy outlines do
+   not shatter a particle;
 6. a filled hole shared by several particles is a matrix pocket between them, not a
    pore, and is given back to the matrix;
 7. labels are upsampled (nearest) and the boundary band is redrawn at full resolution
@@ -49,7 +52,8 @@ class PixelFallback:
     smooth_px: float = 2.4
     opening_radius_px: float = 5.0
     closing_radius_px: float = 5.0
-    seed_h_px: float = 3.0
+    seed_h_px: float = 1.0
+    similar_min_peak_px: float = 10.0
     max_hole_diameter_px: float = 80.0
     min_diameter_px: float = 30.0
     mirror_px: float = 160.0
@@ -71,6 +75,12 @@ class ClassicalParams:
     merge_ratio: neighbours are merged when the distance-transform value at their
         shared boundary exceeds this fraction of the smaller one's peak (0 disables
         splitting; > 1 disables merging).
+    similar_merge_ratio: lower merge ratio for neighbours of similar size (smaller peak
+        >= `similar_peak_ratio` x larger peak, and >= `similar_min_peak_um`): two halves
+        of one lumpy particle have similar peaks and a fairly wide neck, whereas a
+        satellite touching a large particle does not qualify.
+    similar_peak_ratio: see `similar_merge_ratio`.
+    similar_min_peak_um: see `similar_merge_ratio` (keeps specks out of the rule).
     max_hole_diameter_um: holes up to this equivalent diameter are filled as pores.
     min_diameter_um: particles with a smaller area-equivalent diameter are dropped.
     exclude_border: drop particles that touch the image border.
@@ -85,8 +95,11 @@ class ClassicalParams:
     threshold_offset: float = 0.0
     opening_radius_um: float = 0.25
     closing_radius_um: float = 0.25
-    seed_h_um: float = 0.15
-    merge_ratio: float = 0.9
+    seed_h_um: float = 0.05
+    merge_ratio: float = 0.94
+    similar_merge_ratio: float = 0.78
+    similar_peak_ratio: float = 0.8
+    similar_min_peak_um: float = 0.5
     max_hole_diameter_um: float = 4.0
     min_diameter_um: float = 1.5
     exclude_border: bool = False
@@ -107,6 +120,24 @@ class ClassicalParams:
 
 
 @dataclass(frozen=True)
+class _MergeRule:
+    """When two watershed regions are one particle (peaks and necks in working pixels)."""
+
+    ratio: float
+    similar_ratio: float
+    similar_peak_ratio: float
+    similar_min_peak: float
+
+    def merges(self, neck: float, peak_a: float, peak_b: float) -> bool:
+        """True when the neck between regions with these distance-transform peaks is wide."""
+        lo, hi = min(peak_a, peak_b), max(peak_a, peak_b)
+        if neck > self.ratio * lo:
+            return True
+        similar = lo >= self.similar_peak_ratio * hi and lo >= self.similar_min_peak
+        return similar and neck > self.similar_ratio * lo
+
+
+@dataclass(frozen=True)
 class _Working:
     """Settings resolved to working pixels for one image."""
 
@@ -118,6 +149,7 @@ class _Working:
     max_hole_area: float
     min_area_full: float
     mirror: int
+    merge: _MergeRule
 
 
 def _resolve(p: ClassicalParams, pixel_size_um: float | None) -> _Working:
@@ -132,6 +164,7 @@ def _resolve(p: ClassicalParams, pixel_size_um: float | None) -> _Working:
             max_hole_area=math.pi * (p.px.max_hole_diameter_px / f / 2) ** 2,
             min_area_full=math.pi * (p.px.min_diameter_px / 2) ** 2,
             mirror=int(round(p.px.mirror_px / f)),
+            merge=_MergeRule(p.merge_ratio, p.similar_merge_ratio, p.similar_peak_ratio, p.px.similar_min_peak_px / f),
         )
     f = max(1, int(round(p.working_pixel_size_um / pixel_size_um)))
     w = pixel_size_um * f  # working pixel size, µm
@@ -144,6 +177,7 @@ def _resolve(p: ClassicalParams, pixel_size_um: float | None) -> _Working:
         max_hole_area=math.pi * (p.max_hole_diameter_um / w / 2) ** 2,
         min_area_full=math.pi * (p.min_diameter_um / pixel_size_um / 2) ** 2,
         mirror=int(round(p.mirror_um / w)),
+        merge=_MergeRule(p.merge_ratio, p.similar_merge_ratio, p.similar_peak_ratio, p.similar_min_peak_um / w),
     )
 
 
@@ -182,11 +216,11 @@ def _edt_mirrored(mask: np.ndarray, pad: int) -> np.ndarray:
     return ndi.distance_transform_edt(padded)[pad:-pad, pad:-pad].astype(np.float32)
 
 
-def _merge_wide_necks(labels: np.ndarray, edt: np.ndarray, ratio: float) -> np.ndarray:
+def _merge_wide_necks(labels: np.ndarray, edt: np.ndarray, rule: _MergeRule) -> np.ndarray:
     """Merge adjacent regions whose shared boundary is not a narrow neck.
 
     For regions a, b the neck height is the largest min(edt) over 4-neighbour pixel pairs
-    across their boundary; they merge when it exceeds `ratio` x the smaller region peak.
+    across their boundary; `rule` decides from it and the two region peaks.
     Pairs are processed from the highest neck down (as in a merge tree), with peaks updated.
     """
     n = int(labels.max())
@@ -225,7 +259,7 @@ def _merge_wide_necks(labels: np.ndarray, edt: np.ndarray, ratio: float) -> np.n
         ra, rb = root(c // (n + 1)), root(c % (n + 1))
         if ra == rb:
             continue
-        if neck > ratio * min(peak[ra], peak[rb]):
+        if rule.merges(neck, peak[ra], peak[rb]):
             parent[rb] = ra
             peak[ra] = max(peak[ra], peak[rb])
     lut = np.array([root(i) for i in range(n + 1)])
@@ -312,7 +346,7 @@ class ClassicalDetector(Detector):
             return ndi.label(mask)[0]
         markers = ndi.label(h_maxima(edt, w.seed_h) if w.seed_h > 0 else mask)[0]
         labels = watershed(-edt, markers, mask=mask)
-        return _merge_wide_necks(labels, edt, self.params.merge_ratio)
+        return _merge_wide_necks(labels, edt, w.merge)
 
     def _refine(self, full: np.ndarray, labels_w: np.ndarray, normalise: Any, t: float, w: _Working) -> np.ndarray:
         """Redraw the boundary band (about ±1.5 working pixels) from the full-resolution threshold."""

@@ -16,7 +16,7 @@ from fracscope.synth.imaging import ImagingParams, render_image
 from fracscope.synth.pores import PoreModel, stamp_pores
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, Phase, SEMImage
 
-SYNTH_VERSION = "0.1.0"
+SYNTH_VERSION = "0.2.0"
 
 
 @dataclass

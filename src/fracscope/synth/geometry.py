@@ -68,7 +68,7 @@ class ParticleGeometry:
 def canvas_half_px(spec: ParticleSpec, pixel_size_um: float) -> int:
     """Half size of a canvas that holds the particle, its lumps and crack exits."""
     length_um = spec.grain_width_um * spec.grain_aspect
-    return int(math.ceil((1.2 * spec.section_radius_um + 0.5 * length_um) / pixel_size_um)) + 5
+    return int(math.ceil((1.35 * spec.section_radius_um + 0.5 * length_um) / pixel_size_um)) + 5
 
 
 def _warp(dy: np.ndarray, dx: np.ndarray, r0: float, radius: float, aspect: float) -> np.ndarray:
@@ -91,8 +91,9 @@ def radial_seeds(
     ring = np.repeat(np.arange(n_rings), n_k)
     idx = np.concatenate([np.arange(n) for n in n_k])
     n_per = n_k[ring]
-    theta = (idx + rng.uniform(-0.35, 0.35, ring.size)) * (2 * np.pi / n_per) + rng.uniform(0, 2 * np.pi, n_rings)[ring]
-    r = r_k[ring] + rng.uniform(-0.4, 0.4, ring.size) * length_px
+    # Strong jitter breaks the ring/spoke order: real grains read as a polygonal mosaic.
+    theta = (idx + rng.uniform(-0.45, 0.45, ring.size)) * (2 * np.pi / n_per) + rng.uniform(0, 2 * np.pi, n_rings)[ring]
+    r = r_k[ring] + rng.uniform(-0.5, 0.5, ring.size) * length_px
     r = np.abs(r)
     return r * np.sin(theta), r * np.cos(theta)
 
@@ -131,7 +132,11 @@ def build_geometry(
     n_harm = 5
     coeffs = rng.normal(0.0, roughness, n_harm) / np.sqrt(np.arange(1, n_harm + 1))
     coeffs *= min(1.0, 0.15 / max(np.abs(coeffs).sum(), 1e-9))
-    ph = rng.uniform(0, 2 * np.pi, n_harm)
+    # Mid-order lobes (orders 7-24): ~1-4 µm scallops of the real, lumpy outline.
+    mid = rng.normal(0.0, 0.3 * roughness, 18)
+    mid *= min(1.0, 0.18 / max(np.abs(mid).sum(), 1e-9))  # outline stays within 1.33 R (canvas)
+    coeffs = np.concatenate([coeffs, mid])
+    ph = rng.uniform(0, 2 * np.pi, coeffs.size)
     seed_r = np.hypot(sy, sx)
     keep_seed = seed_r <= _outline_radius(np.arctan2(sy, sx), radius, coeffs, ph)
     if not keep_seed.any():
@@ -140,7 +145,10 @@ def build_geometry(
     yy, xx = np.mgrid[0:size, 0:size]
     dy, dx = yy - c, xx - c
     r_pix = np.hypot(dy, dx)
-    r_out = _outline_radius(np.arctan2(dy, dx).ravel(), radius, coeffs, ph).reshape(size, size)
+    # Tabulate the outline on a fine angular grid: 23 harmonics per pixel are costly.
+    t_tab = np.linspace(-np.pi, np.pi, 4097)
+    r_tab = _outline_radius(t_tab, radius, coeffs, ph)
+    r_out = np.interp(np.arctan2(dy, dx), t_tab, r_tab)
     width = length / aspect
     inside = r_pix <= r_out + 0.6 * width
     tree = cKDTree(_warp(sy, sx, length, radius, aspect))
@@ -149,9 +157,12 @@ def build_geometry(
     grains[inside] = np.where(keep_seed[nearest], nearest, -1)
 
     # Rim grains are cut at their own random height: grain-scale lumps, not spikes.
-    extra = rng.uniform(-0.3, 0.4, sy.size) * width
+    extra = rng.uniform(-0.3, 0.6, sy.size) * width
     mask = grains >= 0
     mask[inside] &= r_pix[inside] <= r_out[inside] + extra[nearest]
+    # Polishing rounds the rim: smoothing the mask turns square notches into scallops.
+    mask = ndi.gaussian_filter(mask.astype(np.float32), max(0.22 * width, 0.7)) > 0.5
+    mask &= inside
     grains[~mask] = -1
     lab, n = ndi.label(mask)
     if n > 1:

@@ -26,7 +26,7 @@ class ImagingParams:
 
     bit_depth: int = 8
     pore_polarity: str = "dark"
-    particle_level: float = 0.65
+    particle_level: float = 0.70
     particle_level_sd: float = 0.02
     grain_contrast_sd: float = 0.02
     boundary_contrast: float = 0.08
@@ -37,6 +37,7 @@ class ImagingParams:
     filled_pore_level: float = 0.95
     edge_brightening: float = 0.05
     edge_width_um: float = 0.08
+    pore_rim_brightening: float = 0.1
     curtain_sd: float = 0.06
     curtain_density_per_um: float = 3.0
     blur_um: float = 0.035
@@ -66,18 +67,22 @@ def _smooth_noise(shape, sigma_px: float, rng: np.random.Generator) -> np.ndarra
 
 
 def _matrix(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
-    # Carbon-binder domain: a fine sponge of bright carbon-black specks and black voids.
-    fine = _smooth_noise(shape, max(0.045 / px_um, 0.6), rng)
-    mid = _smooth_noise(shape, max(0.15 / px_um, 0.8), rng)
-    coarse = _smooth_noise(shape, 0.8 / px_um, rng)
-    sponge = 1.0 / (1.0 + np.exp(-3.0 * (fine + 0.6 * mid + 0.35 * coarse - 0.1)))
-    m = p.matrix_level * (1.0 - p.matrix_texture + 2.0 * p.matrix_texture * sponge)
-    m[(mid + 0.5 * coarse) < -1.5] *= 0.3  # open voids, deep and black
+    # Carbon-binder domain: a grey sponge of bright carbon-black specks around black
+    # voids, broken by open black pore space where no binder is left in the section.
+    fine = _smooth_noise(shape, max(0.04 / px_um, 0.6), rng)
+    mid = _smooth_noise(shape, max(0.12 / px_um, 0.8), rng)
+    coarse = _smooth_noise(shape, 0.6 / px_um, rng)
+    sponge = 0.7 * fine + mid
+    # Binder present (1) or open pore space (0): the real matrix is bimodal, not flat grey.
+    binder = 1.0 / (1.0 + np.exp(-3.0 * (coarse + 1.2)))
+    solid = np.clip(sponge + 1.0, 0.0, None) ** 1.1  # black voids where the sponge is thin
+    # Scaled so the median stays near matrix_level while specks reach ~3x it (as in 3_phase.tif).
+    m = p.matrix_level * (1.0 - p.matrix_texture + p.matrix_texture * 1.4 * binder * solid)
     # Particles just below the surface: dim, blurred, irregular.
     sub_field = _smooth_noise(shape, 0.6 / px_um, rng)
     thr = 2.6 - 4.0 * p.subsurface_density_per_um2
     sub = ndi.gaussian_filter((sub_field > thr).astype(np.float32), 0.15 / px_um)
-    return np.maximum(m, sub * (0.35 + 0.25 * sponge) * p.matrix_level / 0.085)
+    return np.maximum(m, sub * (0.35 + 0.25 * np.clip(sponge, 0, 1)) * p.matrix_level / 0.085)
 
 
 def _curtains(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
@@ -131,6 +136,11 @@ def render_image(
     d = ndi.distance_transform_edt(solid)
     halo = np.exp(-(d - 1.0) / max(params.edge_width_um / px, 0.5))
     img = img + params.edge_brightening * halo * solid
+    # Large voids get a distinct bright rim (edge effect + redeposition); small ones do not.
+    big = ndi.binary_opening(void, iterations=max(1, int(round(0.1 / px))))
+    if params.pore_rim_brightening and big.any():
+        d_big = ndi.distance_transform_edt(~big)
+        img = img + params.pore_rim_brightening * np.exp(-d_big / max(params.edge_width_um / px, 0.7)) * solid
     img = img * (1.0 + _curtains(shape, px, params, rng) * (0.4 + 0.6 * part))
     img = ndi.gaussian_filter(img.astype(np.float32), max(params.blur_um / px, 0.3))
     contrast = 1.0 + params.contrast_jitter * rng.standard_normal()

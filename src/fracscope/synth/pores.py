@@ -111,7 +111,7 @@ def stamp_pores(
             s = 0.5 * math.exp(rng.uniform(lo, hi)) * boost / pixel_size_um  # radius in px
             if s < 0.5:
                 continue  # sub-pixel pore: less than half of any pixel is void
-            r = int(math.ceil(1.6 * s))
+            r = int(math.ceil(1.6 * s))  # also covers the largest lobe (1.5 s)
             y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
             dy, dx = np.ogrid[y0 - y : y1 - y, x0 - x : x1 - x]
             d = np.hypot(dy, dx)
@@ -119,8 +119,11 @@ def stamp_pores(
             if rng.random() < 0.2:  # slit: a short opened stretch of grain boundary
                 st = (d <= 1.6 * s) & (dist_gb[y0:y1, x0:x1] <= 0.5) if s >= 1.0 else d <= s
             else:  # star: full near the junction, tapering along the boundaries
+                # Random low-order lobes: real voids are irregular, not regular stars.
+                ang = np.arctan2(dy, dx)
+                lobe = 1.0 + 0.3 * np.cos(2 * ang + rng.uniform(0, 6.3)) + 0.2 * np.cos(3 * ang + rng.uniform(0, 6.3))
                 taper = np.maximum(0.5, 0.75 * s * (1.0 - d / s))
-                st = (d <= s) & ((dist_gb[y0:y1, x0:x1] <= taper) | (d <= 0.45 * s))
+                st = (d <= s * lobe) & ((dist_gb[y0:y1, x0:x1] <= taper) | (d <= rng.uniform(0.35, 0.7) * s * lobe))
             st &= free[y0:y1, x0:x1] & ~pore[y0:y1, x0:x1]
             if not st.any():
                 continue
