@@ -1,9 +1,7 @@
 """Reading and writing the rasters of a dataset: images, label maps, phase maps.
 
-Kept apart from `fracscope.io` on purpose: datasets need exact round trips of
-label maps and phase PNGs, and only the TIFF pixel-size conventions that the
-dataset writers themselves use (ImageJ resolution + unit, or a resolution in
-centimetres/inches).
+Kept apart from `fracscope.io` because datasets need exact round trips of label maps
+and phase PNGs; the pixel size is read by `fracscope.io`'s one reader of SEM tags.
 """
 
 from __future__ import annotations
@@ -14,57 +12,15 @@ import cv2
 import numpy as np
 import tifffile
 
+from fracscope.io.pixel_size import tiff_page_pixel_size
+
 IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
-
-# Micrometres per unit, for the unit strings that ImageJ and tifffile write.
-_UNIT_UM: dict[str, float] = {
-    "um": 1.0,
-    "µm": 1.0,
-    "μm": 1.0,
-    "micron": 1.0,
-    "microns": 1.0,
-    "micrometer": 1.0,
-    "micrometre": 1.0,
-    "nm": 1e-3,
-    "nanometer": 1e-3,
-    "nanometre": 1e-3,
-    "mm": 1e3,
-    "millimeter": 1e3,
-    "cm": 1e4,
-    "m": 1e6,
-}
-# A pixel size outside this range (µm) is a print DPI, not a microscope calibration.
-_PLAUSIBLE_PX_UM: tuple[float, float] = (1e-5, 10.0)
 
 
 def is_image_file(path: Path) -> bool:
     """True for a regular file with a raster image suffix."""
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def tiff_pixel_size_um(tif: tifffile.TiffFile) -> float | None:
-    """Pixel edge in µm from ImageJ metadata or the TIFF resolution tags, else None."""
-    page = tif.pages[0]
-    tags = page.tags
-    if "XResolution" not in tags:
-        return None
-    num, den = tags["XResolution"].value
-    if num == 0 or den == 0:
-        return None
-    px_per_unit = num / den
-    unit_um = None
-    ij_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-    if ij_unit is not None:
-        unit_um = _UNIT_UM.get(str(ij_unit).strip().lower())
-    if unit_um is None:
-        res_unit = int(tags["ResolutionUnit"].value) if "ResolutionUnit" in tags else 2
-        unit_um = {2: 25400.0, 3: 10000.0}.get(res_unit)
-    if unit_um is None:
-        return None
-    px_um = unit_um / px_per_unit
-    lo, hi = _PLAUSIBLE_PX_UM
-    return px_um if lo <= px_um <= hi else None
 
 
 def _to_gray(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -103,7 +59,7 @@ def read_image(path: Path, keep_pages: bool = False) -> tuple[np.ndarray, float 
     pixels : ndarray
         As stored (uint8, uint16 or float); colour is collapsed to gray.
     pixel_size_um : float or None
-        From the TIFF resolution (see `tiff_pixel_size_um`); None for other formats.
+        From the TIFF tags (`fracscope.io.pixel_size.tiff_page_pixel_size`); None for other formats.
     """
     path = Path(path)
     if not path.is_file():
@@ -111,7 +67,8 @@ def read_image(path: Path, keep_pages: bool = False) -> tuple[np.ndarray, float 
     if path.suffix.lower() in TIFF_SUFFIXES:
         with tifffile.TiffFile(path) as tif:
             arr = tif.asarray()
-            px = tiff_pixel_size_um(tif)
+            # One reader of SEM calibrations for the whole package: FEI, Zeiss, ImageJ, TIFF resolution.
+            px = tiff_page_pixel_size(tif.pages[0], tif.imagej_metadata).value_um
             is_rgb = tif.pages[0].photometric == tifffile.PHOTOMETRIC.RGB
         if is_rgb:
             arr = arr[..., ::-1]  # to BGR, the order _to_gray expects
