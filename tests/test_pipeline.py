@@ -120,3 +120,14 @@ def test_cuda_without_gpu_runtime_is_a_clear_error(tmp_path, field_dir, random_o
 def test_missing_input_is_a_clear_error(tmp_path, random_onnx_model):
     with pytest.raises(FileNotFoundError, match="input not found"):
         run(compose_infer(f"input={tmp_path}/nope", f"output={tmp_path}", f"model_path={random_onnx_model}"))
+
+
+def test_detection_in_worker_processes_gives_the_same_table(tmp_path, field_dir, random_onnx_model):
+    root, _ = field_dir
+    tables = []
+    for workers in (0, 1):
+        out = tmp_path / f"w{workers}"
+        run(compose_infer(f"input={root}/B", f"output={out}", f"model_path={random_onnx_model}",
+                          f"detect_workers={workers}"))
+        tables.append(pd.read_csv(out / "particles.csv"))
+    pd.testing.assert_frame_equal(tables[0], tables[1])

@@ -19,9 +19,10 @@ from tqdm import tqdm
 
 from fracscope import __version__
 from fracscope.crop import crop_particles, paste_back
-from fracscope.detect import Detector, build_detector
+from fracscope.detect import Detector
 from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images
+from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import threshold_phases
@@ -49,10 +50,15 @@ class AnalysisSettings:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over the run."""
+    """Seconds spent per stage, summed over the run.
+
+    detect and crop run in worker processes when detect_workers > 0, overlapping the model:
+    then the stages add up to more than the wall time, and `wait` is the main process idling
+    for the workers.
+    """
 
     seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("decode", "detect", "crop", "model", "measure", "write"), 0.0)
+        default_factory=lambda: dict.fromkeys(("decode", "detect", "crop", "wait", "model", "measure", "write"), 0.0)
     )
 
     def add(self, stage: str, t0: float) -> float:
@@ -75,25 +81,17 @@ def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> 
     return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
 
 
-def analyse_image(
-    image: SEMImage,
+def classify_and_measure(
+    located: LocatedParticles,
     stem: str,
     group: str,
-    detector: Detector,
     backend: Backend,
     settings: AnalysisSettings,
-    times: StageTimes | None = None,
+    times: StageTimes,
 ) -> ImageResult:
-    """Find, crop, classify, segment and measure every particle of one image."""
-    times = times or StageTimes()
-    meta = backend.metadata
+    """Run the model on the crops, then measure every particle on the image's own pixel grid."""
+    image, instances, crops = located.image, located.instances, located.crops
     t = time.perf_counter()
-    instances = detector.detect(image)
-    t = times.add("detect", t)
-
-    crops = crop_particles(image.pixels, instances, size=meta.crop_size, margin=meta.margin)
-    t = times.add("crop", t)
-
     class_probs, phase_probs = predict_crops(backend, crops, settings.batch_size)
     t = times.add("model", t)
 
@@ -133,6 +131,23 @@ def analyse_image(
         )
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
+
+
+def analyse_image(
+    image: SEMImage,
+    stem: str,
+    group: str,
+    detector: Detector,
+    backend: Backend,
+    settings: AnalysisSettings,
+    times: StageTimes | None = None,
+) -> ImageResult:
+    """Find, crop, classify, segment and measure every particle of one image."""
+    times = times or StageTimes()
+    located = locate_particles(image, detector, backend.metadata.crop_size, backend.metadata.margin)
+    for stage, seconds in located.seconds.items():
+        times.seconds[stage] += seconds
+    return classify_and_measure(located, stem, group, backend, settings, times)
 
 
 def _particle_bbox(instances: np.ndarray, crop: ParticleCrop) -> tuple[int, int, int, int]:
@@ -219,7 +234,6 @@ def run(cfg: DictConfig) -> RunOutcome:
     backend = load_backend(model_path, backend=str(cfg.backend), device=str(cfg.device))
     if settings.segmenter == "model":
         check_polarity(backend, settings.pore_polarity)
-    detector = build_detector(cfg.detect)
     input_spec = resolve_input(cfg.input)
     if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
@@ -238,42 +252,56 @@ def run(cfg: DictConfig) -> RunOutcome:
     writer = ReportWriter(output, config, provenance, resume=bool(cfg.resume))
     done = writer.done_images() if cfg.resume else set()
     times = StageTimes()
-    n_images = n_particles = n_skipped = 0
+    n_images = n_particles = 0
+    skipped: list[SEMImage] = []
     t_start = time.perf_counter()
     pixel_size = None if cfg.pixel_size_um is None else float(cfg.pixel_size_um)
     sources = iter_images(
         input_spec, pixel_size_um=pixel_size, crop_bar=bool(cfg.crop_data_bar), n_threads=int(cfg.decode_threads)
     )
-    unknown_scale_warned = False
-    progress = tqdm(sources, unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
-    t = time.perf_counter()
-    for item in progress:
-        t = times.add("decode", t)
+    todo = (item for item in _timed(sources, times, "decode") if not _already_done(item, done, skipped))
+    located_stream = locate_ahead(
+        todo,
+        OmegaConf.to_container(cfg.detect, resolve=True),
+        backend.metadata.crop_size,
+        backend.metadata.margin,
+        workers=int(cfg.detect_workers),
+    )
+    warned_scale = False
+    progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
+    for item in _timed(located_stream, times, "wait"):
+        progress.update()
         if isinstance(item, ReadFailure):
             log.error("could not read %s: %s", item.source, item.error)
             writer.add_failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
             continue
-        if (str(item.source), item.page) in done:
-            n_skipped += 1
+        if isinstance(item, LocateFailure):
+            log.error("detection failed on %s page %d: %s", item.image.source, item.image.page, item.error)
+            writer.add_failure(str(item.image.source), item.image.page, item.error)
             continue
-        if item.pixel_size_um is None and not unknown_scale_warned:
-            log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", item.source)
-            unknown_scale_warned = True
+        image = item.image
+        if image.pixel_size_um is None and not warned_scale:
+            log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", image.source)
+            warned_scale = True
+        for stage, seconds in item.seconds.items():
+            times.seconds[stage] += seconds
         try:
-            group = group_for(item.source, root, group_map)
-            result = analyse_image(item, image_stem(item, root), group, detector, backend, settings, times)
+            result = classify_and_measure(
+                item, image_stem(image, root), group_for(image.source, root, group_map), backend, settings, times
+            )
             t = time.perf_counter()
             writer.add(result)
-            t = times.add("write", t)
+            times.add("write", t)
         except Exception as exc:  # one bad image must not stop a run over thousands
-            log.exception("failed on %s page %d", item.source, item.page)
-            writer.add_failure(str(item.source), item.page, f"{type(exc).__name__}: {exc}")
-            t = time.perf_counter()
+            log.exception("failed on %s page %d", image.source, image.page)
+            writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             continue
         n_images += 1
         n_particles += len(result.particles)
         elapsed = time.perf_counter() - t_start
         progress.set_postfix(particles=n_particles, per_s=f"{n_particles / max(elapsed, 1e-9):.1f}")
+    progress.close()
+    n_skipped = len(skipped)
     t = time.perf_counter()
     writer.close()
     times.add("write", t)
@@ -281,6 +309,26 @@ def run(cfg: DictConfig) -> RunOutcome:
     outcome = RunOutcome(n_images, n_particles, list(writer.failures), times.seconds, wall)
     _write_timings(output, outcome, n_skipped)
     return outcome
+
+
+def _timed(iterable, times: StageTimes, stage: str):
+    """Yield from `iterable`, adding the time spent waiting for each item to `stage`."""
+    it = iter(iterable)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        times.add(stage, t)
+        yield item
+
+
+def _already_done(item, done: set, skipped: list) -> bool:
+    if isinstance(item, ReadFailure) or (str(item.source), item.page) not in done:
+        return False
+    skipped.append(item)
+    return True
 
 
 def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:

@@ -1,0 +1,107 @@
+"""Detect → crop: from an image to its particle instances and their crops.
+
+`locate_ahead` runs this stage for upcoming images in worker processes while the main
+process runs the model on the current one, so detection and the network share the cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fracscope.crop import crop_particles
+from fracscope.detect import Detector, build_detector
+from fracscope.io import ReadFailure
+from fracscope.types import ParticleCrop, SEMImage
+
+
+@dataclass
+class LocatedParticles:
+    """One image with its particle instances and their crops: the model's input."""
+
+    image: SEMImage
+    instances: np.ndarray
+    crops: list[ParticleCrop]
+    seconds: dict[str, float]
+
+
+@dataclass
+class LocateFailure:
+    """An image whose detection or cropping raised; the run records it and goes on."""
+
+    image: SEMImage
+    error: str
+
+
+def locate_particles(image: SEMImage, detector: Detector, crop_size: int, margin: float) -> LocatedParticles:
+    """Detect the particles of one image and cut a fixed-size crop around each."""
+    t0 = time.perf_counter()
+    instances = detector.detect(image)
+    t1 = time.perf_counter()
+    crops = crop_particles(image.pixels, instances, size=crop_size, margin=margin)
+    t2 = time.perf_counter()
+    return LocatedParticles(image, instances, crops, {"detect": t1 - t0, "crop": t2 - t1})
+
+
+def _locate_safely(image: SEMImage, detector: Detector, crop_size: int, margin: float):
+    try:
+        return locate_particles(image, detector, crop_size, margin)
+    except Exception as exc:  # one bad image must not stop a run over thousands
+        return LocateFailure(image, f"{type(exc).__name__}: {exc}")
+
+
+# Set by the pool initializer, and only inside worker processes: each builds its detector once.
+_worker_args: tuple[Detector, int, float] | None = None
+
+
+def _init_worker(detect_cfg: Mapping[str, Any], crop_size: int, margin: float) -> None:
+    global _worker_args
+    _worker_args = (build_detector(detect_cfg), crop_size, margin)
+
+
+def _locate_in_worker(image: SEMImage):
+    assert _worker_args is not None, "worker not initialised"
+    return _locate_safely(image, *_worker_args)
+
+
+def locate_ahead(
+    images: Iterable[SEMImage | ReadFailure],
+    detect_cfg: Mapping[str, Any],
+    crop_size: int,
+    margin: float,
+    workers: int = 1,
+) -> Iterator[LocatedParticles | LocateFailure | ReadFailure]:
+    """Located particles of each image, in input order.
+
+    With workers > 0, up to workers + 1 images are detected ahead in worker processes
+    ("spawn", so no thread pools are forked), which bounds memory. With 0, everything
+    runs in this process. Read failures pass through in order.
+    """
+    if workers <= 0:
+        detector = build_detector(detect_cfg)
+        for item in images:
+            yield item if isinstance(item, ReadFailure) else _locate_safely(item, detector, crop_size, margin)
+        return
+    build_detector(detect_cfg)  # fail here on a bad config, not in every worker
+    depth = workers + 1
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(dict(detect_cfg), crop_size, margin)) as pool:
+        pending: deque[Future | ReadFailure] = deque()
+        for item in images:
+            pending.append(item if isinstance(item, ReadFailure) else pool.submit(_locate_in_worker, item))
+            while len(pending) > depth:
+                yield _resolved(pending.popleft())
+        while pending:
+            yield _resolved(pending.popleft())
+
+
+def _resolved(entry: Future | ReadFailure):
+    return entry.result() if isinstance(entry, Future) else entry
