@@ -12,7 +12,11 @@ import numpy as np
 from fracscope.types import SEMImage
 
 # Built-in detectors by short name; anything else is reached through `_target_`.
-BUILTIN_DETECTORS: Mapping[str, str] = {"classical": "fracscope.detect.classical.ClassicalDetector"}
+BUILTIN_DETECTORS: Mapping[str, str] = {
+    "classical": "fracscope.detect.classical.ClassicalDetector",
+    "learned": "fracscope.detect.learned.LearnedDetector",
+    "tiled": "fracscope.detect.tiling.TiledDetector",
+}
 
 
 class Detector(ABC):

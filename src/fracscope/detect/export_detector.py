@@ -1,0 +1,232 @@
+"""Detector checkpoint → ONNX with dynamic batch, height and width, metadata and a parity check.
+
+The graph takes ``image: float32 (batch, 1, height, width)`` (height and width
+multiples of 32; `LearnedDetector` pads) and returns ``foreground_prob`` and
+``distance``, each float32 (batch, 1, height, width), sigmoids included in the graph.
+`DetectorMetadata` (working pixel size, normalisation, post-processing thresholds,
+provenance) is stored under the ONNX metadata key ``fracscope_detector``.
+
+Parity: onnxruntime and PyTorch are compared on inputs of two different sizes (so the
+dynamic height and width are exercised, not just declared); the export fails with
+`fracscope.export.ExportParityError` when any output differs by more than
+``max_abs_diff`` and the file is not written.
+
+Reused from `fracscope.export`: `prepare_for_export`, `parity_batch`, `ExportParityError`.
+Not reused: `export_onnx` (fixed square crops, classifier outputs, classifier metadata)
+and `write_onnx_metadata` (the classifier's key and schema, which would claim class
+and phase names a detector does not have).
+
+CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fracscope.detect.learned import (
+    DETECTOR_INPUT_NAME,
+    DETECTOR_OUTPUT_NAMES,
+    DetectorMetadata,
+    write_detector_metadata,
+)
+from fracscope.export import ExportParityError, parity_batch, prepare_for_export
+
+# (batch, height, width) of the parity inputs: two shapes, neither square.
+PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((2, 96, 160), (1, 192, 64))
+
+
+@dataclass(frozen=True)
+class DetectorExportReport:
+    """What an export produced: path, shapes checked and the largest |onnx - torch| difference."""
+
+    path: Path
+    opset: int
+    shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_diff: float
+    size_bytes: int
+    metadata: DetectorMetadata
+
+    def summary(self) -> str:
+        shapes = ", ".join("x".join(str(s) for s in sh) for sh in self.shapes)
+        return (f"{self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}): parity max |diff| "
+                f"{self.max_abs_diff:.2e} on inputs {shapes}")
+
+
+def parity_inputs(shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES, seed: int = 0) -> list[np.ndarray]:
+    """Structured + noise images (N, 1, H, W) of each shape, from `fracscope.export.parity_batch`."""
+    out = []
+    for k, (n, h, w) in enumerate(shapes):
+        side = max(h, w)
+        base = parity_batch(side, in_channels=1, n_random=1, n_structured=max(1, n - 1), seed=seed + k)
+        out.append(np.ascontiguousarray(base[:n, :, :h, :w], dtype=np.float32))
+    return out
+
+
+def _torch_maps(wrapper: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    with torch.inference_mode():
+        fg, dist = wrapper(torch.from_numpy(x))
+    return fg.numpy(), dist.numpy()
+
+
+def _ort_maps(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    fg, dist = sess.run(list(DETECTOR_OUTPUT_NAMES), {DETECTOR_INPUT_NAME: x})
+    return fg, dist
+
+
+def export_detector(
+    network: Any,
+    out_path: str | Path,
+    metadata: DetectorMetadata,
+    opset: int = 17,
+    max_abs_diff: float = 1e-4,
+    parity_shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES,
+) -> DetectorExportReport:
+    """Export a `DetectorNet` to ONNX with dynamic batch / height / width and metadata.
+
+    Parameters
+    ----------
+    network : nn.Module
+        ``x (N, 1, H, W) -> (N, 2, H, W)`` [foreground logit, sigmoid distance]; copied,
+        the original is untouched.
+    out_path : str or Path
+        Destination ``.onnx``.
+    metadata : DetectorMetadata
+        Facts to embed; ``precision``, ``export_date`` and ``fracscope_version`` are set here.
+    opset : int
+        ONNX opset.
+    max_abs_diff : float
+        Largest allowed |onnx - torch| over both outputs and all parity inputs.
+    parity_shapes : sequence of (batch, height, width)
+        Parity inputs; height and width multiples of 32.
+
+    Returns
+    -------
+    DetectorExportReport
+
+    Raises
+    ------
+    ExportParityError
+        When onnxruntime disagrees with PyTorch beyond ``max_abs_diff``.
+    """
+    import torch
+
+    import fracscope
+    from fracscope.models.detector_net import DetectorProbabilities
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dataclasses.replace(
+        metadata,
+        precision="fp32",
+        fracscope_version=fracscope.__version__,
+        export_date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    wrapper = DetectorProbabilities(prepare_for_export(network)).eval()
+    dummy = torch.zeros(1, int(meta.in_channels), 64, 96)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with tempfile.TemporaryDirectory(prefix=".fracscope_export_", dir=out_path.parent) as tmp:
+        built = Path(tmp) / "detector.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                wrapper, (dummy,), str(built),
+                input_names=[DETECTOR_INPUT_NAME], output_names=list(DETECTOR_OUTPUT_NAMES),
+                dynamic_axes={DETECTOR_INPUT_NAME: axes, **{n: axes for n in DETECTOR_OUTPUT_NAMES}},
+                opset_version=opset, do_constant_folding=True, dynamo=False,
+            )
+        write_detector_metadata(built, meta)
+        worst = 0.0
+        shapes = []
+        for x in parity_inputs(parity_shapes):
+            ref, got = _torch_maps(wrapper, x), _ort_maps(built, x)
+            worst = max(worst, *(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True)))
+            shapes.append(tuple(int(s) for s in x.shape))
+        report = DetectorExportReport(out_path, opset, tuple(shapes), worst, built.stat().st_size, meta)
+        if not worst <= max_abs_diff:
+            raise ExportParityError(
+                f"detector ONNX export disagrees with PyTorch (max |diff| {worst:.3g} > {max_abs_diff:.3g}); "
+                f"{out_path} was not written"
+            )
+        os.replace(built, out_path)
+    return report
+
+
+def load_detector_checkpoint(path: str | Path) -> tuple[Any, DetectorMetadata]:
+    """Rebuild the `DetectorNet` and its `DetectorMetadata` from a `DetectorModule` checkpoint."""
+    from fracscope.models.detector_net import build_detector_net
+    from fracscope.runtime import load_checkpoint_dict
+
+    ckpt = load_checkpoint_dict(path)
+    hp = dict(ckpt.get("hyper_parameters") or {})
+    if not isinstance(hp.get("net"), dict):
+        raise ValueError(f"{path}: no network config in hyper_parameters (keys {sorted(hp)})")
+    net = build_detector_net({k: v for k, v in hp["net"].items() if k != "channels_last"})
+    state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    return net, metadata_from_hparams(hp)
+
+
+def metadata_from_hparams(hp: dict) -> DetectorMetadata:
+    """`DetectorMetadata` from a `DetectorModule`'s hyperparameters (plain dicts)."""
+    cfg = dict(hp.get("config") or {})
+    defaults = DetectorMetadata()
+    best = {k: v for k, v in dict(cfg.get("best_metrics") or {}).items() if isinstance(v, (int, float))}
+    used = {"working_pixel_size_um", "normalisation", "training_data", "synth_version", "best_metrics",
+            "encoder", "in_channels"}
+    return DetectorMetadata(
+        working_pixel_size_um=float(cfg.get("working_pixel_size_um", defaults.working_pixel_size_um)),
+        normalisation=dict(cfg.get("normalisation") or defaults.normalisation),
+        postprocess=dict(hp.get("postprocess") or defaults.postprocess),
+        encoder=str(hp["net"].get("encoder", "")),
+        in_channels=int(hp["net"].get("in_channels", 1)),
+        training_data=str(cfg.get("training_data", "")),
+        synth_version=cfg.get("synth_version"),
+        metrics=best,
+        extra={k: v for k, v in cfg.items() if k not in used},
+    )
+
+
+def export_detector_checkpoint(ckpt_path: str | Path, out_path: str | Path, opset: int = 17,
+                               postprocess: dict | None = None) -> DetectorExportReport:
+    """Export a `DetectorModule` checkpoint; `postprocess` overrides stored thresholds."""
+    net, meta = load_detector_checkpoint(ckpt_path)
+    if postprocess:
+        meta = dataclasses.replace(meta, postprocess={**meta.postprocess, **postprocess})
+    return export_detector(net, out_path, meta, opset=opset)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx [--foreground-threshold T ...]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m fracscope.detect.export_detector", description=main.__doc__)
+    parser.add_argument("checkpoint", type=Path, help="DetectorModule .ckpt")
+    parser.add_argument("out", type=Path, help="destination .onnx")
+    parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--foreground-threshold", type=float, default=None)
+    parser.add_argument("--seed-threshold", type=float, default=None)
+    args = parser.parse_args(argv)
+    post = {k: v for k, v in (("foreground_threshold", args.foreground_threshold),
+                               ("seed_threshold", args.seed_threshold)) if v is not None}
+    print(export_detector_checkpoint(args.checkpoint, args.out, args.opset, post).summary())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
