@@ -151,7 +151,8 @@ def main() -> None:
     print(f"\nend to end: {timings['n_particles']} particles in {timings['wall_s']:.1f} s "
           f"= {timings['particles_per_s']:.1f} particles/s (process incl. start-up: {wall_process:.1f} s)")
     print("stage seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in timings["stage_s"].items()))
-    print(f"peak memory (max RSS of the infer process): {timings['peak_rss_mb']:.0f} MB")
+    print(f"peak memory (max RSS): infer process {timings['peak_rss_mb']:.0f} MB + largest detect worker "
+          f"{timings['peak_rss_children_mb']:.0f} MB = at most {timings['peak_rss_mb'] + timings['peak_rss_children_mb']:.0f} MB")
     print(f"model stage alone ({stage['encoder']}, {stage['crop_size']} px, {stage['precision']}, "
           f"{stage['n_crops']} crops, batch {args.batch_size}): onnxruntime {stage['onnx_img_s']:.1f} img/s, "
           f"PyTorch eager fp32 {stage['torch_img_s']:.1f} img/s -> {stage['onnx_img_s'] / stage['torch_img_s']:.2f}x")

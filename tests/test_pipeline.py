@@ -11,6 +11,10 @@ import tifffile
 from conftest import compose_infer
 from fracscope.pipeline import run
 
+# What the shipped model must do on fresh synthetic fields (docs/BENCHMARKS.md has the held-out numbers):
+F1_MIN = 0.90  # classical detection at IoU 0.5 (issue target)
+POROSITY_MAE_MAX_PP = 1.5  # better than the paper's global-Otsu method (1.94 pp on the held-out set)
+
 
 @pytest.fixture(scope="module")
 def field_dir(tmp_path_factory):
@@ -131,3 +135,46 @@ def test_detection_in_worker_processes_gives_the_same_table(tmp_path, field_dir,
                           f"detect_workers={workers}"))
         tables.append(pd.read_csv(out / "particles.csv"))
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_shipped_model_against_the_generators_ground_truth(tmp_path):
+    """The default run (shipped model, classical detector) on fresh synthetic fields with exact truth."""
+    from fracscope.detect import match_instances
+    from fracscope.synth import load_config, make_field
+    from fracscope.types import CLASS_NAMES
+
+    truth = {}
+    for preset, seed in (("gp", 101), ("p", 102)):
+        cfg = load_config(preset, overrides=["damage=[0.34,0.33,0.33]"])
+        for i in range(2):
+            item = make_field(cfg, seed, i)
+            px = item.image.pixel_size_um
+            path = tmp_path / "in" / f"{preset}{i}.tif"
+            path.parent.mkdir(exist_ok=True)
+            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True,
+                             metadata={"unit": "um"})
+            truth[f"{preset}{i}"] = item
+    out = tmp_path / "out"
+    outcome = run(compose_infer(f"input={tmp_path / 'in'}", f"output={out}"))
+    assert outcome.exit_code == 0
+    table = pd.read_csv(out / "particles.csv").set_index(["image", "particle_id"])
+    tp = fp = fn = 0
+    pairs = []
+    for stem, item in truth.items():
+        pred = tifffile.imread(out / "instances" / f"{stem}.tif")
+        m = match_instances(item.instances, pred, iou=0.5)
+        tp, fp, fn = tp + m.tp, fp + m.fp, fn + m.fn
+        ann = {p.particle_id: p for p in item.particles}
+        for g, p in m.pairs:
+            row = table.loc[(str(tmp_path / "in" / f"{stem}.tif"), int(p))]
+            if not row["touches_border"] and not row["too_small"]:
+                pairs.append((ann[g].class_name, row["class"], ann[g].measurements["porosity_pct"], row["porosity_pct"]))
+    f1 = 2 * tp / (2 * tp + fp + fn)
+    _, pred_cls, true_por, pred_por = map(np.array, zip(*pairs))
+    mae = float(np.mean(np.abs(pred_por - true_por)))
+    assert set(pred_cls) <= set(CLASS_NAMES)
+    assert f1 >= F1_MIN, f1
+    assert mae <= POROSITY_MAE_MAX_PP, mae
+    # Not asserted: class accuracy. The shipped model's classes are weak (held-out macro-F1 ~0.48, kappa ~0.28
+    # over 515 particles in bench/accuracy.py); on these ~30 sections it does not reliably beat always answering
+    # the most frequent class, so a bound here would only be tuned to pass.

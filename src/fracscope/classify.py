@@ -53,10 +53,16 @@ def combine_class_with_topology(
     out = np.empty(len(probs), dtype=np.int64)
     for i in range(len(probs)):
         crack = mask[i] & (phase_pred[i] == Phase.CRACK)
-        n_frag = count_fragments(mask[i], crack, min_fraction=min_fragment_fraction)
-        if n_frag >= 2:
-            out[i] = BROKEN
-        else:
-            damaged = probs[i, MILDLY] + probs[i, BROKEN]
-            out[i] = MILDLY if damaged > probs[i, INTACT] else INTACT
+        out[i] = class_from_fragments(probs[i], count_fragments(mask[i], crack, min_fraction=min_fragment_fraction))
     return out
+
+
+def class_from_fragments(probs: np.ndarray, n_fragments: int) -> int:
+    """The topology rule for one particle whose crack fragments are already counted.
+
+    Broken when the cracks leave >= 2 fragments; otherwise intact or mildly damaged,
+    whichever is larger once the head's broken probability is folded into "damaged".
+    """
+    if n_fragments >= 2:
+        return BROKEN
+    return MILDLY if probs[MILDLY] + probs[BROKEN] > probs[INTACT] else INTACT

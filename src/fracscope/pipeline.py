@@ -26,7 +26,7 @@ from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, loca
 from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import threshold_phases
-from fracscope.classify import combine_class_with_topology
+from fracscope.classify import class_from_fragments
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
@@ -40,7 +40,7 @@ class AnalysisSettings:
 
     batch_size: int = 64
     segmenter: str = "model"  # "model" | "threshold" (the paper's Eq. 1 on an Otsu threshold)
-    classify: str = "topology"  # "head" | "topology" (class head + crack-mask connectivity)
+    classify: str = "head"  # "head" | "topology" (class head + crack-mask connectivity)
     pore_polarity: str = "dark"
     low_confidence: float = 0.6  # flag particles whose top class probability is below this
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
@@ -111,7 +111,8 @@ def classify_and_measure(
         phases[r0:r1, c0:c1][own] = local[own]
         m = measure_particle(own, local, px)
         if settings.classify == "topology" and settings.segmenter == "model":
-            class_index = combine_class_with_topology(probs, local, own)
+            # measure_particle already counted the fragments (same 1 % crumb rule as the classifier's).
+            class_index = class_from_fragments(probs, int(m["n_fragments"]))
         else:
             class_index = int(np.argmax(probs))
         diameter = m["eq_diameter_um"]
@@ -252,7 +253,6 @@ def run(cfg: DictConfig) -> RunOutcome:
     writer = ReportWriter(output, config, provenance, resume=bool(cfg.resume))
     done = writer.done_images() if cfg.resume else set()
     times = StageTimes()
-    n_images = n_particles = 0
     skipped: list[SEMImage] = []
     t_start = time.perf_counter()
     pixel_size = None if cfg.pixel_size_um is None else float(cfg.pixel_size_um)
@@ -267,6 +267,7 @@ def run(cfg: DictConfig) -> RunOutcome:
         backend.metadata.margin,
         workers=int(cfg.detect_workers),
     )
+    n_images = n_particles = 0
     warned_scale = False
     progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
     for item in _timed(located_stream, times, "wait"):
@@ -343,5 +344,7 @@ def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:
         "particles_per_s": outcome.n_particles / max(outcome.wall_s, 1e-9),
         "stage_s": outcome.seconds,
         "peak_rss_mb": peak_rss_mb,
+        # the largest finished child (detect workers); the run's total is at most the sum
+        "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0,
     }
     (output / "timings.json").write_text(json.dumps(payload, indent=2) + "\n")
