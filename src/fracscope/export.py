@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 import fracscope
+from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
 from fracscope.types import CLASS_NAMES, PHASE_NAMES
 
 METADATA_KEY = "fracscope"
@@ -184,21 +185,7 @@ class ModelMetadata:
         MetadataError
             On malformed JSON or invalid fields.
         """
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise MetadataError(f"fracscope metadata is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise MetadataError("fracscope metadata must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in known}
-        unknown = {k: v for k, v in raw.items() if k not in known}
-        if unknown:
-            kwargs["extra"] = {**kwargs.get("extra", {}), **unknown}
-        try:
-            return cls(**kwargs)
-        except TypeError as err:
-            raise MetadataError(f"invalid fracscope metadata: {err}") from err
+        return dataclass_from_json(cls, text, MetadataError, "fracscope metadata")
 
     @classmethod
     def from_hparams(cls, hparams: Mapping[str, Any]) -> ModelMetadata:
@@ -279,10 +266,7 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
     MetadataError
         When the file has no ``fracscope`` metadata (e.g. an ONNX model from elsewhere).
     """
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    props = read_props(path)
     if METADATA_KEY not in props:
         raise MetadataError(
             f"{path} has no '{METADATA_KEY}' metadata: not a fracscope model file, or exported "
@@ -293,17 +277,7 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
 
 def write_onnx_metadata(path: str | Path, metadata: ModelMetadata) -> None:
     """Store ``metadata`` (replacing any previous one) in the ONNX file at ``path``, in place."""
-    import onnx
-
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, metadata.to_json()
-    model.producer_name = "fracscope"
-    model.producer_version = fracscope.__version__
-    onnx.save(model, str(path))
+    write_prop(path, METADATA_KEY, metadata.to_json())
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fracscope import __version__
-from fracscope.crop import crop_particles, paste_back
+from fracscope.crop import paste_back
 from fracscope.detect import Detector
 from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images

@@ -46,6 +46,7 @@ from skimage.segmentation import expand_labels, relabel_sequential
 from fracscope.crop import normalize_intensity
 from fracscope.detect.base import Detector
 from fracscope.detect.postprocess import PostprocessParams, labels_from_maps
+from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
 from fracscope.types import SEMImage
 
 DETECTOR_METADATA_KEY = "fracscope_detector"
@@ -143,38 +144,12 @@ class DetectorMetadata:
     @classmethod
     def from_json(cls, text: str) -> DetectorMetadata:
         """Parse `to_json` output; unknown keys go to ``extra`` (forward compatibility)."""
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DetectorMetadataError(f"detector metadata is not valid JSON: {err}") from err
-        if not isinstance(raw, dict):
-            raise DetectorMetadataError("detector metadata must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in raw.items() if k in known}
-        unknown = {k: v for k, v in raw.items() if k not in known}
-        if unknown:
-            kwargs["extra"] = {**kwargs.get("extra", {}), **unknown}
-        try:
-            return cls(**kwargs)
-        except TypeError as err:
-            raise DetectorMetadataError(f"invalid detector metadata: {err}") from err
+        return dataclass_from_json(cls, text, DetectorMetadataError, "detector metadata")
 
 
 def write_detector_metadata(path: str | Path, metadata: DetectorMetadata) -> None:
     """Store `metadata` (replacing any previous one) in the ONNX file at `path`, in place."""
-    import onnx
-
-    import fracscope
-
-    model = onnx.load(str(path))
-    kept = [p for p in model.metadata_props if p.key != DETECTOR_METADATA_KEY]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = DETECTOR_METADATA_KEY, metadata.to_json()
-    model.producer_name = "fracscope"
-    model.producer_version = fracscope.__version__
-    onnx.save(model, str(path))
+    write_prop(path, DETECTOR_METADATA_KEY, metadata.to_json())
 
 
 def read_detector_metadata(path: str | Path) -> DetectorMetadata:
@@ -185,10 +160,7 @@ def read_detector_metadata(path: str | Path) -> DetectorMetadata:
     DetectorMetadataError
         When the file has no detector metadata (e.g. a particle classifier file).
     """
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
+    props = read_props(path)
     if DETECTOR_METADATA_KEY not in props:
         raise DetectorMetadataError(
             f"{path} has no '{DETECTOR_METADATA_KEY}' metadata: not a fracscope detector file "

@@ -6,7 +6,6 @@ frozen held-out set is ``--config-name heldout``.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import hydra
