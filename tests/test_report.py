@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -244,7 +243,7 @@ def test_strip_rle_matches_pycocotools():
         assert rle["counts"] == ref["counts"].decode()
 
 
-def test_overlay_colours_and_speed():
+def test_overlay_colours_and_size():
     res = _image("ov", "GP", ["intact", "mildly_damaged", "broken"])
     rgb = render_overlay(res, show_ids=False)
     assert rgb.shape[0] > H and rgb.shape[1] >= W and rgb.dtype == np.uint8
@@ -269,12 +268,9 @@ def test_overlay_colours_and_speed():
             parts.append(ParticleResult(pid, CLASS_NAMES[pid % 3], (0.3, 0.3, 0.4), False, False, False, bbox))
     img = SEMImage(np.random.default_rng(0).integers(0, 65535, (big_h, big_w), dtype=np.uint16), 0.05)
     big = ImageResult(img, "big", "g", inst, phases, parts)
-    render_overlay(big)  # warm up font loading
-    t0 = time.perf_counter()
+    # Speed is measured in bench/throughput.py (the write stage), not asserted here.
     out = render_overlay(big)
-    elapsed = time.perf_counter() - t0
     assert out.shape[1:] == (big_w, 3) and big_h < out.shape[0] < big_h + 100
-    assert elapsed < 1.0, elapsed  # target 0.5 s; slack for a busy shared CI core
     small = render_overlay(big, max_px=1000)
     assert small.shape[1] <= 1024
 
