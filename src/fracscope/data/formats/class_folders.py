@@ -24,6 +24,7 @@ from scipy import ndimage as ndi
 
 from fracscope.data.formats.classnames import canonical_class_name, is_class_name
 from fracscope.data.formats.raster import (
+    pick_pixel_size,
     IMAGE_SUFFIXES,
     is_image_file,
     read_image,
@@ -112,10 +113,7 @@ def _read_crop(img_path: Path, folder: Path, cls: str, override_px: float | None
         phases = read_phase_map(phase_path)
         if phases.shape != pixels.shape:
             raise ValueError(f"{phase_path}: phase map is {phases.shape}, image is {pixels.shape}")
-    if override_px is not None:
-        px, source = float(override_px), "override"
-    else:
-        px, source = tiff_px, ("tiff_resolution" if tiff_px is not None else "none")
+    px, source = pick_pixel_size(override_px, tiff_px)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source=source, source=str(img_path)),
         stem=stem,

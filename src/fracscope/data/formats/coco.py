@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 
 from fracscope.data.formats.classnames import canonical_class_name
-from fracscope.data.formats.raster import read_image, write_image_tiff
+from fracscope.data.formats.raster import pick_pixel_size, read_image, write_image_tiff
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, SEMImage
 
 COCO_CATEGORIES: list[dict] = [
@@ -329,7 +329,7 @@ def _read_coco_image(
         particles.append(ParticleAnnotation(particle_id=pid, class_name=classes[cat]))
     for pid, local, (r0, c0) in sorted(masks, key=lambda m: -int(m[1].sum())):
         instances[r0 : r0 + local.shape[0], c0 : c0 + local.shape[1]][local] = pid
-    px, source = _pick_pixel_size(override_px, entry.get("pixel_size_um"), tiff_px)
+    px, source = pick_pixel_size(override_px, tiff_px, entry.get("pixel_size_um"))
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source=source, source=str(img_path)),
         stem=Path(entry["file_name"]).stem,
@@ -338,17 +338,6 @@ def _read_coco_image(
         particles=particles,
         meta={"coco_image_id": int(entry["id"]), "coco_annotation_ids": [a.get("id") for a in anns]},
     )
-
-
-def _pick_pixel_size(override: float | None, json_px, tiff_px: float | None) -> tuple[float | None, str]:
-    """Pixel size and its source: override, then the json field, then the TIFF resolution."""
-    if override is not None:
-        return float(override), "override"
-    if json_px is not None:
-        return float(json_px), "coco"
-    if tiff_px is not None:
-        return float(tiff_px), "tiff_resolution"
-    return None, "none"
 
 
 # ------------------------------------------------------------------------ writing

@@ -25,6 +25,7 @@ import tifffile
 
 from fracscope.data.formats.classnames import canonical_class_name
 from fracscope.data.formats.raster import (
+    pick_pixel_size,
     IMAGE_SUFFIXES,
     read_image,
     read_label_image,
@@ -175,10 +176,7 @@ def _read_one(path: Path, stem: str, label_path: Path, rows: pd.DataFrame | None
     particles = [
         ParticleAnnotation(int(pid), classes.get(int(pid)), measurements.get(int(pid), {})) for pid in present
     ]
-    if override_px is not None:
-        px, source = float(override_px), "override"
-    else:
-        px, source = tiff_px, ("tiff_resolution" if tiff_px is not None else "none")
+    px, source = pick_pixel_size(override_px, tiff_px)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source=source, source=str(img_path)),
         stem=stem,

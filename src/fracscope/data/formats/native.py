@@ -21,6 +21,7 @@ import numpy as np
 
 from fracscope.data.formats.coco import COCO_CATEGORIES, category_classes, encode_particles
 from fracscope.data.formats.raster import (
+    pick_pixel_size,
     read_image,
     read_label_image,
     read_phase_map,
@@ -199,14 +200,9 @@ def _read_entry(
         meas = {k: (math.nan if v is None else float(v)) for k, v in ann.items()
                 if k not in _COCO_ANN_KEYS and (v is None or isinstance(v, (int, float)))}
         particles.append(ParticleAnnotation(int(ann["particle_id"]), classes[int(ann["category_id"])], meas))
-    if override_px is not None:
-        px, source = float(override_px), "override"
-    elif entry.get("pixel_size_um") is not None:
-        px, source = float(entry["pixel_size_um"]), "synthetic" if "synth_version" in info else "coco"
-    elif tiff_px is not None:
-        px, source = tiff_px, "imagej"
-    else:
-        px, source = None, "none"
+    json_source = "synthetic" if "synth_version" in info else "coco"
+    # the fracscope writer stores ImageJ resolution
+    px, source = pick_pixel_size(override_px, tiff_px, entry.get("pixel_size_um"), json_source, tiff_source="imagej")
     meta = dict(entry.get("meta", {}))
     meta["dataset"] = info
     return AnnotatedImage(

@@ -18,6 +18,23 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".b
 TIFF_SUFFIXES: tuple[str, ...] = (".tif", ".tiff")
 
 
+def pick_pixel_size(
+    override: float | None,
+    tiff_px: float | None,
+    json_px: float | None = None,
+    json_source: str = "coco",
+    tiff_source: str = "tiff_resolution",
+) -> tuple[float | None, str]:
+    """Pixel size of a dataset image and its source: override, then the annotation file, then the TIFF tags."""
+    if override is not None:
+        return float(override), "override"
+    if json_px is not None:
+        return float(json_px), json_source
+    if tiff_px is not None:
+        return float(tiff_px), tiff_source
+    return None, "none"
+
+
 def is_image_file(path: Path) -> bool:
     """True for a regular file with a raster image suffix."""
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
