@@ -20,8 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from fracscope.models.encoders import build_encoder
-from fracscope.models.unet import ConvBNReLU, UpBlock
+from fracscope.models.unet import UNetBody
 
 
 @dataclass(frozen=True)
@@ -46,38 +45,17 @@ class DetectorNetConfig:
                 "decoder_channels": list(self.decoder_channels)}
 
 
-class DetectorNet(nn.Module):
+class DetectorNet(UNetBody):
     """U-Net with a 2-channel head: foreground logit and sigmoid distance."""
 
     def __init__(self, cfg: DetectorNetConfig = DetectorNetConfig()) -> None:
-        super().__init__()
-        if len(cfg.decoder_channels) != 5:
-            raise ValueError(f"decoder_channels needs 5 entries, got {cfg.decoder_channels}")
+        super().__init__(cfg.encoder, cfg.in_channels, cfg.decoder_channels)
         self.cfg = cfg
-        self.encoder = build_encoder(cfg.encoder, cfg.in_channels)
-        enc = self.encoder.channels  # strides 2, 4, 8, 16, 32
-        d = cfg.decoder_channels
-        # Full-resolution stem: particle outlines are placed to the working pixel.
-        self.full_res = ConvBNReLU(cfg.in_channels, d[4])
-        self.up = nn.ModuleList(
-            [
-                UpBlock(enc[4], enc[3], d[0]),
-                UpBlock(d[0], enc[2], d[1]),
-                UpBlock(d[1], enc[1], d[2]),
-                UpBlock(d[2], enc[0], d[3]),
-                UpBlock(d[3], d[4], d[4]),
-            ]
-        )
-        self.head = nn.Conv2d(d[4], 2, 1)
+        self.head = nn.Conv2d(cfg.decoder_channels[4], 2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2, H, W): [foreground logit, sigmoid distance]."""
-        f1, f2, f3, f4, f5 = self.encoder(x)
-        y = self.up[0](f5, f4)
-        y = self.up[1](y, f3)
-        y = self.up[2](y, f2)
-        y = self.up[3](y, f1)
-        y = self.up[4](y, self.full_res(x))
+        _, y = self.decode(x)
         out = self.head(y)
         return torch.cat([out[:, :1], torch.sigmoid(out[:, 1:2])], dim=1)
 

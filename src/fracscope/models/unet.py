@@ -67,22 +67,22 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([x, skip], dim=1))
 
 
-class ParticleNet(nn.Module):
-    """Shared encoder with a class head and a U-Net phase head.
+class UNetBody(nn.Module):
+    """An encoder from the registry and a U-Net decoder back to full input resolution.
 
-    A light full-resolution stem feeds the last decoder stage so that pores and
-    cracks one or two pixels wide survive (the encoder's first map is already /2).
+    Shared by the particle network and the detector. A light full-resolution stem feeds
+    the last decoder stage so that features one or two pixels wide survive (the encoder's
+    first map is already /2).
     """
 
-    def __init__(self, cfg: NetConfig = NetConfig()) -> None:
+    def __init__(self, encoder: str, in_channels: int, decoder_channels: tuple[int, ...]) -> None:
         super().__init__()
-        if len(cfg.decoder_channels) != 5:
-            raise ValueError(f"decoder_channels needs 5 entries, got {cfg.decoder_channels}")
-        self.cfg = cfg
-        self.encoder = build_encoder(cfg.encoder, cfg.in_channels)
+        if len(decoder_channels) != 5:
+            raise ValueError(f"decoder_channels needs 5 entries, got {decoder_channels}")
+        self.encoder = build_encoder(encoder, in_channels)
         enc = self.encoder.channels  # strides 2, 4, 8, 16, 32
-        d = cfg.decoder_channels
-        self.full_res = ConvBNReLU(cfg.in_channels, d[4])
+        d = decoder_channels
+        self.full_res = ConvBNReLU(in_channels, d[4])
         self.up = nn.ModuleList(
             [
                 UpBlock(enc[4], enc[3], d[0]),  # /32 -> /16
@@ -92,6 +92,25 @@ class ParticleNet(nn.Module):
                 UpBlock(d[3], d[4], d[4]),  # -> /1 with the full-res stem
             ]
         )
+
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(deepest encoder map, full-resolution decoder features with decoder_channels[4] channels)."""
+        f1, f2, f3, f4, f5 = self.encoder(x)
+        y = self.up[0](f5, f4)
+        y = self.up[1](y, f3)
+        y = self.up[2](y, f2)
+        y = self.up[3](y, f1)
+        y = self.up[4](y, self.full_res(x))
+        return f5, y
+
+
+class ParticleNet(UNetBody):
+    """Shared encoder with a class head and a U-Net phase head."""
+
+    def __init__(self, cfg: NetConfig = NetConfig()) -> None:
+        super().__init__(cfg.encoder, cfg.in_channels, cfg.decoder_channels)
+        self.cfg = cfg
+        enc, d = self.encoder.channels, cfg.decoder_channels
         self.phase_head = nn.Conv2d(d[4], cfg.num_phases, 1)
         self.class_head = nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(2 * enc[4], 128), nn.ReLU(inplace=True), nn.Linear(128, cfg.num_classes)
@@ -99,16 +118,10 @@ class ParticleNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (class_logits (N, num_classes), phase_logits (N, num_phases, S, S))."""
-        f1, f2, f3, f4, f5 = self.encoder(x)
+        f5, y = self.decode(x)
         # Mean and max pooling: max keeps evidence of a single long crack.
         pooled = torch.cat([f5.mean(dim=(2, 3)), torch.amax(f5, dim=(2, 3))], dim=1)
-        class_logits = self.class_head(pooled)
-        y = self.up[0](f5, f4)
-        y = self.up[1](y, f3)
-        y = self.up[2](y, f2)
-        y = self.up[3](y, f1)
-        y = self.up[4](y, self.full_res(x))
-        return class_logits, self.phase_head(y)
+        return self.class_head(pooled), self.phase_head(y)
 
 
 def build_model(cfg: NetConfig | dict) -> ParticleNet:
