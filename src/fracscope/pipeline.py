@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage as ndi
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
@@ -96,10 +97,12 @@ def classify_and_measure(
     t = times.add("model", t)
 
     phases = np.zeros(instances.shape, np.uint8)
+    boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
     for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
-        r0, c0, r1, c1 = _particle_bbox(instances, crop)
+        rows, cols = boxes[crop.particle_id - 1]
+        r0, c0, r1, c1 = rows.start, cols.start, rows.stop, cols.stop
         own = instances[r0:r1, c0:c1] == crop.particle_id
         if settings.segmenter == "threshold":
             local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity)
@@ -149,15 +152,6 @@ def analyse_image(
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
     return classify_and_measure(located, stem, group, backend, settings, times)
-
-
-def _particle_bbox(instances: np.ndarray, crop: ParticleCrop) -> tuple[int, int, int, int]:
-    """The particle's own bounding box, found inside its (larger) crop window."""
-    r0, c0, r1, c1 = crop.bbox
-    h, w = instances.shape
-    wr0, wc0, wr1, wc1 = max(r0, 0), max(c0, 0), min(r1, h), min(c1, w)
-    rows, cols = np.nonzero(instances[wr0:wr1, wc0:wc1] == crop.particle_id)
-    return wr0 + rows.min(), wc0 + cols.min(), wr0 + rows.max() + 1, wc0 + cols.max() + 1
 
 
 def image_stem(image: SEMImage, root: Path | None) -> str:
