@@ -304,3 +304,12 @@ def test_options_change_what_counts(tmp_path, results):
     assert w.failures == [("/data/x.tif", 2, "boom")]
     with pytest.warns(UserWarning, match="unknown report options"):
         ReportWriter(tmp_path / "other", {"report": {"n_bootstrap": 5}}, {}).close()
+
+
+def test_review_captions_keep_group_and_file():
+    from fracscope.report.review import short_stem
+
+    a, b = short_stem("GP-NCM_100cyc__field_00"), short_stem("P-NCM_100cyc__field_00")
+    assert a != b and len(a) == len(b) == 16
+    assert a.startswith("GP-NCM") and a.endswith("field_00")
+    assert short_stem("f0") == "f0"

@@ -35,6 +35,14 @@ LOW_CONFIDENCE_COLUMNS: tuple[str, ...] = (
 )
 
 
+def short_stem(stem: str, width: int = 16) -> str:
+    """A caption-sized stem that keeps its start (the group folder) and its end (the file)."""
+    if len(stem) <= width:
+        return stem
+    head = (width - 1) // 2
+    return f"{stem[:head]}…{stem[len(stem) - (width - 1 - head):]}"
+
+
 @dataclass
 class ReviewTile:
     """One sampled crop: an RGB thumbnail and its caption."""
@@ -92,7 +100,7 @@ class ReviewSampler:
             # Thumbnails are made only for kept crops: cheap even with many particles.
             thumb = make_thumbnail(p)
             prob = float(p.probs[CLASS_NAMES.index(p.class_name)])
-            tile = ReviewTile(thumb, f"{result.stem[-16:]} #{p.particle_id}", prob)
+            tile = ReviewTile(thumb, f"{short_stem(result.stem)} #{p.particle_id}", prob)
             if slot == len(tiles):
                 tiles.append(tile)
             else:
