@@ -31,7 +31,7 @@ from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage
 
 # crop_particle normalises each window with these percentiles (fracscope.crop defaults).
 NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
-CROP_CACHE_VERSION = 1
+CROP_CACHE_VERSION = 2  # 2: crack-preserving phase resize (fracscope.crop.resize_phases)
 
 
 @dataclass(frozen=True)
