@@ -1,6 +1,7 @@
 """Learned vs classical particle detector on the frozen held-out synthetic electrode fields.
 
-Usage: ``python bench/detection.py [--model detector.onnx] [--fields 4] [--json out.json]``
+Usage: ``python bench/detection.py [--model detector.onnx] [--fields 4] [--json out.json]
+[--foreground-threshold F --seed-threshold S]``
 
 Without ``--model`` only the classical detector runs. Fields: ``--fields`` per preset
 (gp and p) of `conf/synth/heldout.yaml` (seed 9001, 0.07 µm/px, 768 x 1024 px, more
@@ -220,7 +221,7 @@ def throughput(predict: Predict, image: SEMImage, repeats: int = 2) -> float:
     return image.pixels.size / 1e6 / best
 
 
-def detectors(model: Path | None, threads: int | None) -> dict[str, Predict]:
+def detectors(model: Path | None, threads: int | None, **thresholds: float | None) -> dict[str, Predict]:
     """name -> predict(image) -> (labels, scores)."""
     classical = ClassicalDetector()
 
@@ -232,7 +233,7 @@ def detectors(model: Path | None, threads: int | None) -> dict[str, Predict]:
     if model is not None:
         from fracscope.detect.learned import LearnedDetector
 
-        learned = LearnedDetector(model, threads=threads)
+        learned = LearnedDetector(model, threads=threads, **thresholds)
 
         def run_learned(image: SEMImage) -> tuple[np.ndarray, np.ndarray]:
             res = learned.detect_with_scores(image)
@@ -258,9 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fields", type=int, default=4, help="held-out fields per preset")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime threads for the learned detector")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--foreground-threshold", type=float, default=None,
+                        help="override the learned model's own (choose it with bench/detector_tuning.py)")
+    parser.add_argument("--seed-threshold", type=float, default=None, help="likewise")
     args = parser.parse_args(argv)
 
-    dets = detectors(args.model, args.threads)
+    dets = detectors(args.model, args.threads, foreground_threshold=args.foreground_threshold,
+                     seed_threshold=args.seed_threshold)
     speed_field = heldout_fields("gp", 1, ["electrode.pixel_size_um=0.05", "electrode.field_px=[1536,2048]"])[0]
     rows: list[Scores] = []
     for name, predict in dets.items():

@@ -195,6 +195,20 @@ def test_geometry_round_trip_with_a_known_network(tmp_path) -> None:
     assert match_instances(gt, res.labels, 0.5).ious.mean() >= match_instances(gt, unrefined, 0.5).ious.mean() - 1e-3
 
 
+def test_sections_below_the_minimum_diameter_are_dropped(tmp_path) -> None:
+    path = tmp_path / "threshold.onnx"
+    export_detector(_ThresholdNet(), path, DetectorMetadata(postprocess={"min_area_px": 10}))
+    yy, xx = np.mgrid[:400, :400]
+    pixels = np.full((400, 400), 30, np.uint8)
+    pixels[(yy - 150) ** 2 + (xx - 150) ** 2 < 80**2] = 180   # 8 µm particle at 0.05 µm/px
+    pixels[(yy - 330) ** 2 + (xx - 330) ** 2 < 12**2] = 180   # 1.2 µm speck
+    image = SEMImage(pixels=pixels, pixel_size_um=0.05)
+    both = LearnedDetector(path, threads=1, min_diameter_um=None).detect(image)
+    assert both.max() == 2
+    kept = LearnedDetector(path, threads=1, min_diameter_um=1.5).detect(image)
+    assert kept.max() == 1 and kept[150, 150] == 1 and kept[330, 330] == 0
+
+
 def test_datamodule_reads_a_user_dataset(tmp_path) -> None:
     from fracscope.data import write_dataset
     from fracscope.data.detector_data import DetectorDataModule

@@ -261,6 +261,11 @@ class LearnedDetector(Detector):
         onnxruntime intra-op threads (None = its default).
     fallback_pixel_size_um : float
         Pixel size assumed for images without one (a warning says so).
+    min_diameter_um : float, optional
+        Objects with a smaller area-equivalent diameter are dropped (the classical
+        detector's rule, same default). The network fires on sub-µm bright specks of the
+        matrix; they are not secondary particles. None: only the model's own
+        ``min_area_px``.
 
     Examples
     --------
@@ -282,6 +287,7 @@ class LearnedDetector(Detector):
         tile_px: int | None = None,
         threads: int | None = None,
         fallback_pixel_size_um: float = FALLBACK_PIXEL_SIZE_UM,
+        min_diameter_um: float | None = 1.5,
     ) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
@@ -295,7 +301,11 @@ class LearnedDetector(Detector):
             overrides["foreground_threshold"] = float(foreground_threshold)
         if seed_threshold is not None:
             overrides["seed_threshold"] = float(seed_threshold)
-        self.params = dataclasses.replace(self.metadata.postprocess_params(), **overrides)
+        params = dataclasses.replace(self.metadata.postprocess_params(), **overrides)
+        if min_diameter_um:
+            min_area = math.ceil(math.pi * (float(min_diameter_um) / self.working_pixel_size_um / 2) ** 2)
+            params = dataclasses.replace(params, min_area_px=max(params.min_area_px, min_area))
+        self.params = params
         norm = self.metadata.normalisation
         self.percentiles = (float(norm.get("low_pct", NORM_PERCENTILES[0])),
                             float(norm.get("high_pct", NORM_PERCENTILES[1])))
