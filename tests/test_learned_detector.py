@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from fracscope.detect import build_detector, maps_from_labels
 from fracscope.detect.export_detector import export_detector, load_detector_checkpoint, parity_inputs
+from fracscope.export import ExportParityError
 from fracscope.detect.learned import DetectorMetadata, LearnedDetector, read_detector_metadata, resize_nearest
 from fracscope.models.detector_net import DetectorNet, DetectorNetConfig, DetectorProbabilities
 from fracscope.types import SEMImage
@@ -207,6 +208,31 @@ def test_sections_below_the_minimum_diameter_are_dropped(tmp_path) -> None:
     assert both.max() == 2
     kept = LearnedDetector(path, threads=1, min_diameter_um=1.5).detect(image)
     assert kept.max() == 1 and kept[150, 150] == 1 and kept[330, 330] == 0
+
+
+def test_int8_export_keeps_the_partition_and_says_int8(tmp_path) -> None:
+    from fracscope.detect import match_instances
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    meta = DetectorMetadata(postprocess={"min_area_px": 10})
+    export_detector(_ThresholdNet(), fp32, meta)
+    yy, xx = np.mgrid[:256, :256]
+    tiles = np.stack([(((yy - r) ** 2 + (xx - c) ** 2) < 60**2).astype(np.float32) for r, c in
+                      ((80, 90), (170, 160), (128, 40), (60, 200))])[:, None]
+    report = export_detector(_ThresholdNet(), int8, meta, quantize=True, calibration=tiles)
+    assert report.metadata.precision == "int8" and read_detector_metadata(int8).precision == "int8"
+    assert report.foreground_agreement_pct >= 98.0
+    gt = np.zeros((500, 480), np.uint32)
+    gt[(np.mgrid[:500, :480][0] - 180) ** 2 + (np.mgrid[:500, :480][1] - 170) ** 2 < 110**2] = 1
+    image = SEMImage(pixels=np.where(gt > 0, 180, 30).astype(np.uint8), pixel_size_um=0.05)
+    labels = LearnedDetector(int8, threads=1).detect(image)
+    assert match_instances(gt, labels, iou=0.9).tp == 1 and labels.max() == 1
+    # A model that cannot meet the agreement bar is refused, and no file appears.
+    bad = tmp_path / "bad.onnx"
+    with pytest.raises(ExportParityError):
+        export_detector(_ThresholdNet(), bad, meta, quantize=True, calibration=tiles,
+                        min_foreground_agreement_pct=100.01)
+    assert not bad.exists()
 
 
 def test_datamodule_reads_a_user_dataset(tmp_path) -> None:

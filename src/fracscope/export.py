@@ -477,17 +477,18 @@ def _check_tolerance(report: ExportReport, stats: Mapping[str, float]) -> None:
 
 
 class _CropReader:
-    """onnxruntime CalibrationDataReader over an array of crops, in small batches."""
+    """onnxruntime CalibrationDataReader over an array of inputs, in small batches."""
 
-    def __init__(self, crops: np.ndarray, batch_size: int = 8) -> None:
+    def __init__(self, crops: np.ndarray, batch_size: int = 8, input_name: str = INPUT_NAME) -> None:
         self._crops = crops
         self._batch_size = batch_size
+        self._input_name = input_name
         self._it: Iterator[dict[str, np.ndarray]] | None = None
         self.rewind()
 
     def rewind(self) -> None:
         self._it = iter(
-            {INPUT_NAME: np.ascontiguousarray(self._crops[i : i + self._batch_size])}
+            {self._input_name: np.ascontiguousarray(self._crops[i : i + self._batch_size])}
             for i in range(0, len(self._crops), self._batch_size)
         )
 
@@ -495,8 +496,12 @@ class _CropReader:
         return next(self._it, None)
 
 
-def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, workdir: Path) -> None:
-    """Static QDQ int8: per-channel int8 weights, uint8 activations calibrated on ``calibration``."""
+def quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, workdir: Path,
+                  input_name: str = INPUT_NAME, batch_size: int = 8) -> None:
+    """Static QDQ int8: per-channel int8 weights, uint8 activations calibrated on ``calibration``.
+
+    Shared by the particle network and the detector (`fracscope.detect.export_detector`).
+    """
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -516,7 +521,7 @@ def _quantize_int8(fp32_path: Path, out_path: Path, calibration: np.ndarray, wor
     quantize_static(
         str(pre),
         str(out_path),
-        calibration_data_reader=Reader(calibration),
+        calibration_data_reader=Reader(calibration, batch_size, input_name),
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         # uint8 activations + int8 weights (U8S8) is onnxruntime's recommended CPU combination.
@@ -632,7 +637,7 @@ def export_onnx(
         built = fp32_path
         if quantize:
             built = tmpdir / "int8.onnx"
-            _quantize_int8(fp32_path, built, calibration, tmpdir)
+            quantize_int8(fp32_path, built, calibration, tmpdir)
         write_onnx_metadata(built, meta)
 
         x = parity_batch(size, meta.in_channels)

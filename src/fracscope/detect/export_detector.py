@@ -11,12 +11,19 @@ dynamic height and width are exercised, not just declared); the export fails wit
 `fracscope.export.ExportParityError` when any output differs by more than
 ``max_abs_diff`` and the file is not written.
 
-Reused from `fracscope.export`: `prepare_for_export`, `parity_batch`, `ExportParityError`.
+int8: ``quantize=True`` writes a static QDQ int8 model (`fracscope.export.quantize_int8`,
+calibrated on real-looking tiles at working scale: synthetic electrode fields unless
+``calibration`` is given). fp32 parity is still checked first; the int8 model must then
+agree with PyTorch on the foreground (probability > 0.5) of at least
+``min_foreground_agreement_pct`` of the calibration pixels, or the export fails.
+
+Reused from `fracscope.export`: `prepare_for_export`, `parity_batch`, `quantize_int8`,
+`ExportParityError`.
 Not reused: `export_onnx` (fixed square crops, classifier outputs, classifier metadata)
 and `write_onnx_metadata` (the classifier's key and schema, which would claim class
 and phase names a detector does not have).
 
-CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx``.
+CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx [--int8]``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from fracscope.detect.learned import (
     DetectorMetadata,
     write_detector_metadata,
 )
-from fracscope.export import ExportParityError, parity_batch, prepare_for_export
+from fracscope.export import ExportParityError, parity_batch, prepare_for_export, quantize_int8
 
 # (batch, height, width) of the parity inputs: two shapes, neither square.
 PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((2, 96, 160), (1, 192, 64))
@@ -55,11 +62,17 @@ class DetectorExportReport:
     max_abs_diff: float
     size_bytes: int
     metadata: DetectorMetadata
+    foreground_agreement_pct: float | None = None
+    max_distance_diff: float | None = None
 
     def summary(self) -> str:
         shapes = ", ".join("x".join(str(s) for s in sh) for sh in self.shapes)
-        return (f"{self.path} ({self.size_bytes / 1e6:.1f} MB, opset {self.opset}): parity max |diff| "
-                f"{self.max_abs_diff:.2e} on inputs {shapes}")
+        text = (f"{self.path} ({self.metadata.precision}, {self.size_bytes / 1e6:.1f} MB, opset {self.opset}): "
+                f"fp32 parity max |diff| {self.max_abs_diff:.2e} on inputs {shapes}")
+        if self.foreground_agreement_pct is not None:
+            text += (f"; int8 vs PyTorch on calibration tiles: foreground agreement "
+                     f"{self.foreground_agreement_pct:.2f} %, max |Δdistance| {self.max_distance_diff:.3f}")
+        return text
 
 
 def parity_inputs(shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES, seed: int = 0) -> list[np.ndarray]:
@@ -88,6 +101,34 @@ def _ort_maps(path: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return fg, dist
 
 
+def synthetic_calibration_tiles(working_pixel_size_um: float, n_tiles: int = 32, tile_px: int = 256,
+                                seed: int = 4321) -> np.ndarray:
+    """float32 (n_tiles, 1, tile_px, tile_px) normalised tiles at working scale for int8 calibration.
+
+    Random tiles of synthetic electrode fields of both presets from the training synth
+    config at a seed training does not use (never the held-out config).
+    """
+    from fracscope.detect.learned import normalise_image, to_working_scale
+    from fracscope.synth import load_config, make_field
+
+    rng = np.random.default_rng(seed)
+    tiles = []
+    presets = ("gp", "p")
+    n_fields = 4
+    for k in range(n_fields):
+        cfg = load_config(presets[k % 2], ["electrode.field_px=[1024,1024]"])
+        item = make_field(cfg, seed, k)
+        work = normalise_image(to_working_scale(np.asarray(item.image.pixels),
+                                                float(item.image.pixel_size_um) / working_pixel_size_um))
+        h, w = work.shape
+        side = min(tile_px, h, w) // 32 * 32
+        for _ in range(-(-n_tiles // n_fields)):
+            r, c = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            tiles.append(work[r : r + side, c : c + side])
+    side = min(t.shape[0] for t in tiles)
+    return np.stack([t[:side, :side] for t in tiles[:n_tiles]])[:, None].astype(np.float32)
+
+
 def export_detector(
     network: Any,
     out_path: str | Path,
@@ -95,6 +136,9 @@ def export_detector(
     opset: int = 17,
     max_abs_diff: float = 1e-4,
     parity_shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES,
+    quantize: bool = False,
+    calibration: np.ndarray | None = None,
+    min_foreground_agreement_pct: float = 98.0,
 ) -> DetectorExportReport:
     """Export a `DetectorNet` to ONNX with dynamic batch / height / width and metadata.
 
@@ -113,6 +157,14 @@ def export_detector(
         Largest allowed |onnx - torch| over both outputs and all parity inputs.
     parity_shapes : sequence of (batch, height, width)
         Parity inputs; height and width multiples of 32.
+    quantize : bool
+        Write a static int8 QDQ model instead of fp32.
+    calibration : ndarray, optional
+        float32 (N, 1, H, W) normalised tiles at working scale for int8 calibration;
+        default `synthetic_calibration_tiles`.
+    min_foreground_agreement_pct : float
+        int8 only: smallest allowed share of calibration pixels whose foreground
+        decision (probability > 0.5) matches PyTorch's.
 
     Returns
     -------
@@ -132,7 +184,7 @@ def export_detector(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = dataclasses.replace(
         metadata,
-        precision="fp32",
+        precision="int8" if quantize else "fp32",
         fracscope_version=fracscope.__version__,
         export_date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -156,11 +208,32 @@ def export_detector(
             ref, got = _torch_maps(wrapper, x), _ort_maps(built, x)
             worst = max(worst, *(float(np.max(np.abs(a - b))) for a, b in zip(ref, got, strict=True)))
             shapes.append(tuple(int(s) for s in x.shape))
-        report = DetectorExportReport(out_path, opset, tuple(shapes), worst, built.stat().st_size, meta)
         if not worst <= max_abs_diff:
             raise ExportParityError(
                 f"detector ONNX export disagrees with PyTorch (max |diff| {worst:.3g} > {max_abs_diff:.3g}); "
                 f"{out_path} was not written"
+            )
+        agreement = distance_diff = None
+        if quantize:
+            if calibration is None:
+                calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
+            calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+            if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
+                raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
+            fp32 = built
+            built = Path(tmp) / "detector_int8.onnx"
+            quantize_int8(fp32, built, calibration, Path(tmp), input_name=DETECTOR_INPUT_NAME, batch_size=4)
+            write_detector_metadata(built, meta)
+            check = calibration[:8]
+            (fg_ref, d_ref), (fg_q, d_q) = _torch_maps(wrapper, check), _ort_maps(built, check)
+            agreement = 100.0 * float(np.mean((fg_ref > 0.5) == (fg_q > 0.5)))
+            distance_diff = float(np.max(np.abs(d_ref - d_q)))
+        report = DetectorExportReport(out_path, opset, tuple(shapes), worst, built.stat().st_size, meta,
+                                      agreement, distance_diff)
+        if agreement is not None and not agreement >= min_foreground_agreement_pct:
+            raise ExportParityError(
+                f"int8 detector agrees with PyTorch on only {agreement:.2f} % of foreground pixels "
+                f"(< {min_foreground_agreement_pct} %); {out_path} was not written"
             )
         os.replace(built, out_path)
     return report
@@ -203,12 +276,12 @@ def metadata_from_hparams(hp: dict) -> DetectorMetadata:
 
 
 def export_detector_checkpoint(ckpt_path: str | Path, out_path: str | Path, opset: int = 17,
-                               postprocess: dict | None = None) -> DetectorExportReport:
+                               postprocess: dict | None = None, quantize: bool = False) -> DetectorExportReport:
     """Export a `DetectorModule` checkpoint; `postprocess` overrides stored thresholds."""
     net, meta = load_detector_checkpoint(ckpt_path)
     if postprocess:
         meta = dataclasses.replace(meta, postprocess={**meta.postprocess, **postprocess})
-    return export_detector(net, out_path, meta, opset=opset)
+    return export_detector(net, out_path, meta, opset=opset, quantize=quantize)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,10 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--foreground-threshold", type=float, default=None)
     parser.add_argument("--seed-threshold", type=float, default=None)
+    parser.add_argument("--int8", action="store_true", help="static int8 QDQ, calibrated on synthetic fields")
     args = parser.parse_args(argv)
     post = {k: v for k, v in (("foreground_threshold", args.foreground_threshold),
                                ("seed_threshold", args.seed_threshold)) if v is not None}
-    print(export_detector_checkpoint(args.checkpoint, args.out, args.opset, post).summary())
+    print(export_detector_checkpoint(args.checkpoint, args.out, args.opset, post, quantize=args.int8).summary())
     return 0
 
 
