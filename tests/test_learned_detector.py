@@ -150,6 +150,24 @@ def test_build_from_config(tiny_onnx) -> None:
     assert out.shape == (90, 70) and out.dtype == np.uint32
 
 
+def test_shipped_detector_is_the_default_and_finds_the_sample_particles() -> None:
+    """detect=learned without model_path uses models/fracscope_detector.onnx (int8)."""
+    from omegaconf import OmegaConf
+
+    from fracscope.detect import match_instances
+    from fracscope.io import iter_images
+
+    det = build_detector(OmegaConf.load(REPO / "conf" / "detect" / "learned.yaml"))
+    assert det.model_path.name == "fracscope_detector.onnx" and det.metadata.precision == "int8"
+    sample = next(p for p in sorted((REPO / "data" / "sample").rglob("*.tif")))
+    image = next(iter_images([sample]))
+    labels = det.detect(image)
+    classical = build_detector(OmegaConf.load(REPO / "conf" / "detect" / "classical.yaml")).detect(image)
+    # Two independent detectors agree on most sections of a real-sized field.
+    m = match_instances(classical, labels, iou=0.5)
+    assert labels.max() >= 10 and m.tp >= 0.8 * max(int(classical.max()), int(labels.max())), m
+
+
 def test_field_targets_follow_resampled_instances() -> None:
     from fracscope.data.detector_data import augment_tile, prepare_field, TileAugmentSpec, _sample
 

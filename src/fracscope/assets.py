@@ -8,6 +8,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 DEFAULT_MODEL = REPO_ROOT / "models" / "fracscope_default.onnx"
+DEFAULT_DETECTOR = REPO_ROOT / "models" / "fracscope_detector.onnx"
 
 
 def resolve_input(value: str | None) -> str:
@@ -15,10 +16,19 @@ def resolve_input(value: str | None) -> str:
     return str(SAMPLE_DIR) if value in (None, "", "sample") else str(value)
 
 
-def resolve_model(value: str | None) -> str:
-    """The model file: the shipped default when none is given."""
+def _resolve(value, default: Path, what: str) -> str:
     if value in (None, "", "default"):
-        if not DEFAULT_MODEL.is_file():
-            raise FileNotFoundError(f"the shipped default model is missing: {DEFAULT_MODEL}")
-        return str(DEFAULT_MODEL)
+        if not default.is_file():
+            raise FileNotFoundError(f"the shipped {what} is missing: {default}")
+        return str(default)
     return str(value)
+
+
+def resolve_model(value: str | None) -> str:
+    """The particle model file: the shipped default when none is given."""
+    return _resolve(value, DEFAULT_MODEL, "default model")
+
+
+def resolve_detector(value: str | Path | None) -> str:
+    """The learned detector file: the shipped one when none is given."""
+    return _resolve(value, DEFAULT_DETECTOR, "learned detector")

@@ -241,8 +241,9 @@ class LearnedDetector(Detector):
 
     Parameters
     ----------
-    model_path : str or Path
-        The detector ``.onnx`` (with ``fracscope_detector`` metadata).
+    model_path : str or Path, optional
+        The detector ``.onnx`` (with ``fracscope_detector`` metadata); None or "default":
+        the shipped ``models/fracscope_detector.onnx``.
     working_pixel_size_um : float, optional
         Override the working pixel size stored in the model (only for experiments: the
         network saw particles at the stored one).
@@ -277,7 +278,7 @@ class LearnedDetector(Detector):
 
     def __init__(
         self,
-        model_path: str | Path,
+        model_path: str | Path | None = None,
         working_pixel_size_um: float | None = None,
         device: str = "cpu",
         foreground_threshold: float | None = None,
@@ -289,7 +290,9 @@ class LearnedDetector(Detector):
         fallback_pixel_size_um: float = FALLBACK_PIXEL_SIZE_UM,
         min_diameter_um: float | None = 1.5,
     ) -> None:
-        self.model_path = Path(model_path)
+        from fracscope.assets import resolve_detector
+
+        self.model_path = Path(resolve_detector(model_path))
         if not self.model_path.is_file():
             raise FileNotFoundError(f"detector model not found: {self.model_path}")
         self.metadata = read_detector_metadata(self.model_path)
