@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fracscope.pores3d.measure import RadialShells, size_bin_index, size_bin_labels
+from fracscope.report.summary import jsonable
 
 PORES_CSV = "pores.csv"
 PORES_PARQUET = "pores.parquet"
@@ -23,23 +24,6 @@ PLOTS_DIR = "plots"
 # Size classes: small, medium, large (the paper's three bins) and the sub-threshold voids.
 CLASS_COLORS: tuple[str, ...] = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
 NOISE_COLOR = "#bbbbbb"
-
-
-def jsonable(obj):
-    """Plain JSON types, NaN and inf as None (summary.json is strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
 
 
 def write_tables(table: dict[str, np.ndarray], bins_um3: tuple[float, ...], output_dir: Path) -> tuple[Path, Path]:

@@ -259,7 +259,7 @@ class Summary:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN and inf become None); layout documented in docs/OUTPUTS.md."""
-        return _jsonable(
+        return jsonable(
             {
                 "schema_version": self.schema_version,
                 "class_names": list(CLASS_NAMES),
@@ -273,11 +273,12 @@ class Summary:
         )
 
 
-def _jsonable(obj):
+def jsonable(obj):
+    """Plain JSON types, NaN and inf as None (summary files are strict JSON)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
