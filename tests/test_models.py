@@ -149,3 +149,44 @@ def test_one_batch_overfit_reaches_perfect_class_and_pore_iou() -> None:
                 break
     print("overfit reached at step", reached)
     assert reached is not None, f"after 150 steps: class acc {acc:.2f}, pore IoU {iou:.3f}"
+
+
+def _small_module(**kwargs) -> ParticleModule:
+    net = {"encoder": "resnet18", "decoder_channels": [32, 16, 16, 16, 8], "class_head": "phases", "dropout": 0.0}
+    return ParticleModule(net, **kwargs)
+
+
+def test_phase_map_class_head_leaves_the_segmentation_to_the_phase_loss() -> None:
+    torch.manual_seed(0)
+    module = _small_module()
+    batch = _synthetic_batch(n=2)
+    cls, _ = module(batch["x"])
+    torch.nn.functional.cross_entropy(cls, batch["label"]).backward()
+    head = {n for n, _ in module.net.named_parameters() if n.startswith("class_head.")}
+    grads = {n: p.grad for n, p in module.net.named_parameters()}
+    assert all(grads[n] is not None and grads[n].abs().sum() > 0 for n in head if n.endswith("weight"))
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if n not in head)
+
+
+def test_freeze_segmentation_trains_only_the_class_head() -> None:
+    torch.manual_seed(0)
+    module = _small_module(freeze_segmentation=True)
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    batch = _synthetic_batch(n=2)
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    module.train()
+    assert not module.net.encoder.training and module.net.class_head.training
+    cls, ph = module(batch["x"])
+    module.compute_loss(batch, cls, ph)["loss"].backward()
+    opt.step()
+    after = module.net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # Weights and BatchNorm statistics of everything but the class head stay as they were.
+    assert changed and all(k.startswith("class_head.") for k in changed), sorted(changed)[:5]
+
+
+def test_checkpoints_without_a_class_head_key_get_the_pooled_head() -> None:
+    assert NetConfig().class_head == "phases"
+    assert NetConfig.from_dict({"encoder": "resnet18"}).class_head == "pooled"
+    with pytest.raises(ValueError, match="unknown class_head"):
+        build_model(NetConfig(class_head="nope"))

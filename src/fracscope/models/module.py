@@ -111,6 +111,9 @@ class ParticleModule(L.LightningModule):
         Plain-typed facts saved for export (see module docstring).
     class_weights : list of float, optional
         CE weights per class, used when ``loss.class_balance`` is true.
+    freeze_segmentation : bool
+        Train only the class head: encoder, decoder and phase head keep their weights
+        and their BatchNorm statistics (with ``init_from``, a second, cheap stage).
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class ParticleModule(L.LightningModule):
         scheduler: Any = None,
         config: dict | None = None,
         class_weights: list[float] | None = None,
+        freeze_segmentation: bool = False,
     ) -> None:
         super().__init__()
         net_cfg = _plain(net)
@@ -141,10 +145,23 @@ class ParticleModule(L.LightningModule):
         self.register_buffer("class_ce_weights", torch.tensor(cw, dtype=torch.float32) if cw else None)
         pw = loss.get("phase_class_weights")
         self.register_buffer("phase_ce_weights", torch.tensor(pw, dtype=torch.float32) if pw else None)
+        self.freeze_segmentation = bool(freeze_segmentation)
+        if self.freeze_segmentation:
+            for name, param in self.net.named_parameters():
+                param.requires_grad_(name.startswith("class_head."))
         self.train_metrics = _metrics("train/")
         self.val_metrics = _metrics("val/")
         self._val_store: dict[str, list] = {}
         self.best_metrics: dict[str, float] = {}
+
+    def train(self, mode: bool = True) -> ParticleModule:
+        super().train(mode)
+        if self.freeze_segmentation and mode:
+            # Frozen layers also keep their BatchNorm running statistics.
+            for name, child in self.net.named_children():
+                if name != "class_head":
+                    child.eval()
+        return self
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -301,7 +318,7 @@ class ParticleModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)
-        optimizer = factory(params=self.parameters())
+        optimizer = factory(params=[p for p in self.parameters() if p.requires_grad])
         if self.scheduler_factory is None:
             return optimizer
         func = getattr(self.scheduler_factory, "func", self.scheduler_factory)

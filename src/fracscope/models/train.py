@@ -85,7 +85,10 @@ def run(cfg: DictConfig) -> RunResult:
 
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
-    last = Path(ckpt_cb.last_model_path) if ckpt_cb is not None and ckpt_cb.last_model_path else None
+    # The un-monitored checkpoint callback (callbacks.latest_checkpoint) keeps the latest epoch.
+    latest = [cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None and cb.best_model_path]
+    last_path = latest[0] if latest else (ckpt_cb.last_model_path if ckpt_cb is not None else "")
+    last = Path(last_path) if last_path else None
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     result = RunResult(out, best, last, dict(module.best_metrics), final)
     if trainer.is_global_zero:

@@ -1,8 +1,18 @@
 """The multi-task particle network: shared encoder, U-Net phase decoder, class head.
 
 Input (N, C, S, S) with C = 2 by default: the normalised crop and the particle's own
-mask. Output: class logits (N, 3) from pooled deepest features, and phase logits
-(N, 4, S, S) at full input resolution. S must be a multiple of 32.
+mask. Output: class logits (N, 3) and phase logits (N, 4, S, S) at full input
+resolution. S must be a multiple of 32.
+
+Two class heads (``NetConfig.class_head``):
+
+- ``phases`` (default): a small strided CNN on the network's own phase probabilities
+  and the particle mask. The damage class is defined by the cracks (any crack pixel:
+  damaged; cracks cutting the section: broken), and the phase head draws them at full
+  resolution, where the deepest encoder map (/32) has mostly lost 1-2 px cracks. Its
+  input is detached, so the class loss cannot disturb the segmentation.
+- ``pooled`` (the first models): an MLP on the mean- and max-pooled deepest encoder
+  map. Measured: it stayed near chance on the synthetic set (see docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -27,10 +37,13 @@ class NetConfig:
     num_classes: int = len(CLASS_NAMES)
     num_phases: int = len(PHASE_NAMES)
     dropout: float = 0.2
+    class_head: str = "phases"   # phases | pooled (see the module docstring)
 
     @classmethod
     def from_dict(cls, d: dict) -> NetConfig:
         d = dict(d)
+        # Checkpoints written before the key existed have the pooled head.
+        d.setdefault("class_head", "pooled")
         if "decoder_channels" in d:
             d["decoder_channels"] = tuple(int(c) for c in d["decoder_channels"])
         return cls(**d)
@@ -43,6 +56,7 @@ class NetConfig:
             "num_classes": self.num_classes,
             "num_phases": self.num_phases,
             "dropout": self.dropout,
+            "class_head": self.class_head,
         }
 
 
@@ -104,6 +118,30 @@ class UNetBody(nn.Module):
         return f5, y
 
 
+class PhaseClassHead(nn.Module):
+    """Class logits from phase probabilities + particle mask: strided convs, mean and max pooled.
+
+    Five stride-2 stages take a 128 px crop to 4 px, so the last features see the whole
+    section: enough to tell a crack that cuts it through from one that ends inside.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        chans = [width, width * 2, width * 4, width * 4, width * 8]
+        layers: list[nn.Module] = [ConvBNReLU(in_channels, chans[0])]
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(inplace=True), ConvBNReLU(cout, cout)]
+        layers += [nn.Conv2d(chans[-1], chans[-1], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(chans[-1]),
+                   nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * chans[-1], num_classes))
+
+    def forward(self, phase_prob: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        f = self.features(torch.cat([phase_prob, mask], dim=1))
+        return self.classifier(torch.cat([f.mean(dim=(2, 3)), torch.amax(f, dim=(2, 3))], dim=1))
+
+
 class ParticleNet(UNetBody):
     """Shared encoder with a class head and a U-Net phase head."""
 
@@ -112,16 +150,27 @@ class ParticleNet(UNetBody):
         self.cfg = cfg
         enc, d = self.encoder.channels, cfg.decoder_channels
         self.phase_head = nn.Conv2d(d[4], cfg.num_phases, 1)
-        self.class_head = nn.Sequential(
-            nn.Dropout(cfg.dropout), nn.Linear(2 * enc[4], 128), nn.ReLU(inplace=True), nn.Linear(128, cfg.num_classes)
-        )
+        if cfg.class_head == "phases":
+            self.class_head: nn.Module = PhaseClassHead(cfg.num_phases + 1, cfg.num_classes, dropout=cfg.dropout)
+        elif cfg.class_head == "pooled":
+            self.class_head = nn.Sequential(
+                nn.Dropout(cfg.dropout), nn.Linear(2 * enc[4], 128), nn.ReLU(inplace=True),
+                nn.Linear(128, cfg.num_classes),
+            )
+        else:
+            raise ValueError(f"unknown class_head {cfg.class_head!r}; valid: 'phases', 'pooled'")
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (class_logits (N, num_classes), phase_logits (N, num_phases, S, S))."""
         f5, y = self.decode(x)
+        phase_logits = self.phase_head(y)
+        if self.cfg.class_head == "phases":
+            # The own-mask channel; the whole crop for a network without one.
+            mask = x[:, 1:2] if self.cfg.in_channels > 1 else torch.ones_like(x[:, :1])
+            return self.class_head(torch.softmax(phase_logits.detach(), dim=1), mask), phase_logits
         # Mean and max pooling: max keeps evidence of a single long crack.
         pooled = torch.cat([f5.mean(dim=(2, 3)), torch.amax(f5, dim=(2, 3))], dim=1)
-        return self.class_head(pooled), self.phase_head(y)
+        return self.class_head(pooled), phase_logits
 
 
 def build_model(cfg: NetConfig | dict) -> ParticleNet:
