@@ -16,7 +16,7 @@ def resolve_input(value: str | None) -> str:
     return str(SAMPLE_DIR) if value in (None, "", "sample") else str(value)
 
 
-def _resolve(value, default: Path, what: str) -> str:
+def _resolve(value: str | Path | None, default: Path, what: str) -> str:
     if value in (None, "", "default"):
         if not default.is_file():
             raise FileNotFoundError(f"the shipped {what} is missing: {default}")
