@@ -9,6 +9,19 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def synth_cache(tmp_path_factory):
+    """A fresh $FRACSCOPE_CACHE for one test module: synthetic sets are generated once per module."""
+    cache = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("FRACSCOPE_CACHE")
+    os.environ["FRACSCOPE_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("FRACSCOPE_CACHE", None)
+    else:
+        os.environ["FRACSCOPE_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def random_onnx_model(tmp_path_factory) -> Path:
     """A small untrained network exported like the shipped model (for plumbing tests only)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +20,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = DetectorNetConfig(encoder="resnet18", decoder_channels=(16, 16, 8, 8, 8))
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def synth_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("FRACSCOPE_CACHE")
-    os.environ["FRACSCOPE_CACHE"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("FRACSCOPE_CACHE", None)
-    else:
-        os.environ["FRACSCOPE_CACHE"] = old
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,8 @@ SMOKE = ["experiment=smoke", "data.synth.n_crops=10", "threads=2"]
 torch.set_num_threads(2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def synth_cache(tmp_path_factory):
-    """One synthetic cache for the module (the smoke set is generated once)."""
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("FRACSCOPE_CACHE")
-    os.environ["FRACSCOPE_CACHE"] = str(cache)
-    yield cache
-    if old is None:
-        os.environ.pop("FRACSCOPE_CACHE", None)
-    else:
-        os.environ["FRACSCOPE_CACHE"] = old
+# Every test here shares one synthetic cache (the smoke set is generated once); see conftest.
+pytestmark = pytest.mark.usefixtures("synth_cache")
 
 
 def compose_cfg(out: Path, *overrides: str):
