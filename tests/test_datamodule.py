@@ -88,6 +88,10 @@ def test_synthetic_default_is_cached_by_config_hash(tmp_path, monkeypatch) -> No
     assert px.min() >= 0.03 and px.max() <= 0.15  # wide-field pixel sizes
     other = SynthSpec(presets=("p",), n_crops=4)
     assert other.key() != dm.synth.key()
+    randomized = SynthSpec(**{**dm.synth.__dict__, "imaging_ranges": {"noise_sd": (0.01, 0.05)}})
+    assert randomized.key() != dm.synth.key()
+    assert all("+imaging.randomize.noise_sd=[0.01,0.05]" in ov for _, _, ov, _ in randomized.jobs())
+    assert "imaging drawn per image" in randomized.describe()
     dm2 = ParticleDataModule(synth=spec, crop={"size": SIZE})
     dm2.setup()  # from the cache: identical arrays
     np.testing.assert_array_equal(dm2.arrays.image, dm.arrays.image)

@@ -162,6 +162,41 @@ def test_heldout_config_is_shifted_and_bright_pores_option():
     assert px[it.phases == 2].mean() > px[it.phases == 1].mean()
 
 
+RANDOMIZE = ["+imaging.randomize.noise_sd=[0.01,0.05]", "+imaging.randomize.particle_level=[0.5,0.75]"]
+
+
+def test_imaging_randomisation_draws_per_image_and_keeps_the_ground_truth():
+    steady = [*FAST_PX, "imaging.brightness_jitter=0", "imaging.contrast_jitter=0", "imaging.gamma_range=[1.0,1.0]"]
+    fixed = list(generate_crops(load_config("gp", steady), 4, seed=21))
+    drawn = list(generate_crops(load_config("gp", [*steady, *RANDOMIZE]), 4, seed=21))
+    levels = []
+    for a, b in zip(fixed, drawn):
+        # Imaging is drawn after the geometry, so labels are those of the fixed look.
+        assert np.array_equal(a.phases, b.phases) and np.array_equal(a.instances, b.instances)
+        assert a.particles[0].class_name == b.particles[0].class_name
+        assert not np.array_equal(a.image.pixels, b.image.pixels)
+        assert "imaging" not in a.meta
+        im = b.meta["imaging"]
+        assert set(im) == {"noise_sd", "particle_level"}
+        assert 0.01 <= im["noise_sd"] <= 0.05 and 0.5 <= im["particle_level"] <= 0.75
+        solid = b.image.pixels[b.phases == 1] / 255.0
+        levels.append((im["particle_level"], float(np.median(solid))))
+    assert len({round(d, 6) for d, _ in levels}) == 4  # one draw per image
+    drawn_levels, measured = np.array(levels).T
+    assert np.corrcoef(drawn_levels, measured)[0, 1] > 0.95  # the draw reaches the pixels
+
+
+def test_imaging_randomisation_rejects_unknown_or_empty_ranges():
+    from fracscope.synth.imaging import ImagingParams
+
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="not a scalar imaging parameter"):
+        ImagingParams.draw({"randomize": {"noise": [0.0, 1.0]}}, rng)
+    with pytest.raises(ValueError, match="is empty"):
+        ImagingParams.draw({"randomize": {"noise_sd": [0.05, 0.01]}}, rng)
+    assert ImagingParams.draw({"noise_sd": 0.02}, rng) == ImagingParams(noise_sd=0.02)
+
+
 def test_cli_writes_dataset(tmp_path):
     pytest.importorskip("fracscope.data")
     out = tmp_path / "ds"

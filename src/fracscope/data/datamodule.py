@@ -14,9 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fracscope.crop import crop_particle
 from fracscope.data.augment import IGNORE_PHASE, AugmentSpec, CropAugmenter
-from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage
+from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage, ParticleAnnotation
 
 # crop_particle normalises each window with these percentiles (fracscope.crop defaults).
 NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
@@ -71,13 +71,17 @@ class SynthSpec:
     field_px: Sequence[int] = (512, 640)
     damage: Sequence[float] = (0.45, 0.3, 0.25)
     bright_fraction: float = 0.0
+    imaging_ranges: Mapping[str, Sequence[float]] = field(default_factory=dict)
     overrides: Sequence[str] = ()
     seed: int = 0
     heldout: bool = False
 
     def jobs(self) -> list[tuple[str, str, list[str], int]]:
         """(preset, kind, overrides, count) for every generator call."""
-        common = [f"damage=[{','.join(str(float(d)) for d in self.damage)}]", *self.overrides]
+        common = [f"damage=[{','.join(str(float(d)) for d in self.damage)}]"]
+        for name, (lo, hi) in sorted(dict(self.imaging_ranges).items()):
+            common.append(f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]")
+        common += list(self.overrides)
         out = []
         lo, hi = (float(v) for v in self.crop_pixel_size_um)
         for preset in self.presets:
@@ -124,7 +128,9 @@ class SynthSpec:
             f"synthetic fracscope.synth presets {list(self.presets)}: {self.n_crops} single-particle crops per preset "
             f"at {list(self.crop_pixel_size_um)} um/px and electrode fields with >= {self.n_field_particles} "
             f"particles per preset at {list(self.field_pixel_sizes_um)} um/px; damage fractions {list(self.damage)}; "
-            f"bright-pore crops {self.bright_fraction:.0%}; seed {self.seed}"
+            f"bright-pore crops {self.bright_fraction:.0%}; "
+            + (f"imaging drawn per image from {dict(sorted(dict(self.imaging_ranges).items()))}; " if self.imaging_ranges else "")
+            + f"seed {self.seed}"
             + (" (held-out config)" if self.heldout else "")
         )
 
@@ -235,14 +241,16 @@ def _detected_instances(item: AnnotatedImage, detector) -> np.ndarray:
     return out
 
 
-def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=None) -> CropArrays:
-    """Crop every annotated particle of every image with the shared crop function.
+def croppable_particles(
+    items: Sequence[AnnotatedImage], spec: CropSpec, detector=None
+) -> Iterator[tuple[int, AnnotatedImage, np.ndarray, ParticleAnnotation, tuple[slice, slice]]]:
+    """(image index, image, instance map, particle, bounding box) of every particle that
+    `crops_from_items` crops, in its order.
 
-    Images without instance masks get them from `detector` (default classical).
-    Images without phase maps give phases = 255 (the phase loss ignores them).
+    Images without instance masks get them from `detector` (default classical); particles
+    cut by the border (when `spec.skip_border`) or smaller than `spec.min_diameter_px` are
+    skipped.
     """
-    s = spec.size
-    images, masks, phases, labels, pxs, cpxs, groups = [], [], [], [], [], [], []
     for g, item in enumerate(items):
         inst = item.instances
         particles = item.particles
@@ -253,7 +261,6 @@ def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=N
                 particles = [type(particles[0])(1, particles[0].class_name, dict(particles[0].measurements))]
         boxes = ndi.find_objects(np.asarray(inst))
         h, w = inst.shape
-        px = item.image.pixel_size_um
         for p in particles:
             pid = int(p.particle_id)
             box = boxes[pid - 1] if 0 < pid <= len(boxes) else None
@@ -265,14 +272,28 @@ def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=N
             area = int(np.count_nonzero(inst[box] == pid))
             if 2.0 * np.sqrt(area / np.pi) < spec.min_diameter_px:
                 continue
-            crop = crop_particle(item.image.pixels, inst, pid, s, spec.margin, item.phases, bbox=box)
-            images.append(crop.image.astype(np.float16))
-            masks.append(crop.mask.astype(np.uint8))
-            phases.append(crop.phases if crop.phases is not None else np.full((s, s), IGNORE_PHASE, np.uint8))
-            labels.append(CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else -1)
-            pxs.append(np.nan if px is None else float(px))
-            cpxs.append(np.nan if px is None else float(px) / crop.scale)
-            groups.append(g)
+            yield g, item, inst, p, box
+
+
+def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=None) -> CropArrays:
+    """Crop every annotated particle of every image with the shared crop function.
+
+    Which particles: `croppable_particles`. Images without phase maps give phases = 255
+    (the phase loss ignores them).
+    """
+    s = spec.size
+    images, masks, phases, labels, pxs, cpxs, groups = [], [], [], [], [], [], []
+    for g, item, inst, p, box in croppable_particles(items, spec, detector):
+        pid = int(p.particle_id)
+        px = item.image.pixel_size_um
+        crop = crop_particle(item.image.pixels, inst, pid, s, spec.margin, item.phases, bbox=box)
+        images.append(crop.image.astype(np.float16))
+        masks.append(crop.mask.astype(np.uint8))
+        phases.append(crop.phases if crop.phases is not None else np.full((s, s), IGNORE_PHASE, np.uint8))
+        labels.append(CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else -1)
+        pxs.append(np.nan if px is None else float(px))
+        cpxs.append(np.nan if px is None else float(px) / crop.scale)
+        groups.append(g)
     if not images:
         raise ValueError("the dataset holds no particle that could be cropped")
     return CropArrays(
@@ -340,6 +361,8 @@ def _as_spec(cls, value):
     for k, v in value.items():  # Hydra lists -> tuples for frozen dataclasses
         if isinstance(v, list) or type(v).__name__ == "ListConfig":
             value[k] = tuple(v)
+        elif isinstance(v, dict) or type(v).__name__ == "DictConfig":
+            value[k] = {str(n): tuple(r) for n, r in dict(v).items()}
     return cls(**value)
 
 

@@ -90,8 +90,8 @@ def _annotate(pid: int, cls: str, mask, phases, px: float, spec: ParticleSpec, t
     return ParticleAnnotation(particle_id=pid, class_name=cls, measurements=m)
 
 
-def _meta(cfg, seed: int, kind: str, index: int) -> dict:
-    return {
+def _meta(cfg, seed: int, kind: str, index: int, params: ImagingParams) -> dict:
+    meta = {
         "synth_version": SYNTH_VERSION,
         "preset": str(cfg.preset.name),
         "seed": int(seed),
@@ -99,6 +99,10 @@ def _meta(cfg, seed: int, kind: str, index: int) -> dict:
         "kind": kind,
         "pore_polarity": str(cfg.imaging.pore_polarity),
     }
+    randomized = sorted(dict(cfg.imaging.get("randomize") or {}))
+    if randomized:
+        meta["imaging"] = {k: round(float(getattr(params, k)), 6) for k in randomized}
+    return meta
 
 
 def make_crop(cfg, seed: int, index: int) -> AnnotatedImage:
@@ -120,7 +124,7 @@ def make_crop(cfg, seed: int, index: int) -> AnnotatedImage:
     grains = np.pad(lp.grains[sl], pad, constant_values=-1)
     boundary = np.pad(lp.boundary[sl], pad)
     instances = mask.astype(np.uint32)
-    params = ImagingParams.from_cfg(cfg.imaging)
+    params = ImagingParams.draw(cfg.imaging, rng)
     pixels = render_image(phases, instances, grains, boundary, px, params, rng)
     ann = _annotate(1, lp.class_name, mask, phases, px, spec, False)
     preset = str(cfg.preset.name)
@@ -130,7 +134,7 @@ def make_crop(cfg, seed: int, index: int) -> AnnotatedImage:
         instances=instances,
         phases=phases,
         particles=[ann],
-        meta=_meta(cfg, seed, "crops", index),
+        meta=_meta(cfg, seed, "crops", index, params),
     )
 
 
@@ -237,7 +241,7 @@ def make_field(cfg, seed: int, index: int) -> AnnotatedImage:
         boundary[win] |= vis & lp.boundary[loc] & (ph == Phase.SOLID)
         touches = bool(fy0 == 0 and vis[0].any() or fy1 == hp and vis[-1].any() or fx0 == 0 and vis[:, 0].any() or fx1 == wp and vis[:, -1].any())
         particles.append(_annotate(pid, cls, vis, ph, px, spec, touches))
-    params = ImagingParams.from_cfg(cfg.imaging)
+    params = ImagingParams.draw(cfg.imaging, rng)
     pixels = render_image(phases, instances, grains, boundary, px, params, rng)
     preset = str(cfg.preset.name)
     return AnnotatedImage(
@@ -246,7 +250,7 @@ def make_field(cfg, seed: int, index: int) -> AnnotatedImage:
         instances=instances,
         phases=phases,
         particles=particles,
-        meta=_meta(cfg, seed, "electrode", index),
+        meta=_meta(cfg, seed, "electrode", index, params),
     )
 
 

@@ -12,7 +12,7 @@ depend on the grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -53,6 +53,30 @@ class ImagingParams:
         fields = cls.__dataclass_fields__
         kw = {k: (tuple(v) if k == "gamma_range" else v) for k, v in dict(node).items() if k in fields}
         return cls(**kw)
+
+    @classmethod
+    def draw(cls, node, rng: np.random.Generator) -> "ImagingParams":
+        """Parameters of one image: `from_cfg`, then every scalar named in ``node.randomize``
+        (a mapping ``name: [lo, hi]``) drawn uniformly from its range.
+
+        Domain randomisation for training sets: one model must read SEMs of any noise,
+        blur and contrast. Without ``randomize`` no random number is drawn, so the
+        default renders stay bit-identical.
+        """
+        base = cls.from_cfg(node)
+        ranges = dict(node.get("randomize") or {})
+        if not ranges:
+            return base
+        scalars = sorted(k for k in cls.__dataclass_fields__ if k not in ("bit_depth", "pore_polarity", "gamma_range"))
+        drawn = {}
+        for name in sorted(ranges):
+            if name not in scalars:
+                raise ValueError(f"imaging.randomize: {name!r} is not a scalar imaging parameter; use one of {scalars}")
+            lo, hi = (float(v) for v in ranges[name])
+            if not lo <= hi:
+                raise ValueError(f"imaging.randomize.{name}: range [{lo}, {hi}] is empty")
+            drawn[name] = float(rng.uniform(lo, hi))
+        return replace(base, **drawn)
 
 
 def _smooth_noise(shape, sigma_px: float, rng: np.random.Generator) -> np.ndarray:
