@@ -313,3 +313,20 @@ def test_review_captions_keep_group_and_file():
     assert a != b and len(a) == len(b) == 16
     assert a.startswith("GP-NCM") and a.endswith("field_00")
     assert short_stem("f0") == "f0"
+
+
+def test_review_sheets_sample_only_counted_particles(results):
+    from dataclasses import replace
+
+    from fracscope.report.review import ReviewSampler
+
+    small = replace(results[0], particles=[replace(p, too_small=True) for p in results[0].particles])
+    default = ReviewSampler(per_class=10)
+    for r in (small, *results[1:]):
+        default.add(r)
+    # a1 is all too small; a2's broken particle touches the border: neither is offered.
+    assert default.seen == {"intact": 1, "mildly_damaged": 1, "broken": 2}
+    everything = ReviewSampler(per_class=10, include_border=True, include_too_small=True)
+    for r in (small, *results[1:]):
+        everything.add(r)
+    assert everything.seen == {"intact": 3, "mildly_damaged": 2, "broken": 3}

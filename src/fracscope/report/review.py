@@ -76,18 +76,26 @@ class ReviewSampler:
         Crops kept per class.
     seed : int
         The same particles in the same order give the same sample.
+    include_border, include_too_small : bool
+        Offer particles cut by the image border / flagged too small. Defaults match the
+        report's class fractions, so the sheets show what the statistics count.
     """
 
-    def __init__(self, per_class: int = 48, seed: int = 0):
+    def __init__(self, per_class: int = 48, seed: int = 0, include_border: bool = False,
+                 include_too_small: bool = False):
         self.per_class = per_class
+        self.include_border = include_border
+        self.include_too_small = include_too_small
         self._rng = np.random.default_rng(seed)
         self.seen: dict[str, int] = {c: 0 for c in CLASS_NAMES}
         self.tiles: dict[str, list[ReviewTile]] = {c: [] for c in CLASS_NAMES}
 
     def add(self, result: ImageResult) -> None:
-        """Offer every particle of an image that has a crop."""
+        """Offer every counted particle of an image that has a crop."""
         for p in result.particles:
             if p.crop is None or p.class_name not in self.seen:
+                continue
+            if (p.touches_border and not self.include_border) or (p.too_small and not self.include_too_small):
                 continue
             self.seen[p.class_name] += 1
             n, tiles = self.seen[p.class_name], self.tiles[p.class_name]
@@ -123,7 +131,7 @@ class ReviewSampler:
         width = max(cols * cell_w + pad, 420)
         sheet = Image.new("RGB", (width, title_h + rows * cell_h + pad), (255, 255, 255))
         draw = ImageDraw.Draw(sheet)
-        title = f"{class_name.replace('_', ' ')}: {len(tiles)} of {self.seen[class_name]} particles (random sample)"
+        title = f"{class_name.replace('_', ' ')}: {len(tiles)} of {self.seen[class_name]} counted particles (random sample)"
         draw.text((pad, 5), title, fill=(0, 0, 0), font=title_font)
         if not tiles:
             draw.text((pad, title_h + 10), "no particles of this class with crops", fill=(90, 90, 90), font=font)

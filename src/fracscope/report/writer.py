@@ -101,7 +101,12 @@ class ReportWriter:
         self._tables = ParticleTableWriter(self.output_dir, resume)
         self._errors = ErrorTableWriter(self.output_dir, resume)
         self._coco = CocoWriter(self.output_dir, resume, self._tables.done) if self.options.write_coco else None
-        self._review = ReviewSampler(self.options.review_per_class, self.options.seed)
+        self._review = ReviewSampler(
+            self.options.review_per_class,
+            self.options.seed,
+            include_border=self.options.count_border_particles,
+            include_too_small=self.options.count_too_small,
+        )
         self._failures: list[tuple[str, int, str]] = []
         self._closed = False
 
