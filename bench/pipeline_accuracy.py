@@ -127,7 +127,7 @@ def main() -> None:
           + ", ".join(f"{n} {r:.3f}" for n, r in zip(CLASS_NAMES, recalls)))
     print("class fractions true vs pred: " + ", ".join(
         f"{n} {100 * t:.1f} % vs {100 * p:.1f} % ({100 * (p - t):+.1f} pp)" for n, t, p in zip(CLASS_NAMES, true_frac, pred_frac)))
-    print(f"porosity MAE {err.abs().mean():.2f} pp, bias {err.mean():+.2f} pp (n={len(err)})")
+    print(f"porosity MAE {err.abs().mean():.3f} pp, bias {err.mean():+.3f} pp (n={len(err)})")
     print("reproduce: python bench/pipeline_accuracy.py " + " ".join(sys.argv[1:]))
 
 
