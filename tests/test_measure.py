@@ -135,3 +135,21 @@ def test_threshold_phases_finds_dark_and_bright_pores():
     assert (threshold_phases(dark, mask)[~mask] == 0).all()
     with pytest.raises(ValueError, match="polarity"):
         threshold_phases(dark, mask, "grey")
+
+
+def test_global_image_threshold_is_the_papers_method_when_pores_are_few():
+    from fracscope.measure.threshold import image_threshold, threshold_phases
+
+    rng = np.random.default_rng(0)
+    mask = disc((120, 120), (60, 60), 50)
+    grains = (np.arange(120)[:, None] // 10 + np.arange(120)[None, :] // 10) % 2  # channelling contrast
+    img = np.where(mask, 170.0 + 50.0 * grains, 40.0) + rng.normal(0, 5, mask.shape)
+    pores = mask & (np.add.outer(np.arange(120), np.arange(120)) % 23 == 0) & (np.arange(120)[None, :] % 3 == 0)
+    img[pores] = 50.0
+    truth = 100.0 * pores.sum() / mask.sum()
+    t = image_threshold(img, "dark")
+    assert 50.0 < t < 150.0  # between the dark (matrix + pores) and the bright solid
+    assert porosity_pct(threshold_phases(img, mask, "dark", t), mask) == pytest.approx(truth)
+    # Otsu over the section alone splits the grains: far too many pores.
+    assert porosity_pct(threshold_phases(img, mask, "dark"), mask) > truth + 10
+    assert image_threshold(img, "bright") is None

@@ -26,7 +26,7 @@ from fracscope.io import ReadFailure, iter_images
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
-from fracscope.measure.threshold import threshold_phases
+from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
@@ -97,6 +97,7 @@ def classify_and_measure(
     t = times.add("model", t)
 
     phases = np.zeros(instances.shape, np.uint8)
+    grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
@@ -105,7 +106,7 @@ def classify_and_measure(
         r0, c0, r1, c1 = rows.start, cols.start, rows.stop, cols.stop
         own = instances[r0:r1, c0:c1] == crop.particle_id
         if settings.segmenter == "threshold":
-            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity)
+            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
         else:
             prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
             # Inside the detector's mask a pixel is solid, pore or crack: background is not an option.
