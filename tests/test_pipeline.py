@@ -79,6 +79,28 @@ def test_corrupt_file_is_an_error_row_and_the_rest_is_processed(tmp_path, field_
         bad.unlink()
 
 
+def test_a_write_failure_is_an_error_row_and_the_rest_is_written(tmp_path, field_dir, random_onnx_model, monkeypatch):
+    from fracscope.report import writer as writer_module
+
+    root, _ = field_dir
+    real_overlay = writer_module.write_overlay
+
+    def failing_overlay(result, *args, **kwargs):
+        if result.stem == "A__f1":
+            raise OSError("disk full")
+        return real_overlay(result, *args, **kwargs)
+
+    monkeypatch.setattr(writer_module, "write_overlay", failing_overlay)
+    out = tmp_path / "out"
+    outcome = run(compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}"))
+    assert outcome.exit_code != 0 and outcome.n_images == 3
+    assert [f[0] for f in outcome.failures] == [str(root / "A" / "f1.tif")]
+    assert "OSError: disk full" in outcome.failures[0][2]
+    images = pd.read_csv(out / "images.csv")
+    assert sorted(images["image"].astype(str).map(lambda s: Path(s).name)) == ["f0.tif", "f0.tif", "f1.tif"]
+    assert len(pd.read_csv(out / "particles.csv").groupby(["image", "page"])) == 3
+
+
 def test_resume_skips_done_images(tmp_path, field_dir, random_onnx_model):
     root, _ = field_dir
     out = tmp_path / "out"

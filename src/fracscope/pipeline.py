@@ -10,6 +10,7 @@ import logging
 import resource
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +56,8 @@ class StageTimes:
 
     detect and crop run in worker processes when detect_workers > 0, overlapping the model:
     then the stages add up to more than the wall time, and `wait` is the main process idling
-    for the workers.
+    for the workers. Outputs are written on a background thread; `write` is the main
+    process waiting for it (and the final summary, plots and sheets).
     """
 
     seconds: dict[str, float] = field(
@@ -265,15 +267,18 @@ def run(cfg: DictConfig) -> RunOutcome:
     n_images = n_particles = 0
     warned_scale = False
     progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
+    # One writer thread, in input order: files and tables of image i are written while the
+    # model runs on image i + 1 (zlib, PNG encoding and onnxruntime release the GIL).
+    out_queue = _WriteQueue(writer, times, max_pending=2)
     for item in _timed(located_stream, times, "wait"):
         progress.update()
         if isinstance(item, ReadFailure):
             log.error("could not read %s: %s", item.source, item.error)
-            writer.add_failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
+            out_queue.failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
             continue
         if isinstance(item, LocateFailure):
             log.error("detection failed on %s page %d: %s", item.image.source, item.image.page, item.error)
-            writer.add_failure(str(item.image.source), item.image.page, item.error)
+            out_queue.failure(str(item.image.source), item.image.page, item.error)
             continue
         image = item.image
         if image.pixel_size_um is None and not warned_scale:
@@ -285,18 +290,17 @@ def run(cfg: DictConfig) -> RunOutcome:
             result = classify_and_measure(
                 item, image_stem(image, root), group_for(image.source, root, group_map), backend, settings, times
             )
-            t = time.perf_counter()
-            writer.add(result)
-            times.add("write", t)
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)
-            writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
+            out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             continue
-        n_images += 1
-        n_particles += len(result.particles)
+        out_queue.add(result)
+        n_images, n_particles = out_queue.n_images, out_queue.n_particles
         elapsed = time.perf_counter() - t_start
         progress.set_postfix(particles=n_particles, per_s=f"{n_particles / max(elapsed, 1e-9):.1f}")
     progress.close()
+    out_queue.drain()
+    n_images, n_particles = out_queue.n_images, out_queue.n_particles
     n_skipped = len(skipped)
     t = time.perf_counter()
     writer.close()
@@ -305,6 +309,57 @@ def run(cfg: DictConfig) -> RunOutcome:
     outcome = RunOutcome(n_images, n_particles, list(writer.failures), times.seconds, wall)
     _write_timings(output, outcome, n_skipped)
     return outcome
+
+
+class _WriteQueue:
+    """Hands results and failures to one background writer thread, in order.
+
+    At most `max_pending` images wait, so memory stays bounded; `write` time is what the
+    main thread spends waiting for the writer. Every writer call runs on that one thread,
+    so the report's files are never written concurrently.
+    """
+
+    def __init__(self, writer: ReportWriter, times: StageTimes, max_pending: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.writer, self.times, self.max_pending = writer, times, max_pending
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fracscope-write")
+        self.pending: deque = deque()
+        self.n_images = self.n_particles = 0
+
+    def add(self, result: ImageResult) -> None:
+        self._submit(self._write, result)
+
+    def failure(self, source: str, page: int, message: str) -> None:
+        self._submit(self.writer.add_failure, source, page, message)
+
+    def drain(self) -> None:
+        self._collect(0)
+        self.pool.shutdown()
+
+    def _submit(self, fn, *args) -> None:
+        self.pending.append(self.pool.submit(fn, *args))
+        self._collect(self.max_pending)
+
+    def _collect(self, keep: int) -> None:
+        t = time.perf_counter()
+        while self.pending and (len(self.pending) > keep or self.pending[0].done()):
+            n = self.pending.popleft().result()
+            if n is not None:
+                self.n_images += 1
+                self.n_particles += n
+        self.times.add("write", t)
+
+    def _write(self, result: ImageResult) -> int | None:
+        """Write one image's outputs; the particle count, or None when it failed."""
+        try:
+            self.writer.add(result)
+        except Exception as exc:  # a full disk or an odd image must not stop the run
+            image = result.image
+            log.exception("writing failed on %s page %d", image.source, image.page)
+            self.writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
+            return None
+        return len(result.particles)
 
 
 def _timed(iterable, times: StageTimes, stage: str):
