@@ -6,8 +6,8 @@ Cohen's κ against the manual classes (class head alone and combined with crack
 topology), pooled pore IoU (true pores >= `min_pore_px`), crack IoU, porosity MAE and
 bias (percentage points, Eq. 1 via `fracscope.measure`) and, side by side, the paper's
 global-Otsu porosity; porosity again against the truth at the source resolution
-(`native_truth`), with the Otsu baseline on the source pixels. Writes metrics.json, particles.csv, confusion matrices and a
-contact sheet of misclassified particles.
+(`native_truth`), with the Otsu baseline on the source pixels. Writes metrics.json,
+particles.csv, confusion matrices and a contact sheet of misclassified particles.
 """
 
 from __future__ import annotations
@@ -110,9 +110,10 @@ class NativeTruth:
 def native_truth(items: list[AnnotatedImage], spec: CropSpec) -> NativeTruth:
     """Source-resolution porosity truth and Otsu baseline for every crop of `crops_from_items`.
 
-    The crop grid shrinks a wide-field particle ~2×; a pore of 1-2 source pixels then
-    lands on a crop pixel or not by chance, so the crop-grid truth is itself a noisy
-    estimate of the particle's porosity. This is the reference a scientist means.
+    The crop grid shrinks a wide-field particle ~2×, and a pore of 1-2 source pixels then
+    lands on a crop pixel or not by chance: the crop-grid truth only estimates the
+    particle's porosity (``crop_truth_*`` in `score` says how well). This is the
+    reference a scientist means, and where the paper's threshold would be applied.
     """
     from fracscope.measure import porosity_pct
 
