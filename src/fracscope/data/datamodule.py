@@ -60,7 +60,9 @@ class SynthSpec:
     Crops draw their pixel size uniformly from crop_pixel_size_um; electrode fields
     are rendered once per entry of field_pixel_sizes_um, each until
     n_field_particles / len(field_pixel_sizes_um) particles per preset. A share
-    bright_fraction of the crops has Pt-filled (bright) pores.
+    bright_fraction of the crops has Pt-filled (bright) pores. workers: processes that
+    generate (None = one per CPU core, at most one per generator call); the images do not
+    depend on it.
     """
 
     presets: Sequence[str] = ("gp", "p")
@@ -75,6 +77,7 @@ class SynthSpec:
     overrides: Sequence[str] = ()
     seed: int = 0
     heldout: bool = False
+    workers: int | None = None
 
     def jobs(self) -> list[tuple[str, str, list[str], int]]:
         """(preset, kind, overrides, count) for every generator call."""
@@ -112,16 +115,26 @@ class SynthSpec:
         return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def generate(self) -> Iterator[AnnotatedImage]:
-        """Yield every synthetic image (deterministic in the spec)."""
-        from fracscope.synth import generate_crops, generate_electrode
+        """Yield every synthetic image (deterministic in the spec, whatever `workers` is).
 
-        for j, (preset, kind, ov, n) in enumerate(self.jobs()):
-            cfg = synth_config(preset, ov, heldout=self.heldout)
-            seed = int(self.seed) * 1000 + j
-            if kind == "crops":
-                yield from generate_crops(cfg, n, seed)
-            else:
-                yield from generate_electrode(cfg, n, seed, workers=1)
+        Each generator call (preset x kind x field pixel size) is seeded by its index alone,
+        so with workers > 1 the calls run in parallel processes and are yielded in order.
+        """
+        from omegaconf import OmegaConf
+
+        calls = [(OmegaConf.to_container(synth_config(preset, ov, heldout=self.heldout), resolve=True),
+                  kind, n, int(self.seed) * 1000 + j) for j, (preset, kind, ov, n) in enumerate(self.jobs())]
+        workers = min(len(calls), os.cpu_count() or 1) if self.workers is None else int(self.workers)
+        if workers <= 1:
+            for call in calls:
+                yield from _synth_call(call)
+            return
+        import multiprocessing as mp
+
+        # fork, as fracscope.synth.generate_electrode does: the children only run numpy/scipy.
+        with mp.get_context("fork").Pool(workers) as pool:
+            for items in pool.imap(_synth_call, calls):
+                yield from items
 
     def describe(self) -> str:
         return (
@@ -133,6 +146,19 @@ class SynthSpec:
             + f"seed {self.seed}"
             + (" (held-out config)" if self.heldout else "")
         )
+
+
+def _synth_call(call) -> list[AnnotatedImage]:
+    """One generator call of `SynthSpec.generate`: (config container, kind, count, seed)."""
+    from omegaconf import OmegaConf
+
+    from fracscope.synth import generate_crops, generate_electrode
+
+    container, kind, n, seed = call
+    cfg = OmegaConf.create(container)
+    if kind == "crops":
+        return list(generate_crops(cfg, n, seed))
+    return list(generate_electrode(cfg, n, seed, workers=1))
 
 
 @contextmanager
