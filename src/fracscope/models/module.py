@@ -153,6 +153,8 @@ class ParticleModule(L.LightningModule):
         self.val_metrics = _metrics("val/")
         self._val_store: dict[str, list] = {}
         self.best_metrics: dict[str, float] = {}
+        self._confusion: dict[str, np.ndarray] = {}
+        self._figures_due = True  # set by each validation; train figures follow it
 
     def train(self, mode: bool = True) -> ParticleModule:
         super().train(mode)
@@ -261,12 +263,14 @@ class ParticleModule(L.LightningModule):
         flat[f"{p}pore_iou"] = float(iou[Phase.PORE])
         flat[f"{p}crack_iou"] = float(iou[Phase.CRACK])
         self.log_dict({k: v for k, v in flat.items() if math.isfinite(v)}, sync_dist=False)
-        cm = values[f"{p}confusion"].cpu().numpy()
-        self._write_confusion(cm, stage)
+        self._confusion[stage] = values[f"{p}confusion"].cpu().numpy()
         return flat
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics(self.train_metrics, "train")
+        # Validation ran first in this epoch and decided whether the figures are due.
+        if self._figures_due:
+            self._write_confusion(self._confusion.pop("train"), "train")
 
     def on_validation_epoch_end(self) -> None:
         flat = self._log_metrics(self.val_metrics, "val")
@@ -281,14 +285,22 @@ class ParticleModule(L.LightningModule):
             )
         if self.trainer.sanity_checking:
             return
+        monitor = flat.get(MONITOR, float("nan"))
+        best = self.best_metrics.get(MONITOR, -math.inf)
+        improved = math.isfinite(monitor) and monitor > best
+        if improved:
+            self.best_metrics = {k: float(v) for k, v in flat.items() if math.isfinite(v)}
+            self.best_metrics["epoch"] = float(self.current_epoch)
+        # Figures cost ~2 s an epoch on CPU (most of an epoch on a GPU): draw them for the best
+        # epoch so far and for the last one, not every epoch.
+        last = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
+        self._figures_due = improved or last or not self.best_metrics
+        if not self._figures_due:
+            return
+        self._write_confusion(self._confusion.pop("val"), "val")
         if self.trainer.is_global_zero and store.get("gallery"):
             fig = plot_gallery(store["gallery"], self._run_path("val_gallery.png"), title=f"epoch {self.current_epoch}")
             self._add_figure("val/gallery", fig)
-        monitor = flat.get(MONITOR, float("nan"))
-        best = self.best_metrics.get(MONITOR, -math.inf)
-        if math.isfinite(monitor) and monitor > best:
-            self.best_metrics = {k: float(v) for k, v in flat.items() if math.isfinite(v)}
-            self.best_metrics["epoch"] = float(self.current_epoch)
 
     def _run_path(self, name: str) -> Path:
         return Path(self.trainer.default_root_dir) / name
