@@ -291,8 +291,8 @@ class ParticleModule(L.LightningModule):
         if improved:
             self.best_metrics = {k: float(v) for k, v in flat.items() if math.isfinite(v)}
             self.best_metrics["epoch"] = float(self.current_epoch)
-        # Figures cost ~2 s an epoch on CPU (most of an epoch on a GPU): draw them for the best
-        # epoch so far and for the last one, not every epoch.
+        # Figures cost ~1.5 s an epoch on the 2-core CPU: draw them for the best epoch so far and
+        # for the last planned one (max_epochs), not every epoch.
         last = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
         self._figures_due = improved or last or not self.best_metrics
         if not self._figures_due:
