@@ -36,11 +36,12 @@ def main() -> None:
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")
-    dataset = dm.train_dataset()
-    dataset.augmenter = None  # calibrate on what inference sees
+    from fracscope.data.datamodule import ParticleDataset
+
+    dataset = ParticleDataset(dm.arrays.subset(dm.train_idx))  # no augmenter: what inference sees
     rng = np.random.default_rng(args.seed)
     idx = rng.choice(len(dataset), size=min(args.n, len(dataset)), replace=False)
-    x = np.stack([dataset[int(i)]["x"].numpy() for i in np.sort(idx)]).astype(np.float32)
+    x = np.stack([dataset[int(i)]["x"].numpy() for i in np.sort(idx)])
     np.save(args.out, x)
     print(f"{args.out}: {x.shape} from {len(dataset)} training crops of {dm.synth_dir() if dm.path is None else dm.path}")
 

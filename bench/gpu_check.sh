@@ -113,8 +113,7 @@ echo "=== long run: ${left} s left after ${startup} s startup, ~${per_epoch} s p
 if [ $epochs -ge 6 ]; then
   step default_long train experiment=default "${extra[@]}" trainer.max_epochs=$epochs trainer.max_time=null \
     callbacks.early_stopping.patience=$epochs data.loader.num_workers="$workers" paths.output_dir="$work/default_long"
-  cp "$work"/default_long/metrics.csv "$out/metrics_long.csv" 2>/dev/null || \
-    find "$work/default_long" -name metrics.csv -exec cp {} "$out/metrics_long.csv" \;
+  cp "$work"/default_long/metrics.csv "$out/metrics_long.csv"   # logger=csv writes it there
   for ckpt in $(ls "$work"/default_long/checkpoints/best-epoch*.ckpt "$work"/default_long/checkpoints/last.ckpt 2>/dev/null); do
     name=$(basename "$ckpt" .ckpt)
     name=${name%%-epoch*}   # best | last
