@@ -161,7 +161,8 @@ def main() -> None:
           f"PyTorch eager fp32 {stage['torch_img_s']:.1f} img/s -> {stage['onnx_img_s'] / stage['torch_img_s']:.2f}x")
     print(f"compute: {stage['flops_per_particle'] / 1e9:.2f} GFLOP per particle (fp32 count); measured ORT fp32 "
           f"MatMul peak {peak:.0f} GFLOP/s; model stage in the run {model_pps:.1f} particles/s "
-          f"= {100 * share:.0f} % of that peak")
+          f"= {100 * share:.0f} % of that peak"
+          + (" (int8 arithmetic is not bound by the fp32 peak)" if stage["precision"] == "int8" else ""))
     print("reproduce: python bench/throughput.py " + " ".join(sys.argv[1:]))
 
 

@@ -34,6 +34,15 @@ def test_load_backend_by_suffix_and_metadata(onnx_path):
     assert backend.sha256 == sha256_of(onnx_path) == hashlib.sha256(onnx_path.read_bytes()).hexdigest()
 
 
+def test_session_options_do_not_spin_and_set_threads():
+    from fracscope.ort_options import session_options
+
+    assert session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert session_options().intra_op_num_threads == 0  # onnxruntime's default: all cores
+    opts = session_options(3)
+    assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 1)
+
+
 def test_load_backend_errors(onnx_path, tmp_path):
     with pytest.raises(FileNotFoundError, match="model file not found"):
         load_backend(tmp_path / "missing.onnx")

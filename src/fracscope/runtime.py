@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from fracscope.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
+from fracscope.ort_options import session_options
 
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 TORCH_SUFFIXES: tuple[str, ...] = (".ckpt",)
@@ -164,11 +165,7 @@ class OnnxBackend(Backend):
         else:
             providers = ["CPUExecutionProvider"]
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        opts = session_options(threads)
         try:
             self._session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -47,6 +47,7 @@ from fracscope.crop import normalize_intensity
 from fracscope.detect.base import Detector
 from fracscope.detect.postprocess import PostprocessParams, grow_labels, labels_from_maps
 from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
+from fracscope.ort_options import session_options
 from fracscope.types import SEMImage
 
 DETECTOR_METADATA_KEY = "fracscope_detector"
@@ -403,11 +404,7 @@ def _onnx_session(path: Path, device: str, threads: int | None) -> Any:
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise RuntimeError("device=cuda needs onnxruntime-gpu")
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
+    opts = session_options(threads)
     session = ort.InferenceSession(str(path), opts, providers=providers)
     names_in = [i.name for i in session.get_inputs()]
     names_out = [o.name for o in session.get_outputs()]
