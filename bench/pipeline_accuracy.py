@@ -1,13 +1,19 @@
 """Whole-pipeline accuracy on held-out synthetic electrode fields against their ground truth.
 
     python bench/pipeline_accuracy.py [--particles 600] [--model models/fracscope_default.onnx]
+                                      [--set detect.foreground_threshold=0.6 ...] [--tuning-seed 555]
 
 Generates wide fields with the frozen `conf/synth/heldout.yaml` (half gp, half p), writes them
 as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores:
 - detection F1 at IoU 0.5 and count error, against every ground-truth section;
 - class macro-F1 and class fractions, on matched particles that are whole (not cut by the border)
   and large enough to judge (the ones the summary counts);
-- porosity MAE and bias in percentage points on the same particles.
+- porosity MAE and bias in percentage points on the same particles;
+- the predicted masks' area against the true ones on the same particles (mean and median ratio).
+
+`--tuning-seed N` scores fields of the *training* synth config instead (same 0.07 µm/px, imaging
+drawn per field from the training ranges, seed N, never 0 or the held-out 9001): settings are chosen there (`--set`), then checked once on the
+held-out fields, so that nothing is fitted to the held-out set.
 """
 
 from __future__ import annotations
@@ -33,10 +39,14 @@ from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
 
-def write_fields(out: Path, n_particles: int) -> dict[str, object]:
+def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) -> dict[str, object]:
     truth = {}
     for preset in ("gp", "p"):
-        cfg = load_config(preset, heldout=True)
+        if tuning_seed is None:
+            cfg = load_config(preset, heldout=True)
+        else:
+            cfg = load_config(preset, tuning_overrides(preset))
+            cfg.seed = tuning_seed
         (out / preset).mkdir(parents=True, exist_ok=True)
         for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
             px = item.image.pixel_size_um
@@ -44,6 +54,21 @@ def write_fields(out: Path, n_particles: int) -> dict[str, object]:
             tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True, metadata={"unit": "um"})
             truth[f"{preset}__field{i:03d}"] = item
     return truth
+
+
+def tuning_overrides(preset: str) -> list[str]:
+    """Training synth config at the held-out fields' pixel size, imaging drawn per field as in training.
+
+    The ranges are the default experiment's `data.synth.imaging_ranges`, so tuning fields look
+    like the training set, not like the held-out set (whose imaging is fixed and shifted).
+    """
+    from omegaconf import OmegaConf
+
+    held = load_config(preset, heldout=True)
+    ranges = OmegaConf.load(REPO / "conf" / "data" / "synth.yaml").synth.imaging_ranges
+    return [f"electrode.pixel_size_um={held.electrode.pixel_size_um}"] + [
+        f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]" for name, (lo, hi) in sorted(ranges.items())
+    ]
 
 
 def macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, list[float]]:
@@ -65,8 +90,13 @@ def main() -> None:
     ap.add_argument("--classify", default="head", choices=["head", "topology"])
     ap.add_argument("--segmenter", default="model", choices=["model", "threshold"])
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
+    ap.add_argument("--tuning-seed", type=int, default=None,
+                    help="score fields of the training synth config with this seed instead of the held-out ones")
     ap.add_argument("--min-diameter-um", type=float, default=1.5, help="the detector's minimum section size")
     args = ap.parse_args()
+    if args.tuning_seed is not None and args.tuning_seed in (0, 9001):
+        ap.error("--tuning-seed must differ from the training (0) and held-out (9001) seeds")
 
     from conftest import compose_infer
 
@@ -74,12 +104,13 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_pipeacc_"))
     t0 = time.perf_counter()
-    truth = write_fields(work / "fields", args.particles)
+    truth = write_fields(work / "fields", args.particles, args.tuning_seed)
     t_gen = time.perf_counter() - t0
     overrides = [f"input={work / 'fields'}", f"output={work / 'out'}", f"detect={args.detector}",
                  f"classify={args.classify}", f"segmenter={args.segmenter}"]
     if args.model:
         overrides.append(f"model_path={args.model}")
+    overrides += args.set
     outcome = run(compose_infer(*overrides))
     table = pd.read_csv(work / "out" / "particles.csv")
 
@@ -94,6 +125,7 @@ def main() -> None:
         n_true_judgeable += sum(p.measurements["eq_diameter_um"] >= args.min_diameter_um for p in item.particles)
         n_pred += int(pred.max())
         ann = {p.particle_id: p for p in item.particles}
+        gt_area, pred_area = np.bincount(gt.ravel()), np.bincount(pred.ravel().astype(np.int64))
         img_rows = table[table["image"].astype(str) == str(work / "fields" / f"{stem.replace('__', '/')}.tif")]
         by_id = img_rows.set_index("particle_id")
         for g, p in m.pairs:
@@ -104,6 +136,7 @@ def main() -> None:
                 "pred_class": CLASS_NAMES.index(r["class"]),
                 "true_porosity": a.measurements["porosity_pct"],
                 "pred_porosity": r["porosity_pct"],
+                "area_ratio": pred_area[int(p)] / gt_area[int(g)],
                 "judged": (not bool(r["touches_border"])) and (not bool(r["too_small"]))
                 and not a.measurements.get("touches_border", 0),
             })
@@ -116,9 +149,9 @@ def main() -> None:
     pred_frac = np.bincount(judged["pred_class"], minlength=3) / max(len(judged), 1)
     err = judged["pred_porosity"] - judged["true_porosity"]
 
-    print(f"held-out electrode fields: {len(truth)} images, {n_true} true sections (generated in {t_gen:.0f} s)")
+    print(f"{'held-out' if args.tuning_seed is None else 'tuning'} electrode fields: {len(truth)} images, {n_true} true sections (generated in {t_gen:.0f} s)")
     print(f"pipeline: detect={args.detector} segmenter={args.segmenter} classify={args.classify} "
-          f"model={args.model or 'shipped default'}; {outcome.n_particles} particles in {outcome.wall_s:.1f} s")
+          f"model={args.model or 'shipped default'} {' '.join(args.set)}; {outcome.n_particles} particles in {outcome.wall_s:.1f} s")
     print(f"detection  F1@0.5 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f}); "
           f"count error {100 * (n_pred - n_true) / n_true:+.1f} % against all {n_true} sections, "
           f"{100 * (n_pred - n_true_judgeable) / n_true_judgeable:+.1f} % against the {n_true_judgeable} "
@@ -128,6 +161,8 @@ def main() -> None:
     print("class fractions true vs pred: " + ", ".join(
         f"{n} {100 * t:.1f} % vs {100 * p:.1f} % ({100 * (p - t):+.1f} pp)" for n, t, p in zip(CLASS_NAMES, true_frac, pred_frac)))
     print(f"porosity MAE {err.abs().mean():.3f} pp, bias {err.mean():+.3f} pp (n={len(err)})")
+    ratio = judged["area_ratio"]
+    print(f"mask area / true area on the same sections: mean {ratio.mean():.3f}, median {ratio.median():.3f}")
     print("reproduce: python bench/pipeline_accuracy.py " + " ".join(sys.argv[1:]))
 
 

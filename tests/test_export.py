@@ -107,6 +107,28 @@ def test_metadata_unknown_keys_kept_in_extra_and_validation_errors():
         ModelMetadata.from_json("{broken")
 
 
+def test_pore_weight_round_trips_defaults_to_one_and_is_validated(fp32_export, tmp_path):
+    import shutil
+
+    from fracscope.export import main as export_main
+    from fracscope.export import read_onnx_metadata
+
+    assert make_metadata().pore_weight == 1.0
+    raw = json.loads(make_metadata().to_json())
+    del raw["pore_weight"]  # files exported before the field existed
+    assert ModelMetadata.from_json(json.dumps(raw)).pore_weight == 1.0
+    with pytest.raises(MetadataError, match="pore_weight"):
+        make_metadata(pore_weight=0.0)
+    path = tmp_path / "m.onnx"
+    shutil.copy(fp32_export[1], path)
+    before = read_onnx_metadata(path)
+    assert export_main([str(path), "--pore-weight", "1.25"]) == 0
+    after = read_onnx_metadata(path)
+    assert after.pore_weight == 1.25 and dataclasses.replace(after, pore_weight=before.pore_weight) == before
+    with pytest.raises(SystemExit):
+        export_main([str(path)])  # an .onnx input needs --pore-weight
+
+
 def test_metadata_from_hparams_accepts_plain_checkpoint_fields():
     hp = {
         "encoder_name": "resnet18", "in_channels": 2, "crop_size": 96, "margin": 0.2,

@@ -110,6 +110,12 @@ class ModelMetadata:
         ``"fp32"`` or ``"int8"``.
     fracscope_version, export_date:
         Provenance, filled at export.
+    pore_weight:
+        Factor on the pore probability before the argmax on the source pixel grid, after the
+        crop's probabilities are pasted back (bilinear). That resampling shrinks pores a few
+        crop pixels across, so a model's porosity there runs low; the factor is chosen on
+        tuning fields (``bench/pipeline_accuracy.py --tuning-seed``), never the held-out
+        set. 1.0 = plain argmax.
     extra:
         Any other plain-typed facts (e.g. calibration description for int8).
     """
@@ -131,6 +137,7 @@ class ModelMetadata:
     fracscope_version: str = fracscope.__version__
     export_date: str = ""
     schema_version: int = METADATA_SCHEMA_VERSION
+    pore_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -156,6 +163,8 @@ class ModelMetadata:
             raise MetadataError(f"crop_size must be positive, got {self.crop_size}")
         if int(self.in_channels) <= 0:
             raise MetadataError(f"in_channels must be positive, got {self.in_channels}")
+        if not float(self.pore_weight) > 0:
+            raise MetadataError(f"pore_weight must be positive, got {self.pore_weight}")
         if self.precision not in PRECISIONS:
             raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for name in ("pixel_size_range_um", "crop_pixel_size_range_um"):
@@ -667,11 +676,14 @@ def export_checkpoint(
     calibration: np.ndarray | None = None,
     opset: int = 17,
     tolerance: ParityTolerance | None = None,
+    pore_weight: float | None = None,
 ) -> ExportReport:
     """Export a Lightning checkpoint (``.ckpt``) to ONNX; see :func:`export_onnx`."""
     from fracscope.runtime import load_network_from_checkpoint
 
     network, metadata = load_network_from_checkpoint(ckpt_path)
+    if pore_weight is not None:
+        metadata = dataclasses.replace(metadata, pore_weight=float(pore_weight))
     return export_onnx(network, out_path, metadata, opset=opset, quantize=quantize,
                        calibration=calibration, tolerance=tolerance)
 
@@ -690,21 +702,42 @@ def load_calibration(path: str | Path, limit: int | None = None) -> np.ndarray:
     return data[:limit] if limit else data
 
 
+def set_pore_weight(path: str | Path, pore_weight: float) -> ModelMetadata:
+    """Rewrite an exported model's ``pore_weight`` in place (the weights are untouched)."""
+    metadata = dataclasses.replace(read_onnx_metadata(path), pore_weight=float(pore_weight))
+    write_onnx_metadata(path, metadata)
+    return metadata
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m fracscope.export CKPT OUT.onnx [--int8 --calibration crops.npy]``."""
+    """CLI: ``python -m fracscope.export CKPT OUT.onnx [--int8 --calibration crops.npy] [--pore-weight W]``.
+
+    ``python -m fracscope.export MODEL.onnx --pore-weight W`` only rewrites that file's pore weight.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m fracscope.export", description=main.__doc__)
-    parser.add_argument("checkpoint", type=Path, help="Lightning .ckpt file")
-    parser.add_argument("out", type=Path, help="destination .onnx file")
+    parser.add_argument("checkpoint", type=Path, help="Lightning .ckpt file (or an .onnx file with --pore-weight)")
+    parser.add_argument("out", type=Path, nargs="?", default=None, help="destination .onnx file")
     parser.add_argument("--int8", action="store_true", help="static int8 QDQ quantization")
     parser.add_argument("--calibration", type=Path, default=None,
                         help=".npy/.npz of real crops (N, C, S, S) for int8 calibration")
     parser.add_argument("--calibration-limit", type=int, default=256)
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--pore-weight", type=float, default=None,
+                        help="pore probability factor on the source grid (ModelMetadata.pore_weight; default 1)")
     args = parser.parse_args(argv)
+    if args.checkpoint.suffix == ".onnx":
+        if args.out is not None or args.pore_weight is None:
+            parser.error("an .onnx input only takes --pore-weight (it is rewritten in place)")
+        metadata = set_pore_weight(args.checkpoint, args.pore_weight)
+        print(f"{args.checkpoint}: pore_weight {metadata.pore_weight}")
+        return 0
+    if args.out is None:
+        parser.error("give the destination .onnx file")
     calib = load_calibration(args.calibration, args.calibration_limit) if args.calibration else None
-    report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib, opset=args.opset)
+    report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib, opset=args.opset,
+                               pore_weight=args.pore_weight)
     print(report.summary())
     print(f"sha256 {report.sha256}")
     return 0

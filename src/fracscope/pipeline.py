@@ -48,6 +48,7 @@ class AnalysisSettings:
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
     keep_crops: bool = True  # keep crops on results for review contact sheets
+    pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
 
 
 @dataclass
@@ -101,6 +102,7 @@ def classify_and_measure(
     phases = np.zeros(instances.shape, np.uint8)
     grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
+    pore_weight = backend.metadata.pore_weight if settings.pore_weight is None else settings.pore_weight
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
     for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
@@ -111,6 +113,8 @@ def classify_and_measure(
             local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
         else:
             prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
+            # Bilinear paste-back shrinks small pores; the model file carries the tuned correction.
+            prob_native[Phase.PORE] *= pore_weight
             # Inside the detector's mask a pixel is solid, pore or crack: background is not an option.
             local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
             local[~own] = Phase.BACKGROUND
@@ -195,6 +199,7 @@ def settings_from_cfg(cfg: DictConfig) -> AnalysisSettings:
         low_confidence=float(cfg.low_confidence),
         min_judge_diameter_um=float(cfg.min_judge_diameter_um),
         min_judge_diameter_px=float(cfg.min_judge_diameter_px),
+        pore_weight=None if cfg.get("pore_weight") is None else float(cfg.pore_weight),
     )
 
 
@@ -228,6 +233,8 @@ def run(cfg: DictConfig) -> RunOutcome:
         raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
     if settings.classify not in ("head", "topology"):
         raise ValueError(f"classify must be 'head' or 'topology', got {settings.classify!r}")
+    if settings.pore_weight is not None and not settings.pore_weight > 0:
+        raise ValueError(f"pore_weight must be positive (or null for the model's own), got {settings.pore_weight}")
     model_path = resolve_model(cfg.model_path)
     backend = load_backend(model_path, backend=str(cfg.backend), device=str(cfg.device))
     if settings.segmenter == "model":
