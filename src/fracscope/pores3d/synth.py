@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.synth.imaging import smooth_noise
+
 
 ZYX = tuple[float, float, float]
 
@@ -142,17 +144,6 @@ class Imaging:
     drift_whole_px: bool = True
 
 
-def _smooth_field(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Unit-variance smooth noise: filtered on a coarse grid and zoomed up (cheap for large sigmas)."""
-    step = max(1, int(sigma_px // 3))
-    small = (shape[0] // step + 3, shape[1] // step + 3)
-    f = ndi.gaussian_filter(rng.standard_normal(small).astype(np.float32), max(sigma_px / step, 0.5))
-    if step > 1:
-        f = ndi.zoom(f, step, order=1)
-    f = f[: shape[0], : shape[1]]
-    return f / max(float(f.std()), 1e-6)
-
-
 class StackRenderer:
     """Render the slices of a `Phantom`, one at a time, in any order.
 
@@ -192,7 +183,7 @@ class StackRenderer:
             if len(self._knots) > 4:
                 self._knots.pop(min(self._knots))
             rng = np.random.default_rng([self.seed, 2, k])
-            self._knots[k] = _smooth_field(self._canvas, self._sigma_px, rng)
+            self._knots[k] = smooth_noise(self._canvas, self._sigma_px, rng, pad=3, min_sigma_px=0.5)
         return self._knots[k]
 
     def texture(self, z: int) -> np.ndarray:

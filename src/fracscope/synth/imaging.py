@@ -79,11 +79,19 @@ class ImagingParams:
         return replace(base, **drawn)
 
 
-def _smooth_noise(shape, sigma_px: float, rng: np.random.Generator) -> np.ndarray:
-    # Filter a smaller field and zoom up for large sigmas: same look, far cheaper.
+def smooth_noise(
+    shape: tuple[int, int], sigma_px: float, rng: np.random.Generator, pad: int = 2, min_sigma_px: float = 0.0
+) -> np.ndarray:
+    """Unit-variance Gaussian-filtered noise of `shape`, correlation length `sigma_px` pixels.
+
+    Large sigmas are filtered on a grid `sigma_px // 3` times coarser (plus `pad` cells) and
+    zoomed up: the same look, far cheaper. `min_sigma_px` floors the coarse-grid sigma.
+    The 2-D generator and the 3-D phantom (`fracscope.pores3d.synth`) call it with their own
+    `pad` and floor, which fix their images for a given seed.
+    """
     step = max(1, int(sigma_px // 3))
-    small = (shape[0] // step + 2, shape[1] // step + 2)
-    n = ndi.gaussian_filter(rng.standard_normal(small).astype(np.float32), sigma_px / step)
+    small = (shape[0] // step + pad, shape[1] // step + pad)
+    n = ndi.gaussian_filter(rng.standard_normal(small).astype(np.float32), max(sigma_px / step, min_sigma_px))
     if step > 1:
         n = ndi.zoom(n, step, order=1)
     n = n[: shape[0], : shape[1]]
@@ -93,9 +101,9 @@ def _smooth_noise(shape, sigma_px: float, rng: np.random.Generator) -> np.ndarra
 def _matrix(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
     # Carbon-binder domain: a grey sponge of bright carbon-black specks around black
     # voids, broken by open black pore space where no binder is left in the section.
-    fine = _smooth_noise(shape, max(0.04 / px_um, 0.6), rng)
-    mid = _smooth_noise(shape, max(0.12 / px_um, 0.8), rng)
-    coarse = _smooth_noise(shape, 0.6 / px_um, rng)
+    fine = smooth_noise(shape, max(0.04 / px_um, 0.6), rng)
+    mid = smooth_noise(shape, max(0.12 / px_um, 0.8), rng)
+    coarse = smooth_noise(shape, 0.6 / px_um, rng)
     sponge = 0.7 * fine + mid
     # Binder present (1) or open pore space (0): the real matrix is bimodal, not flat grey.
     binder = 1.0 / (1.0 + np.exp(-3.0 * (coarse + 1.2)))
@@ -103,7 +111,7 @@ def _matrix(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> 
     # Scaled so the median stays near matrix_level while specks reach ~3x it (as in 3_phase.tif).
     m = p.matrix_level * (1.0 - p.matrix_texture + p.matrix_texture * 1.4 * binder * solid)
     # Particles just below the surface: dim, blurred, irregular.
-    sub_field = _smooth_noise(shape, 0.6 / px_um, rng)
+    sub_field = smooth_noise(shape, 0.6 / px_um, rng)
     thr = 2.6 - 4.0 * p.subsurface_density_per_um2
     sub = ndi.gaussian_filter((sub_field > thr).astype(np.float32), 0.15 / px_um)
     return np.maximum(m, sub * (0.35 + 0.25 * np.clip(sponge, 0, 1)) * p.matrix_level / 0.085)
@@ -116,9 +124,9 @@ def _curtains(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -
     if n:
         np.add.at(cols, rng.integers(0, w, n), rng.normal(0, p.curtain_sd, n).astype(np.float32))
     cols = ndi.gaussian_filter1d(cols, max(0.02 / px_um, 0.5)) * 2.0
-    cols += 0.3 * p.curtain_sd * _smooth_noise((1, w), 1.0 / px_um, rng)[0]
+    cols += 0.3 * p.curtain_sd * smooth_noise((1, w), 1.0 / px_um, rng)[0]
     # Streaks fade in and out along the milling direction.
-    env = 0.4 + 0.6 * np.clip(0.5 + 0.5 * _smooth_noise((h, w // 8 + 1), 3.0 / px_um, rng), 0, 1)
+    env = 0.4 + 0.6 * np.clip(0.5 + 0.5 * smooth_noise((h, w // 8 + 1), 3.0 / px_um, rng), 0, 1)
     env = np.repeat(env, 8, axis=1)[:, :w]
     return cols[None, :] * env
 
@@ -150,7 +158,7 @@ def render_image(
     part = instances > 0
     level = inst_level[instances] + grain_off[grains + 1]
     # Grain boundaries are visible only in places (faint, broken lines in real images).
-    vis = np.clip(0.2 + 0.6 * _smooth_noise(shape, 0.4 / px, rng), 0.0, 1.0)
+    vis = np.clip(0.2 + 0.6 * smooth_noise(shape, 0.4 / px, rng), 0.0, 1.0)
     level = level - params.boundary_contrast * boundary * vis
     img = np.where(part, level, img)
     void = part & ~solid
