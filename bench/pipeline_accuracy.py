@@ -115,7 +115,7 @@ def main() -> None:
     outcome = run(compose_infer(*overrides))
     table = pd.read_csv(work / "out" / "particles.csv")
 
-    tp = fp = fn = n_true = n_pred = n_true_judgeable = 0
+    tp = fp = fn = n_true = n_pred = n_true_judgeable = n_pred_of_small = 0
     rows = []
     for stem, item in truth.items():
         pred = tifffile.imread(work / "out" / "instances" / f"{stem}.tif")
@@ -126,6 +126,7 @@ def main() -> None:
         n_true_judgeable += sum(p.measurements["eq_diameter_um"] >= args.min_diameter_um for p in item.particles)
         n_pred += int(pred.max())
         ann = {p.particle_id: p for p in item.particles}
+        n_pred_of_small += sum(ann[int(g)].measurements["eq_diameter_um"] < args.min_diameter_um for g, _ in m.pairs)
         gt_area, pred_area = np.bincount(gt.ravel()), np.bincount(pred.ravel().astype(np.int64))
         img_rows = table[table["image"].astype(str) == str(work / "fields" / f"{stem.replace('__', '/')}.tif")]
         by_id = img_rows.set_index("particle_id")
@@ -157,6 +158,8 @@ def main() -> None:
           f"count error {100 * (n_pred - n_true) / n_true:+.1f} % against all {n_true} sections, "
           f"{100 * (n_pred - n_true_judgeable) / n_true_judgeable:+.1f} % against the {n_true_judgeable} "
           f"of at least {args.min_diameter_um} µm (the detector's minimum)")
+    print(f"           predictions matched to true sections under {args.min_diameter_um} µm: {n_pred_of_small}; "
+          f"unmatched predictions: {fp}")
     print(f"classes on {len(judged)} matched whole sections: macro-F1 {mf1:.3f}; recall "
           + ", ".join(f"{n} {r:.3f}" for n, r in zip(CLASS_NAMES, recalls)))
     print("class fractions true vs pred: " + ", ".join(
