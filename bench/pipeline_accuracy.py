@@ -12,8 +12,9 @@ as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores
 - the predicted masks' area against the true ones on the same particles (mean and median ratio).
 
 `--tuning-seed N` scores fields of the *training* synth config instead (same 0.07 µm/px, imaging
-drawn per field from the training ranges, seed N, never 0 or the held-out 9001): settings are chosen there (`--set`), then checked once on the
-held-out fields, so that nothing is fitted to the held-out set.
+drawn per field from the training ranges, seed N, never 0 or the held-out 9001). Settings are
+chosen there (`--set`) and then checked once on the held-out fields, so that nothing is fitted
+to the held-out set.
 """
 
 from __future__ import annotations
