@@ -65,11 +65,11 @@ def tuning_overrides(preset: str) -> list[str]:
     """
     from omegaconf import OmegaConf
 
+    from fracscope.data.datamodule import imaging_overrides
+
     held = load_config(preset, heldout=True)
     ranges = OmegaConf.load(REPO / "conf" / "data" / "synth.yaml").synth.imaging_ranges
-    return [f"electrode.pixel_size_um={held.electrode.pixel_size_um}"] + [
-        f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]" for name, (lo, hi) in sorted(ranges.items())
-    ]
+    return [f"electrode.pixel_size_um={held.electrode.pixel_size_um}", *imaging_overrides(ranges)]
 
 
 def macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, list[float]]:

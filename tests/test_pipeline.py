@@ -136,17 +136,17 @@ def test_pore_weight_comes_from_the_model_file_and_can_be_overridden(tmp_path, f
     shutil.copy(random_onnx_model, weighted)
     set_pore_weight(weighted, 3.0)
 
-    def porosity(*overrides):
-        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+    def porosity(name, *overrides):
+        out = tmp_path / name
         run(compose_infer(f"input={root}/A", f"output={out}", *overrides))
         return pd.read_csv(out / "particles.csv").set_index(["image", "particle_id"])["porosity_pct"]
 
-    plain = porosity(f"model_path={random_onnx_model}")
-    from_file = porosity(f"model_path={weighted}")
-    overridden = porosity(f"model_path={random_onnx_model}", "pore_weight=3.0")
+    plain = porosity("plain", f"model_path={random_onnx_model}")
+    from_file = porosity("from_file", f"model_path={weighted}")
+    overridden = porosity("overridden", f"model_path={random_onnx_model}", "pore_weight=3.0")
     pd.testing.assert_series_equal(from_file, overridden)
     assert (from_file >= plain).all() and from_file.sum() > plain.sum()
-    pd.testing.assert_series_equal(porosity(f"model_path={weighted}", "pore_weight=1.0"), plain)
+    pd.testing.assert_series_equal(porosity("unweighted", f"model_path={weighted}", "pore_weight=1.0"), plain)
     with pytest.raises(ValueError, match="pore_weight"):
         run(compose_infer(f"input={root}/A", f"output={tmp_path}/bad", f"model_path={weighted}", "pore_weight=0"))
 

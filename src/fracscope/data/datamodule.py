@@ -82,8 +82,7 @@ class SynthSpec:
     def jobs(self) -> list[tuple[str, str, list[str], int]]:
         """(preset, kind, overrides, count) for every generator call."""
         common = [f"damage=[{','.join(str(float(d)) for d in self.damage)}]"]
-        for name, (lo, hi) in sorted(dict(self.imaging_ranges).items()):
-            common.append(f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]")
+        common += imaging_overrides(self.imaging_ranges)
         common += list(self.overrides)
         out = []
         lo, hi = (float(v) for v in self.crop_pixel_size_um)
@@ -146,6 +145,11 @@ class SynthSpec:
             + f"seed {self.seed}"
             + (" (held-out config)" if self.heldout else "")
         )
+
+
+def imaging_overrides(ranges: Mapping[str, Sequence[float]]) -> list[str]:
+    """`fracscope.synth` overrides that draw each image's imaging parameters from `ranges` (name -> [lo, hi])."""
+    return [f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]" for name, (lo, hi) in sorted(dict(ranges).items())]
 
 
 def _synth_call(call) -> list[AnnotatedImage]:
