@@ -29,6 +29,7 @@ from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
+from fracscope.refine import trim_background_rim
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
@@ -49,6 +50,7 @@ class AnalysisSettings:
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
     keep_crops: bool = True  # keep crops on results for review contact sheets
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
+    trim_rim: bool = True  # drop mask-edge pixels the phase model calls background (model segmenter only)
 
 
 @dataclass
@@ -114,8 +116,14 @@ def classify_and_measure(
         else:
             prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
             # Bilinear paste-back shrinks small pores; the model file carries the tuned correction.
+            if settings.trim_rim:
+                # Before the pore weight: matrix and pore look alike, and the weight would keep the rim as pore.
+                trimmed = trim_background_rim(own, np.argmax(prob_native, axis=0) == Phase.BACKGROUND)
+                if trimmed.any():
+                    instances[r0:r1, c0:c1][own & ~trimmed] = 0
+                    own = trimmed
             prob_native[Phase.PORE] *= pore_weight
-            # Inside the detector's mask a pixel is solid, pore or crack: background is not an option.
+            # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
             local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
             local[~own] = Phase.BACKGROUND
         phases[r0:r1, c0:c1][own] = local[own]
@@ -200,6 +208,7 @@ def settings_from_cfg(cfg: DictConfig) -> AnalysisSettings:
         min_judge_diameter_um=float(cfg.min_judge_diameter_um),
         min_judge_diameter_px=float(cfg.min_judge_diameter_px),
         pore_weight=None if cfg.get("pore_weight") is None else float(cfg.pore_weight),
+        trim_rim=bool(cfg.trim_rim),
     )
 
 

@@ -1,0 +1,39 @@
+import numpy as np
+import pytest
+
+from fracscope.refine import trim_background_rim
+
+
+def disk(shape, centre, radius):
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def test_a_dilated_mask_is_trimmed_back_to_the_particle():
+    particle = disk((60, 60), (30, 30), 20)
+    mask = disk((60, 60), (30, 30), 24)
+    trimmed = trim_background_rim(mask, background=~particle)
+    np.testing.assert_array_equal(trimmed, particle)
+
+
+def test_background_inside_the_particle_is_not_rim():
+    particle = disk((60, 60), (30, 30), 20)
+    lake = disk((60, 60), (30, 30), 6)  # a large pore the model calls background
+    mask = disk((60, 60), (30, 30), 24)
+    trimmed = trim_background_rim(mask, background=~particle | lake)
+    np.testing.assert_array_equal(trimmed, particle)
+
+
+def test_background_reaching_in_from_the_edge_is_trimmed_along_its_whole_path():
+    mask = np.ones((20, 20), bool)  # fills its box: the box edge is outside
+    background = np.zeros_like(mask)
+    background[10, :12] = True  # a channel from the left edge
+    trimmed = trim_background_rim(mask, background)
+    np.testing.assert_array_equal(trimmed, ~background)
+
+
+def test_nothing_to_trim_keeps_the_mask_and_shapes_must_agree():
+    mask = disk((30, 30), (15, 15), 10)
+    np.testing.assert_array_equal(trim_background_rim(mask, np.zeros_like(mask)), mask)
+    with pytest.raises(ValueError, match="differ in shape"):
+        trim_background_rim(mask, np.zeros((3, 3), bool))
