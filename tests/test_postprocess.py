@@ -123,6 +123,19 @@ def test_small_objects_removed_and_enclosed_holes_filled():
     assert (kept[pore] == 0).all()
 
 
+def test_objects_the_network_half_believes_in_are_dropped_by_min_score():
+    inst, _ = scene()
+    fg, dist = maps_from_labels(inst)
+    fg = fg * 0.99
+    doubtful_id = int(inst[250, 100])
+    fg[inst == doubtful_id] = 0.8  # above the foreground threshold, but only just believed
+    all_kept = labels_from_maps(fg, dist, params=PostprocessParams())
+    assert all_kept.max() == 7
+    kept = labels_from_maps(fg, dist, params=PostprocessParams(min_score=0.9))
+    assert kept.max() == 6 and kept[250, 100] == 0
+    assert match_instances(inst, kept, iou=0.85).tp == 6
+
+
 def test_exactly_one_second_map_required():
     fg = np.zeros((8, 8), np.float32)
     with pytest.raises(ValueError, match="exactly one"):

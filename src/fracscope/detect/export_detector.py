@@ -44,6 +44,7 @@ from fracscope.detect.learned import (
     DETECTOR_INPUT_NAME,
     DETECTOR_OUTPUT_NAMES,
     DetectorMetadata,
+    read_detector_metadata,
     write_detector_metadata,
 )
 from fracscope.export import ExportParityError, parity_batch, prepare_for_export, quantize_int8
@@ -284,20 +285,42 @@ def export_detector_checkpoint(ckpt_path: str | Path, out_path: str | Path, opse
     return export_detector(net, out_path, meta, opset=opset, quantize=quantize)
 
 
+def set_postprocess(path: str | Path, **overrides: Any) -> DetectorMetadata:
+    """Rewrite post-processing settings of an exported detector in place (the weights are untouched)."""
+    meta = read_detector_metadata(path)
+    meta = dataclasses.replace(meta, postprocess={**meta.postprocess, **overrides})  # validates the keys
+    write_detector_metadata(path, meta)
+    return meta
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx [--foreground-threshold T ...]``."""
+    """CLI: ``python -m fracscope.detect.export_detector CKPT OUT.onnx [--foreground-threshold T ...]``.
+
+    ``python -m fracscope.detect.export_detector DETECTOR.onnx --min-score S`` (or any threshold
+    option) only rewrites that file's post-processing settings.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m fracscope.detect.export_detector", description=main.__doc__)
-    parser.add_argument("checkpoint", type=Path, help="DetectorModule .ckpt")
-    parser.add_argument("out", type=Path, help="destination .onnx")
+    parser.add_argument("checkpoint", type=Path, help="DetectorModule .ckpt (or an exported .onnx to re-set)")
+    parser.add_argument("out", type=Path, nargs="?", default=None, help="destination .onnx")
     parser.add_argument("--opset", type=int, default=17)
     parser.add_argument("--foreground-threshold", type=float, default=None)
     parser.add_argument("--seed-threshold", type=float, default=None)
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="drop objects whose mean foreground probability is lower (default 0: keep all)")
     parser.add_argument("--int8", action="store_true", help="static int8 QDQ, calibrated on synthetic fields")
     args = parser.parse_args(argv)
     post = {k: v for k, v in (("foreground_threshold", args.foreground_threshold),
-                               ("seed_threshold", args.seed_threshold)) if v is not None}
+                               ("seed_threshold", args.seed_threshold),
+                               ("min_score", args.min_score)) if v is not None}
+    if args.checkpoint.suffix == ".onnx":
+        if args.out is not None or args.int8 or not post:
+            parser.error("an .onnx input only takes threshold options (it is rewritten in place)")
+        print(f"{args.checkpoint}: postprocess {set_postprocess(args.checkpoint, **post).postprocess}")
+        return 0
+    if args.out is None:
+        parser.error("give the destination .onnx file")
     print(export_detector_checkpoint(args.checkpoint, args.out, args.opset, post, quantize=args.int8).summary())
     return 0
 

@@ -45,7 +45,7 @@ from skimage.segmentation import relabel_sequential
 
 from fracscope.crop import normalize_intensity
 from fracscope.detect.base import Detector
-from fracscope.detect.postprocess import PostprocessParams, grow_labels, labels_from_maps
+from fracscope.detect.postprocess import PostprocessParams, drop_small, grow_labels, labels_from_maps, mean_per_label
 from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
 from fracscope.ort_options import session_options
 from fracscope.types import SEMImage
@@ -250,8 +250,8 @@ class LearnedDetector(Detector):
         network saw particles at the stored one).
     device : str
         'cpu', 'cuda' or 'cuda:N' (CUDA needs onnxruntime-gpu).
-    foreground_threshold, seed_threshold : float, optional
-        Override the stored post-processing thresholds.
+    foreground_threshold, seed_threshold, min_score : float, optional
+        Override the stored post-processing thresholds (`PostprocessParams`).
     postprocess : mapping, optional
         Override any other `PostprocessParams` field (areas in working pixels).
     refine_boundary : bool
@@ -284,6 +284,7 @@ class LearnedDetector(Detector):
         device: str = "cpu",
         foreground_threshold: float | None = None,
         seed_threshold: float | None = None,
+        min_score: float | None = None,
         postprocess: Mapping[str, Any] | None = None,
         refine_boundary: bool = True,
         tile_px: int | None = None,
@@ -305,9 +306,12 @@ class LearnedDetector(Detector):
             overrides["foreground_threshold"] = float(foreground_threshold)
         if seed_threshold is not None:
             overrides["seed_threshold"] = float(seed_threshold)
+        if min_score is not None:
+            overrides["min_score"] = float(min_score)
         params = dataclasses.replace(self.metadata.postprocess_params(), **overrides)
-        if min_diameter_um:
-            min_area = math.ceil(math.pi * (float(min_diameter_um) / self.working_pixel_size_um / 2) ** 2)
+        self.min_diameter_um = float(min_diameter_um) if min_diameter_um else None
+        if self.min_diameter_um:
+            min_area = math.ceil(math.pi * (self.min_diameter_um / self.working_pixel_size_um / 2) ** 2)
             params = dataclasses.replace(params, min_area_px=max(params.min_area_px, min_area))
         self.params = params
         norm = self.metadata.normalisation
@@ -350,12 +354,11 @@ class LearnedDetector(Detector):
             px = self.fallback_pixel_size_um
         fg, dist, scale = self.predict_maps(pixels, px)
         small = labels_from_maps(fg, dist, params=self.params)
-        n = int(small.max())
-        scores = np.zeros(n, np.float32)
-        if n:
-            scores = (np.bincount(small.ravel(), weights=fg.ravel(), minlength=n + 1)[1:]
-                      / np.maximum(np.bincount(small.ravel(), minlength=n + 1)[1:], 1)).astype(np.float32)
+        scores = mean_per_label(fg, small)[1:].astype(np.float32)
         labels = self._to_full_resolution(small, fg, pixels.shape, scale)
+        if self.min_diameter_um:
+            # Again on the final outline: on the coarse grid one working pixel is ~1 % of a 1.5 µm section's area.
+            drop_small(labels, math.ceil(math.pi * (self.min_diameter_um / px / 2) ** 2))
         kept = np.unique(labels)
         kept = kept[kept > 0]
         labels = relabel_sequential(labels)[0].astype(np.uint32)

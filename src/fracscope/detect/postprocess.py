@@ -41,6 +41,9 @@ class PostprocessParams:
     min_area_px: objects with fewer pixels are removed.
     fill_holes: holes enclosed by one object become part of it (pores and cracks the
         foreground map missed).
+    min_score: objects whose mean foreground probability is below this are removed:
+        matrix features (bright binder clumps) the network only half believes in
+        (0 = keep all).
     """
 
     foreground_threshold: float = 0.5
@@ -50,6 +53,7 @@ class PostprocessParams:
     smooth_px: float = 1.0
     min_area_px: int = 30
     fill_holes: bool = True
+    min_score: float = 0.0
 
 
 def maps_from_labels(instances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,7 +115,7 @@ def _normalise_per_region(distance: np.ndarray, regions: np.ndarray) -> np.ndarr
     return distance / peak[regions]
 
 
-def _drop_small(labels: np.ndarray, min_area_px: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_area_px: int) -> np.ndarray:
     """Zero the labelled regions with fewer than `min_area_px` pixels (in place)."""
     if min_area_px > 1 and labels.any():
         small = np.bincount(labels.ravel()) < min_area_px
@@ -127,7 +131,7 @@ def _distance_seeds(distance: np.ndarray, mask: np.ndarray, params: PostprocessP
         seed_mask = h_maxima(distance.astype(np.float32), params.seed_h).astype(bool) & mask
         return ndi.label(seed_mask, structure=_EIGHT)[0]
     seeds = ndi.label((distance > params.seed_threshold) & mask, structure=_EIGHT)[0]
-    return _drop_small(seeds, params.min_seed_area_px)
+    return drop_small(seeds, params.min_seed_area_px)
 
 
 def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
@@ -206,7 +210,7 @@ def labels_from_maps(
         interior = mask & (boundary < p.seed_threshold)
         regions, _ = ndi.label(interior, structure=_EIGHT)
         dist = _normalise_per_region(ndi.distance_transform_edt(interior).astype(np.float32), regions)
-        seeds = _drop_small(regions.copy(), p.min_seed_area_px)
+        seeds = drop_small(regions.copy(), p.min_seed_area_px)
     labels = watershed(-dist, seeds, mask=mask)
     # Foreground blobs without a seed (faint or tiny peaks) are objects too.
     orphans, n_orphans = ndi.label(mask & (labels == 0), structure=_EIGHT)
@@ -214,8 +218,19 @@ def labels_from_maps(
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     if p.fill_holes:
         labels = _fill_holes_per_object(labels)
-    labels = _drop_small(labels, p.min_area_px)
+    labels = drop_small(labels, p.min_area_px)
+    if p.min_score > 0 and labels.any():
+        doubtful = mean_per_label(fg_prob, labels) < p.min_score
+        doubtful[0] = False
+        labels[doubtful[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def mean_per_label(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Mean of `values` over each label of `labels`, indexed by label (entry 0: the background)."""
+    n = int(labels.max()) + 1
+    total = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n)
+    return total / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
 
 
 def grow_labels(labels: np.ndarray, distance: float) -> np.ndarray:
