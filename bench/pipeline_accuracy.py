@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("--tuning-seed", type=int, default=None,
                     help="score fields of the training synth config with this seed instead of the held-out ones")
     ap.add_argument("--min-diameter-um", type=float, default=1.5, help="the detector's minimum section size")
+    ap.add_argument("--pairs-csv", default=None, help="also write every matched pair (truth beside prediction) here")
     args = ap.parse_args()
     if args.tuning_seed is not None and args.tuning_seed in (0, 9001):
         ap.error("--tuning-seed must differ from the training (0) and held-out (9001) seeds")
@@ -137,6 +138,10 @@ def main() -> None:
             rows.append({
                 "true_class": CLASS_NAMES.index(a.class_name),
                 "pred_class": CLASS_NAMES.index(r["class"]),
+                "image": stem,
+                "true_id": int(g),
+                "pred_id": int(p),
+                "true_diameter_um": a.measurements["eq_diameter_um"],
                 "true_porosity": a.measurements["porosity_pct"],
                 "pred_porosity": r["porosity_pct"],
                 "area_ratio": pred_area[int(p)] / gt_area[int(g)],
@@ -144,6 +149,8 @@ def main() -> None:
                 and not a.measurements.get("touches_border", 0),
             })
     pairs = pd.DataFrame(rows)
+    if args.pairs_csv:
+        pairs.to_csv(args.pairs_csv, index=False)
     judged = pairs[pairs["judged"]]
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
