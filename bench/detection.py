@@ -262,10 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--foreground-threshold", type=float, default=None,
                         help="override the learned model's own (choose it with bench/detector_tuning.py)")
     parser.add_argument("--seed-threshold", type=float, default=None, help="likewise")
+    parser.add_argument("--min-score", type=float, default=None,
+                        help="likewise (choose it with bench/detector_min_score.py)")
     args = parser.parse_args(argv)
 
     dets = detectors(args.model, args.threads, foreground_threshold=args.foreground_threshold,
-                     seed_threshold=args.seed_threshold)
+                     seed_threshold=args.seed_threshold, min_score=args.min_score)
     speed_field = heldout_fields("gp", 1, ["electrode.pixel_size_um=0.05", "electrode.field_px=[1536,2048]"])[0]
     rows: list[Scores] = []
     for name, predict in dets.items():

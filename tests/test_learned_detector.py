@@ -215,23 +215,6 @@ def test_sections_below_the_minimum_diameter_are_dropped(tmp_path) -> None:
     assert kept.max() == 1 and kept[150, 150] == 1 and kept[330, 330] == 0
 
 
-def test_the_minimum_diameter_applies_to_the_final_outline(tmp_path) -> None:
-    """On the 0.15 µm working grid a 1.48 µm section can pass; its full-resolution outline does not."""
-    path = tmp_path / "threshold.onnx"
-    export_detector(_ThresholdNet(), path, DetectorMetadata(postprocess={"min_area_px": 10}))
-    yy, xx = np.mgrid[:200, :200]
-    pixels = np.full((200, 200), 30, np.uint8)
-    pixels[(yy - 100.3) ** 2 + (xx - 100.6) ** 2 < 14.9**2] = 180
-    image = SEMImage(pixels=pixels, pixel_size_um=0.05)
-    unfiltered = LearnedDetector(path, threads=1, min_diameter_um=None).detect(image)
-    diameter_um = 2 * np.sqrt(np.count_nonzero(unfiltered) / np.pi) * 0.05
-    assert 1.45 < diameter_um < 1.5
-    coarse_rule = {"min_area_px": int(np.ceil(np.pi * (1.5 / 0.15 / 2) ** 2))}  # the working-grid rule alone
-    assert LearnedDetector(path, threads=1, min_diameter_um=None, postprocess=coarse_rule).detect(image).max() == 1
-    assert LearnedDetector(path, threads=1, min_diameter_um=1.5).detect(image).max() == 0
-    assert LearnedDetector(path, threads=1, min_diameter_um=1.4).detect(image).max() == 1
-
-
 def test_min_score_is_re_set_in_place_and_overridable(tmp_path) -> None:
     from fracscope.detect.export_detector import main as export_main
 

@@ -45,7 +45,7 @@ from skimage.segmentation import relabel_sequential
 
 from fracscope.crop import normalize_intensity
 from fracscope.detect.base import Detector
-from fracscope.detect.postprocess import PostprocessParams, drop_small, grow_labels, labels_from_maps, mean_per_label
+from fracscope.detect.postprocess import PostprocessParams, grow_labels, labels_from_maps, mean_per_label
 from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
 from fracscope.ort_options import session_options
 from fracscope.types import SEMImage
@@ -309,9 +309,8 @@ class LearnedDetector(Detector):
         if min_score is not None:
             overrides["min_score"] = float(min_score)
         params = dataclasses.replace(self.metadata.postprocess_params(), **overrides)
-        self.min_diameter_um = float(min_diameter_um) if min_diameter_um else None
-        if self.min_diameter_um:
-            min_area = math.ceil(math.pi * (self.min_diameter_um / self.working_pixel_size_um / 2) ** 2)
+        if min_diameter_um:
+            min_area = math.ceil(math.pi * (float(min_diameter_um) / self.working_pixel_size_um / 2) ** 2)
             params = dataclasses.replace(params, min_area_px=max(params.min_area_px, min_area))
         self.params = params
         norm = self.metadata.normalisation
@@ -356,9 +355,6 @@ class LearnedDetector(Detector):
         small = labels_from_maps(fg, dist, params=self.params)
         scores = mean_per_label(fg, small)[1:].astype(np.float32)
         labels = self._to_full_resolution(small, fg, pixels.shape, scale)
-        if self.min_diameter_um:
-            # Again on the final outline: on the coarse grid one working pixel is ~1 % of a 1.5 µm section's area.
-            drop_small(labels, math.ceil(math.pi * (self.min_diameter_um / px / 2) ** 2))
         kept = np.unique(labels)
         kept = kept[kept > 0]
         labels = relabel_sequential(labels)[0].astype(np.uint32)

@@ -115,7 +115,7 @@ def _normalise_per_region(distance: np.ndarray, regions: np.ndarray) -> np.ndarr
     return distance / peak[regions]
 
 
-def drop_small(labels: np.ndarray, min_area_px: int) -> np.ndarray:
+def _drop_small(labels: np.ndarray, min_area_px: int) -> np.ndarray:
     """Zero the labelled regions with fewer than `min_area_px` pixels (in place)."""
     if min_area_px > 1 and labels.any():
         small = np.bincount(labels.ravel()) < min_area_px
@@ -131,7 +131,7 @@ def _distance_seeds(distance: np.ndarray, mask: np.ndarray, params: PostprocessP
         seed_mask = h_maxima(distance.astype(np.float32), params.seed_h).astype(bool) & mask
         return ndi.label(seed_mask, structure=_EIGHT)[0]
     seeds = ndi.label((distance > params.seed_threshold) & mask, structure=_EIGHT)[0]
-    return drop_small(seeds, params.min_seed_area_px)
+    return _drop_small(seeds, params.min_seed_area_px)
 
 
 def _fill_holes_per_object(labels: np.ndarray) -> np.ndarray:
@@ -210,7 +210,7 @@ def labels_from_maps(
         interior = mask & (boundary < p.seed_threshold)
         regions, _ = ndi.label(interior, structure=_EIGHT)
         dist = _normalise_per_region(ndi.distance_transform_edt(interior).astype(np.float32), regions)
-        seeds = drop_small(regions.copy(), p.min_seed_area_px)
+        seeds = _drop_small(regions.copy(), p.min_seed_area_px)
     labels = watershed(-dist, seeds, mask=mask)
     # Foreground blobs without a seed (faint or tiny peaks) are objects too.
     orphans, n_orphans = ndi.label(mask & (labels == 0), structure=_EIGHT)
@@ -218,7 +218,7 @@ def labels_from_maps(
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
     if p.fill_holes:
         labels = _fill_holes_per_object(labels)
-    labels = drop_small(labels, p.min_area_px)
+    labels = _drop_small(labels, p.min_area_px)
     if p.min_score > 0 and labels.any():
         doubtful = mean_per_label(fg_prob, labels) < p.min_score
         doubtful[0] = False
