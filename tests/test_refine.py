@@ -37,3 +37,11 @@ def test_nothing_to_trim_keeps_the_mask_and_shapes_must_agree():
     np.testing.assert_array_equal(trim_background_rim(mask, np.zeros_like(mask)), mask)
     with pytest.raises(ValueError, match="differ in shape"):
         trim_background_rim(mask, np.zeros((3, 3), bool))
+
+
+def test_background_around_a_hole_in_the_mask_is_not_rim():
+    particle = disk((60, 60), (30, 30), 20)
+    hole = disk((60, 60), (30, 30), 3)  # the detector left a pore out of the mask
+    halo = disk((60, 60), (30, 30), 6) & ~hole
+    trimmed = trim_background_rim(particle & ~hole, background=halo)
+    np.testing.assert_array_equal(trimmed, particle & ~hole)

@@ -59,8 +59,9 @@ class StageTimes:
 
     detect and crop run in worker processes when detect_workers > 0, overlapping the model:
     then the stages add up to more than the wall time, and `wait` is the main process idling
-    for the workers. Outputs are written on a background thread; `write` is the main
-    process waiting for it (and the final summary, plots and sheets).
+    for the workers. Particles are measured and outputs written on a background thread while
+    the model runs on the next image: `measure` is that thread's measuring time, and `write`
+    is the main process waiting for it (and the final summary, plots and sheets).
     """
 
     seconds: dict[str, float] = field(
@@ -87,6 +88,28 @@ def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> 
     return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
 
 
+def _most_likely_background(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mask pixels whose most likely phase is background (prob: (4, H, W), summing to 1 per pixel)."""
+    # Background can only win where it has at least a quarter: test the few candidates, not every pixel.
+    candidates = mask & (prob[Phase.BACKGROUND] >= 0.25)
+    if candidates.any():
+        p = prob[:, candidates]
+        candidates[candidates] = p[Phase.BACKGROUND] >= p[1:].max(axis=0)
+    return candidates
+
+
+@dataclass
+class Predicted:
+    """One image's particles after the model: what `measure_particles` turns into results."""
+
+    located: LocatedParticles
+    stem: str
+    group: str
+    class_probs: np.ndarray  # (N, 3)
+    phase_probs: np.ndarray  # (N, 4, S, S), on the crop grid
+    pore_weight: float  # the model file's, or the run's override
+
+
 def classify_and_measure(
     located: LocatedParticles,
     stem: str,
@@ -96,15 +119,34 @@ def classify_and_measure(
     times: StageTimes,
 ) -> ImageResult:
     """Run the model on the crops, then measure every particle on the image's own pixel grid."""
-    image, instances, crops = located.image, located.instances, located.crops
-    t = time.perf_counter()
-    class_probs, phase_probs = predict_crops(backend, crops, settings.batch_size)
-    t = times.add("model", t)
+    return measure_particles(predict_particles(located, stem, group, backend, settings, times), settings, times)
 
+
+def predict_particles(
+    located: LocatedParticles,
+    stem: str,
+    group: str,
+    backend: Backend,
+    settings: AnalysisSettings,
+    times: StageTimes,
+) -> Predicted:
+    """Class and phase probabilities of every crop of one image."""
+    t = time.perf_counter()
+    class_probs, phase_probs = predict_crops(backend, located.crops, settings.batch_size)
+    times.add("model", t)
+    pore_weight = backend.metadata.pore_weight if settings.pore_weight is None else settings.pore_weight
+    return Predicted(located, stem, group, class_probs, phase_probs, float(pore_weight))
+
+
+def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
+    """Phases pasted back onto the image's own pixel grid, and every particle measured there."""
+    located, stem, group = predicted.located, predicted.stem, predicted.group
+    image, instances, crops = located.image, located.instances, located.crops
+    class_probs, phase_probs, pore_weight = predicted.class_probs, predicted.phase_probs, predicted.pore_weight
+    t = time.perf_counter()
     phases = np.zeros(instances.shape, np.uint8)
     grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
-    pore_weight = backend.metadata.pore_weight if settings.pore_weight is None else settings.pore_weight
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
     for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
@@ -118,7 +160,7 @@ def classify_and_measure(
             # Bilinear paste-back shrinks small pores; the model file carries the tuned correction.
             if settings.trim_rim:
                 # Before the pore weight: matrix and pore look alike, and the weight would keep the rim as pore.
-                trimmed = trim_background_rim(own, np.argmax(prob_native, axis=0) == Phase.BACKGROUND)
+                trimmed = trim_background_rim(own, _most_likely_background(prob_native, own))
                 if trimmed.any():
                     instances[r0:r1, c0:c1][own & ~trimmed] = 0
                     own = trimmed
@@ -283,8 +325,8 @@ def run(cfg: DictConfig) -> RunOutcome:
     n_images = n_particles = 0
     warned_scale = False
     progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
-    # One writer thread, in input order: files and tables of image i are written while the
-    # model runs on image i + 1 (zlib, PNG encoding and onnxruntime release the GIL).
+    # One writer thread, in input order: image i is measured and written while the model runs
+    # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)
     for item in _timed(located_stream, times, "wait"):
         progress.update()
@@ -303,14 +345,14 @@ def run(cfg: DictConfig) -> RunOutcome:
         for stage, seconds in item.seconds.items():
             times.seconds[stage] += seconds
         try:
-            result = classify_and_measure(
+            predicted = predict_particles(
                 item, image_stem(image, root), group_for(image.source, root, group_map), backend, settings, times
             )
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)
             out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             continue
-        out_queue.add(result)
+        out_queue.add(predicted, settings)
         n_images, n_particles = out_queue.n_images, out_queue.n_particles
         elapsed = time.perf_counter() - t_start
         progress.set_postfix(particles=n_particles, per_s=f"{n_particles / max(elapsed, 1e-9):.1f}")
@@ -328,10 +370,10 @@ def run(cfg: DictConfig) -> RunOutcome:
 
 
 class _WriteQueue:
-    """Hands results and failures to one background writer thread, in order.
+    """Hands predictions (to measure and write) and failures to one background thread, in order.
 
     At most `max_pending` images wait, so memory stays bounded; `write` time is what the
-    main thread spends waiting for the writer. Every writer call runs on that one thread,
+    main thread spends waiting for that thread. Every writer call runs on that one thread,
     so the report's files are never written concurrently.
     """
 
@@ -343,8 +385,8 @@ class _WriteQueue:
         self.pending: deque = deque()
         self.n_images = self.n_particles = 0
 
-    def add(self, result: ImageResult) -> None:
-        self._submit(self._write, result)
+    def add(self, predicted: Predicted, settings: AnalysisSettings) -> None:
+        self._submit(self._measure_and_write, predicted, settings)
 
     def failure(self, source: str, page: int, message: str) -> None:
         self._submit(self.writer.add_failure, source, page, message)
@@ -366,8 +408,15 @@ class _WriteQueue:
                 self.n_particles += n
         self.times.add("write", t)
 
-    def _write(self, result: ImageResult) -> int | None:
-        """Write one image's outputs; the particle count, or None when it failed."""
+    def _measure_and_write(self, predicted: Predicted, settings: AnalysisSettings) -> int | None:
+        """Measure and write one image; the particle count, or None when it failed."""
+        image = predicted.located.image
+        try:
+            result = measure_particles(predicted, settings, self.times)
+        except Exception as exc:  # one bad image must not stop a run over thousands
+            log.exception("failed on %s page %d", image.source, image.page)
+            self.writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
+            return None
         try:
             self.writer.add(result)
         except Exception as exc:  # a full disk or an odd image must not stop the run
