@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--model", default=str(REPO / "models" / "fracscope_default.onnx"))
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--detect", default=None, help="infer.py detector (learned | classical); default: infer.py's")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "fracscope_throughput"))
     args = ap.parse_args()
 
@@ -140,6 +141,7 @@ def main() -> None:
            f"model_path={args.model}", f"batch_size={args.batch_size}"]
     if args.detect:
         cmd.append(f"detect={args.detect}")
+    cmd += args.set
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     wall_process = time.perf_counter() - t0
