@@ -163,8 +163,8 @@ def main() -> None:
     print(f"pipeline: detect={args.detector} segmenter={args.segmenter} classify={args.classify} "
           f"model={args.model or 'shipped default'} {' '.join(args.set)}; {outcome.n_particles} particles in {outcome.wall_s:.1f} s")
     print(f"detection  F1@0.5 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f}); "
-          f"count error {100 * (n_pred - n_true) / n_true:+.1f} % against all {n_true} sections, "
-          f"{100 * (n_pred - n_true_judgeable) / n_true_judgeable:+.1f} % against the {n_true_judgeable} "
+          f"count error {100 * (n_pred - n_true) / n_true:+.2f} % against all {n_true} sections, "
+          f"{100 * (n_pred - n_true_judgeable) / n_true_judgeable:+.2f} % against the {n_true_judgeable} "
           f"of at least {args.min_diameter_um} µm (the detector's minimum)")
     print(f"           predictions matched to true sections under {args.min_diameter_um} µm: {n_pred_of_small}; "
           f"unmatched predictions: {fp}")
