@@ -101,6 +101,28 @@ def test_a_write_failure_is_an_error_row_and_the_rest_is_written(tmp_path, field
     assert len(pd.read_csv(out / "particles.csv").groupby(["image", "page"])) == 3
 
 
+def test_a_measurement_failure_is_an_error_row_and_the_rest_is_measured(tmp_path, field_dir, random_onnx_model,
+                                                                        monkeypatch):
+    """Measuring runs on the writer thread: its failures must still become error rows."""
+    from fracscope import pipeline
+
+    root, _ = field_dir
+    real_measure = pipeline.measure_particles
+
+    def failing_measure(predicted, *args, **kwargs):
+        if predicted.stem == "B__f0":
+            raise ValueError("odd mask")
+        return real_measure(predicted, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "measure_particles", failing_measure)
+    out = tmp_path / "out"
+    outcome = run(compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}"))
+    assert outcome.exit_code != 0 and outcome.n_images == 3
+    assert [f[0] for f in outcome.failures] == [str(root / "B" / "f0.tif")]
+    assert "ValueError: odd mask" in outcome.failures[0][2]
+    assert len(pd.read_csv(out / "particles.csv").groupby(["image", "page"])) == 3
+
+
 def test_resume_skips_done_images(tmp_path, field_dir, random_onnx_model):
     root, _ = field_dir
     out = tmp_path / "out"
