@@ -79,47 +79,37 @@ def test_corrupt_file_is_an_error_row_and_the_rest_is_processed(tmp_path, field_
         bad.unlink()
 
 
-def test_a_write_failure_is_an_error_row_and_the_rest_is_written(tmp_path, field_dir, random_onnx_model, monkeypatch):
-    from fracscope.report import writer as writer_module
+@pytest.mark.parametrize(
+    ("module", "name", "stem", "error"),
+    [
+        ("fracscope.report.writer", "write_overlay", "A__f1", OSError("disk full")),
+        # Measuring runs on the writer thread: its failures must still become error rows.
+        ("fracscope.pipeline", "measure_particles", "B__f0", ValueError("odd mask")),
+    ],
+)
+def test_a_failure_after_the_model_is_an_error_row_and_the_rest_is_written(
+    tmp_path, field_dir, random_onnx_model, monkeypatch, module, name, stem, error
+):
+    import importlib
 
     root, _ = field_dir
-    real_overlay = writer_module.write_overlay
+    target = importlib.import_module(module)
+    real = getattr(target, name)
 
-    def failing_overlay(result, *args, **kwargs):
-        if result.stem == "A__f1":
-            raise OSError("disk full")
-        return real_overlay(result, *args, **kwargs)
+    def failing(first, *args, **kwargs):  # an ImageResult or a Predicted: both carry the stem
+        if first.stem == stem:
+            raise error
+        return real(first, *args, **kwargs)
 
-    monkeypatch.setattr(writer_module, "write_overlay", failing_overlay)
+    monkeypatch.setattr(target, name, failing)
     out = tmp_path / "out"
     outcome = run(compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}"))
+    failed = str(root / stem.replace("__", "/")) + ".tif"
     assert outcome.exit_code != 0 and outcome.n_images == 3
-    assert [f[0] for f in outcome.failures] == [str(root / "A" / "f1.tif")]
-    assert "OSError: disk full" in outcome.failures[0][2]
+    assert [f[0] for f in outcome.failures] == [failed]
+    assert f"{type(error).__name__}: {error}" in outcome.failures[0][2]
     images = pd.read_csv(out / "images.csv")
-    assert sorted(images["image"].astype(str).map(lambda s: Path(s).name)) == ["f0.tif", "f0.tif", "f1.tif"]
-    assert len(pd.read_csv(out / "particles.csv").groupby(["image", "page"])) == 3
-
-
-def test_a_measurement_failure_is_an_error_row_and_the_rest_is_measured(tmp_path, field_dir, random_onnx_model,
-                                                                        monkeypatch):
-    """Measuring runs on the writer thread: its failures must still become error rows."""
-    from fracscope import pipeline
-
-    root, _ = field_dir
-    real_measure = pipeline.measure_particles
-
-    def failing_measure(predicted, *args, **kwargs):
-        if predicted.stem == "B__f0":
-            raise ValueError("odd mask")
-        return real_measure(predicted, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "measure_particles", failing_measure)
-    out = tmp_path / "out"
-    outcome = run(compose_infer(f"input={root}", f"output={out}", f"model_path={random_onnx_model}"))
-    assert outcome.exit_code != 0 and outcome.n_images == 3
-    assert [f[0] for f in outcome.failures] == [str(root / "B" / "f0.tif")]
-    assert "ValueError: odd mask" in outcome.failures[0][2]
+    assert len(images) == 3 and failed not in set(images["image"].astype(str))
     assert len(pd.read_csv(out / "particles.csv").groupby(["image", "page"])) == 3
 
 

@@ -110,18 +110,6 @@ class Predicted:
     pore_weight: float  # the model file's, or the run's override
 
 
-def classify_and_measure(
-    located: LocatedParticles,
-    stem: str,
-    group: str,
-    backend: Backend,
-    settings: AnalysisSettings,
-    times: StageTimes,
-) -> ImageResult:
-    """Run the model on the crops, then measure every particle on the image's own pixel grid."""
-    return measure_particles(predict_particles(located, stem, group, backend, settings, times), settings, times)
-
-
 def predict_particles(
     located: LocatedParticles,
     stem: str,
@@ -208,7 +196,7 @@ def analyse_image(
     located = locate_particles(image, detector, backend.metadata.crop_size, backend.metadata.margin)
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
-    return classify_and_measure(located, stem, group, backend, settings, times)
+    return measure_particles(predict_particles(located, stem, group, backend, settings, times), settings, times)
 
 
 def image_stem(image: SEMImage, root: Path | None) -> str:
