@@ -7,8 +7,8 @@
 fires, at ~0.93, on bright binder clumps in the matrix of some imaging conditions; real
 particles score higher. The fields are those of `bench/pipeline_accuracy.py --tuning-seed`
 (training synth config at 0.07 µm/px, imaging drawn per field from the training ranges).
-The detector runs once per field with `min_score=0` (the full-resolution outline and the
-1.5 µm size rule as shipped); every threshold is then scored on the same detections:
+The detector runs once per field with `min_score=0` (the 1.5 µm size rule as shipped);
+every threshold is then scored on the same detections:
 F1 at IoU 0.5 against all true sections, count error against the true sections of at
 least 1.5 µm, unmatched predictions, and true particles lost against no threshold.
 Prints one row per threshold and the one with the best F1.
@@ -27,11 +27,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_accuracy import tuning_overrides  # noqa: E402
+from pipeline_accuracy import electrode_fields  # noqa: E402
 
 from fracscope.detect import match_instances  # noqa: E402
 from fracscope.detect.learned import LearnedDetector  # noqa: E402
-from fracscope.synth import generate_electrode, load_config  # noqa: E402
 
 THRESHOLDS = (0.0, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96)
 MIN_DIAMETER_UM = 1.5
@@ -42,18 +41,15 @@ def scored_detections(detector: LearnedDetector, seeds: list[int], n_particles: 
     scores, matched = [], []
     n_true = n_true_judgeable = 0
     for seed in seeds:
-        for preset in ("gp", "p"):
-            cfg = load_config(preset, tuning_overrides(preset))
-            cfg.seed = seed
-            for item in generate_electrode(cfg, n_particles // 2, seed=seed, workers=2):
-                det = detector.detect_with_scores(item.image)
-                m = match_instances(item.instances, det.labels, iou=0.5)
-                hit = np.zeros(int(det.labels.max()), bool)
-                hit[[int(p) - 1 for _, p in m.pairs]] = True
-                scores.append(det.scores)
-                matched.append(hit)
-                n_true += len(item.particles)
-                n_true_judgeable += sum(p.measurements["eq_diameter_um"] >= MIN_DIAMETER_UM for p in item.particles)
+        for _, _, item in electrode_fields(n_particles, tuning_seed=seed):
+            det = detector.detect_with_scores(item.image)
+            m = match_instances(item.instances, det.labels, iou=0.5)
+            hit = np.zeros(int(det.labels.max()), bool)
+            hit[[int(p) - 1 for _, p in m.pairs]] = True
+            scores.append(det.scores)
+            matched.append(hit)
+            n_true += len(item.particles)
+            n_true_judgeable += sum(p.measurements["eq_diameter_um"] >= MIN_DIAMETER_UM for p in item.particles)
     return np.concatenate(scores), np.concatenate(matched), n_true, n_true_judgeable
 
 

@@ -40,20 +40,26 @@ from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
 
-def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) -> dict[str, object]:
-    truth = {}
+def electrode_fields(n_particles: int, tuning_seed: int | None = None):
+    """(preset, index, AnnotatedImage) of the held-out fields, or of the tuning fields of `tuning_seed`."""
     for preset in ("gp", "p"):
         if tuning_seed is None:
             cfg = load_config(preset, heldout=True)
         else:
             cfg = load_config(preset, tuning_overrides(preset))
             cfg.seed = tuning_seed
-        (out / preset).mkdir(parents=True, exist_ok=True)
         for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
-            px = item.image.pixel_size_um
-            path = out / preset / f"field{i:03d}.tif"
-            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True, metadata={"unit": "um"})
-            truth[f"{preset}__field{i:03d}"] = item
+            yield preset, i, item
+
+
+def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) -> dict[str, object]:
+    truth = {}
+    for preset, i, item in electrode_fields(n_particles, tuning_seed):
+        (out / preset).mkdir(parents=True, exist_ok=True)
+        px = item.image.pixel_size_um
+        path = out / preset / f"field{i:03d}.tif"
+        tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True, metadata={"unit": "um"})
+        truth[f"{preset}__field{i:03d}"] = item
     return truth
 
 
