@@ -204,3 +204,18 @@ def test_build_detector_from_config_file():
         build_detector({"name": "nope"})
     with pytest.raises(TypeError):
         build_detector({"name": "classical", "not_a_setting": 1})
+
+
+def test_outlines_are_redrawn_at_full_resolution_inwards_as_well_as_outwards():
+    # Detection runs at half resolution here; a working pixel half on the disc must not
+    # widen the outline by a full-resolution pixel (the band once only reached outwards).
+    image, gt = _discs([(80, 90, 50.3), (200, 300, 60.7), (210, 120, 41.5)], seed=3)
+    blurred = ndi.gaussian_filter(image.pixels.astype(np.float32), 1.5).astype(np.uint8)
+    image = SEMImage(blurred, image.pixel_size_um, "blurred")
+    pred = ClassicalDetector().detect(image)
+    m = match_instances(gt, pred, iou=0.5)
+    assert m.tp == 3
+    for g, p in m.pairs:
+        true, found = gt == g, pred == p
+        assert (found & ~true).sum() <= 0.005 * true.sum()
+        assert (true & ~found).sum() <= 0.005 * true.sum()
