@@ -164,23 +164,26 @@ def test_pore_weight_comes_from_the_model_file_and_can_be_overridden(tmp_path, f
 
 
 def test_rim_trim_only_takes_pixels_away_and_keeps_every_particle(tmp_path, field_dir):
-    """The shipped model on classical masks (slightly too large, docs/BENCHMARKS.md): some rim goes."""
+    """The shipped model on classical masks: some rim goes, more when pore-called rim goes too."""
     root, _ = field_dir
 
-    def outputs(name, trim):
-        out = tmp_path / name
+    def outputs(trim):
+        out = tmp_path / str(trim)
         run(compose_infer(f"input={root}/A", f"output={out}", "detect=classical", f"trim_rim={trim}"))
         table = pd.read_csv(out / "particles.csv").set_index(["image", "particle_id"])
         return table, {p.name: tifffile.imread(p) for p in sorted((out / "instances").glob("*.tif"))}
 
-    full, full_maps = outputs("untrimmed", "false")
-    trimmed, trimmed_maps = outputs("trimmed", "true")
-    assert list(trimmed.index) == list(full.index) and len(full) > 0
-    assert (trimmed["area_um2"] <= full["area_um2"] + 1e-9).all()
-    for name, labels in trimmed_maps.items():
-        kept = labels > 0
-        assert np.array_equal(labels[kept], full_maps[name][kept])  # same ids, only fewer pixels
-    assert sum(int((m > 0).sum()) for m in trimmed_maps.values()) < sum(int((m > 0).sum()) for m in full_maps.values())
+    runs = [outputs(trim) for trim in ("false", "true", "background_or_pore")]
+    for (wider, wider_maps), (trimmed, trimmed_maps) in zip(runs, runs[1:]):
+        assert list(trimmed.index) == list(wider.index) and len(wider) > 0
+        assert (trimmed["area_um2"] <= wider["area_um2"] + 1e-9).all()
+        for name, labels in trimmed_maps.items():
+            kept = labels > 0
+            assert np.array_equal(labels[kept], wider_maps[name][kept])  # same ids, only fewer pixels
+        pixels = [sum(int((m > 0).sum()) for m in maps.values()) for maps in (trimmed_maps, wider_maps)]
+        assert pixels[0] < pixels[1]
+    with pytest.raises(ValueError, match="trim_rim"):
+        run(compose_infer(f"input={root}/A", f"output={tmp_path}/bad", "trim_rim=pore"))
 
 
 def test_refuses_a_polarity_the_model_never_saw(tmp_path, field_dir, random_onnx_model):

@@ -29,7 +29,7 @@ from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
-from fracscope.refine import trim_background_rim
+from fracscope.refine import RIM_TRIM_PHASES, most_likely_one_of, trim_rim
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
@@ -50,7 +50,9 @@ class AnalysisSettings:
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
     keep_crops: bool = True  # keep crops on results for review contact sheets
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
-    trim_rim: bool = True  # drop mask-edge pixels the phase model calls background (model segmenter only)
+    # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
+    # a key of `fracscope.refine.RIM_TRIM_PHASES`.
+    trim_rim: str = "background"
 
 
 @dataclass
@@ -88,16 +90,6 @@ def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> 
     return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
 
 
-def _most_likely_background(prob: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Mask pixels whose most likely phase is background (prob: (4, H, W), summing to 1 per pixel)."""
-    # Background can only win where it has at least a quarter: test the few candidates, not every pixel.
-    candidates = mask & (prob[Phase.BACKGROUND] >= 0.25)
-    if candidates.any():
-        p = prob[:, candidates]
-        candidates[candidates] = p[Phase.BACKGROUND] >= p[1:].max(axis=0)
-    return candidates
-
-
 @dataclass
 class Predicted:
     """One image's particles after the model: what `measure_particles` turns into results."""
@@ -132,6 +124,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     image, instances, crops = located.image, located.instances, located.crops
     class_probs, phase_probs, pore_weight = predicted.class_probs, predicted.phase_probs, predicted.pore_weight
     t = time.perf_counter()
+    trim_phases = RIM_TRIM_PHASES[settings.trim_rim]
     phases = np.zeros(instances.shape, np.uint8)
     grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
@@ -146,9 +139,9 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         else:
             prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
             # Bilinear paste-back shrinks small pores; the model file carries the tuned correction.
-            if settings.trim_rim:
+            if trim_phases:
                 # Before the pore weight: matrix and pore look alike, and the weight would keep the rim as pore.
-                trimmed = trim_background_rim(own, _most_likely_background(prob_native, own))
+                trimmed = trim_rim(own, most_likely_one_of(prob_native, own, trim_phases))
                 if trimmed.any():
                     instances[r0:r1, c0:c1][own & ~trimmed] = 0
                     own = trimmed
@@ -238,8 +231,17 @@ def settings_from_cfg(cfg: DictConfig) -> AnalysisSettings:
         min_judge_diameter_um=float(cfg.min_judge_diameter_um),
         min_judge_diameter_px=float(cfg.min_judge_diameter_px),
         pore_weight=None if cfg.get("pore_weight") is None else float(cfg.pore_weight),
-        trim_rim=bool(cfg.trim_rim),
+        trim_rim=_rim_trim_mode(cfg.trim_rim),
     )
+
+
+def _rim_trim_mode(value: object) -> str:
+    """infer.py's `trim_rim` as a `RIM_TRIM_PHASES` key (true = background, the default; false = none)."""
+    if isinstance(value, bool):
+        return "background" if value else "none"
+    if value not in RIM_TRIM_PHASES:
+        raise ValueError(f"trim_rim must be true, false or one of {sorted(RIM_TRIM_PHASES)}, got {value!r}")
+    return str(value)
 
 
 def check_polarity(backend: Backend, polarity: str) -> None:
