@@ -207,14 +207,17 @@ def write_outputs(report: EvalReport, arrays: CropArrays, pred: Predictions, out
     pd.DataFrame(report.rows).to_csv(out_dir / "particles.csv", index=False)
     plot_confusion(report.confusion_head, out_dir / "confusion_head.png", title="class head")
     plot_confusion(report.confusion_topology, out_dir / "confusion_topology.png", title="head + crack topology")
-    topo = np.array([CLASS_NAMES.index(r["topology_class"]) for r in report.rows])
-    wrong = np.flatnonzero((arrays.label >= 0) & (topo != arrays.label))[:max_sheet]
+    # The class head is infer.py's default (classify=head), so its mistakes are the ones shown.
+    head = pred.probs.argmax(1)
+    wrong = np.flatnonzero((arrays.label >= 0) & (head != arrays.label))
     items = [
         GalleryItem(arrays.image[i].astype(np.float32), arrays.mask[i], None, pred.phases[i], int(arrays.label[i]),
-                    int(topo[i]), float(pred.probs[i].max()))
-        for i in wrong
+                    int(head[i]), float(pred.probs[i].max()))
+        for i in wrong[:max_sheet]
     ]
-    plot_contact_sheet(items, out_dir / "misclassified.png", title=f"{len(wrong)} misclassified (true → predicted)")
+    shown = f", first {len(items)} shown" if len(items) < len(wrong) else ""
+    plot_contact_sheet(items, out_dir / "misclassified.png",
+                       title=f"{len(wrong)} misclassified by the class head{shown} (true → predicted)")
 
 
 def evaluate_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
