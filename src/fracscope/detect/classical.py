@@ -69,9 +69,6 @@ class ClassicalParams:
     threshold: "otsu", "li" or "triangle".
     threshold_offset: added to the threshold, in units of the normalised [0, 1] range
         (negative keeps darker particle rims).
-    edge_offset: added to the threshold, on top of `threshold_offset`, where outlines are
-        redrawn at full resolution only: it moves edges without changing what is found
-        or how it is split.
     opening_radius_um: removes bright specks and thin bright bridges in the matrix.
     closing_radius_um: bridges cracks and grain-boundary gaps up to ~2x this width.
     seed_h_um: h of the h-maxima seeds on the distance transform.
@@ -96,7 +93,6 @@ class ClassicalParams:
     smooth_um: float = 0.12
     threshold: str = "otsu"
     threshold_offset: float = 0.0
-    edge_offset: float = 0.0
     opening_radius_um: float = 0.25
     closing_radius_um: float = 0.25
     seed_h_um: float = 0.05
@@ -366,7 +362,7 @@ class ClassicalDetector(Detector):
         r0, r1, c0, c1 = rows.min(initial=0), rows.max(initial=0) + 1, cols.min(initial=0), cols.max(initial=0) + 1
         sm = ndi.gaussian_filter(normalise(full[r0:r1, c0:c1]), 0.5 * w.factor)
         out = up.copy()
-        fg = sm[rows - r0, cols - c0] > t + self.params.edge_offset
+        fg = sm[rows - r0, cols - c0] > t
         out[rows, cols] = np.where(fg, up_grown[rows, cols], 0)
         # Dark pores cut in the band become small holes: fill those wholly inside the band.
         holes = ndi.binary_fill_holes(out > 0) & (out == 0)
