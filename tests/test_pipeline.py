@@ -260,3 +260,46 @@ def test_shipped_model_against_the_generators_ground_truth(tmp_path):
     # Not asserted: class accuracy. The shipped model's classes are weak (held-out macro-F1 ~0.48, kappa ~0.28
     # over 515 particles in bench/accuracy.py); on these ~30 sections it does not reliably beat always answering
     # the most frequent class, so a bound here would only be tuned to pass.
+
+
+def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
+    """The size rule holds for the measured outline: no reported section is under the minimum."""
+    from scipy import ndimage as ndi
+
+    from fracscope.crop import crop_particles
+    from fracscope.locate import LocatedParticles
+    from fracscope.measure import eq_diameter_um
+    from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
+    from fracscope.types import Phase, SEMImage
+
+    px = 0.05
+    yy, xx = np.mgrid[:200, :300]
+    instances = np.zeros((200, 300), np.uint32)
+    instances[(yy - 100) ** 2 + (xx - 70) ** 2 <= 20**2] = 1  # 2.0 µm before the trim
+    instances[(yy - 100) ** 2 + (xx - 210) ** 2 <= 40**2] = 2  # 4.0 µm
+    image = SEMImage(np.where(instances > 0, 200, 30).astype(np.uint8), px)
+    crops = crop_particles(image.pixels, instances, size=64, margin=0.15)
+    # The phase model calls a 3-crop-pixel rim of each section matrix: the trim takes it.
+    probs = np.zeros((len(crops), 4, 64, 64), np.float32)
+    for k, c in enumerate(crops):
+        inner = ndi.binary_erosion(c.mask > 0.5, iterations=3)
+        probs[k, Phase.SOLID] = inner
+        probs[k, Phase.BACKGROUND] = ~inner
+    class_probs = np.full((len(crops), 3), 1 / 3, np.float32)
+
+    def measured(min_diameter_um):
+        located = LocatedParticles(image, instances.copy(), crops, {}, min_diameter_um)
+        predicted = Predicted(located, "f", "all", class_probs, probs, 1.0)
+        return measure_particles(predicted, AnalysisSettings(), StageTimes())
+
+    untrimmed = eq_diameter_um(instances == 1, px)
+    everything = measured(None)
+    trimmed = {p.particle_id: p.measurements["eq_diameter_um"] for p in everything.particles}
+    assert sorted(trimmed) == [1, 2] and trimmed[1] < untrimmed - 0.1  # the trim took a visible rim
+
+    minimum = (trimmed[1] + untrimmed) / 2  # the detector kept it; its measured outline is under the minimum
+    result = measured(minimum)
+    assert [p.particle_id for p in result.particles] == [2]
+    assert not (result.instances == 1).any() and (result.instances == 2).sum() == (everything.instances == 2).sum()
+    assert [p.particle_id for p in measured(trimmed[1] - 0.01).particles] == [1, 2]
+    assert min(p.measurements["eq_diameter_um"] for p in result.particles) >= minimum

@@ -30,6 +30,7 @@ class LocatedParticles:
     instances: np.ndarray
     crops: list[ParticleCrop]
     seconds: dict[str, float]
+    min_diameter_um: float | None = None  # the detector's; sections whose final outline is smaller are dropped
 
 
 @dataclass
@@ -47,7 +48,8 @@ def locate_particles(image: SEMImage, detector: Detector, crop_size: int, margin
     t1 = time.perf_counter()
     crops = crop_particles(image.pixels, instances, size=crop_size, margin=margin)
     t2 = time.perf_counter()
-    return LocatedParticles(image, instances, crops, {"detect": t1 - t0, "crop": t2 - t1})
+    seconds = {"detect": t1 - t0, "crop": t2 - t1}
+    return LocatedParticles(image, instances, crops, seconds, getattr(detector, "min_diameter_um", None))
 
 
 def _locate_safely(image: SEMImage, detector: Detector, crop_size: int, margin: float):

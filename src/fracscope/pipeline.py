@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -130,6 +131,10 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
+    # The detector's size rule, applied again to the outline that is measured (trimmed, at full
+    # resolution), so that no reported section is smaller than the minimum. Needs a pixel size.
+    min_d = located.min_diameter_um
+    min_area_px = math.pi * (min_d / px / 2) ** 2 if (min_d and px) else 0.0
     for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
         rows, cols = boxes[crop.particle_id - 1]
         r0, c0, r1, c1 = rows.start, cols.start, rows.stop, cols.stop
@@ -149,6 +154,9 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
             local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
             local[~own] = Phase.BACKGROUND
+        if np.count_nonzero(own) < min_area_px:
+            instances[r0:r1, c0:c1][own] = 0  # its id stays unused
+            continue
         phases[r0:r1, c0:c1][own] = local[own]
         m = measure_particle(own, local, px)
         if settings.classify == "topology" and settings.segmenter == "model":

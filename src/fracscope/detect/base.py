@@ -28,6 +28,9 @@ class Detector(ABC):
     """
 
     name: str = "detector"
+    # Smaller sections (area-equivalent diameter, µm) are not particles. The pipeline applies it
+    # again to the final outline, which the phase model may have trimmed. None: no minimum.
+    min_diameter_um: float | None = None
 
     @abstractmethod
     def detect(self, image: SEMImage) -> np.ndarray:

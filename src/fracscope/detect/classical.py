@@ -301,6 +301,7 @@ class ClassicalDetector(Detector):
         if params.threshold not in _THRESHOLDS:
             raise ValueError(f"threshold must be one of {sorted(_THRESHOLDS)}, got {params.threshold!r}")
         self.params = params
+        self.min_diameter_um = params.min_diameter_um or None
 
     def detect(self, image: SEMImage) -> np.ndarray:
         """Instance label map (uint32, 0 = matrix, particles 1..N) of `image`."""

@@ -309,6 +309,7 @@ class LearnedDetector(Detector):
         if min_score is not None:
             overrides["min_score"] = float(min_score)
         params = dataclasses.replace(self.metadata.postprocess_params(), **overrides)
+        self.min_diameter_um = float(min_diameter_um) if min_diameter_um else None
         if min_diameter_um:
             min_area = math.ceil(math.pi * (float(min_diameter_um) / self.working_pixel_size_um / 2) ** 2)
             params = dataclasses.replace(params, min_area_px=max(params.min_area_px, min_area))
