@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +27,7 @@ from fracscope.pores3d.measure import (
 )
 from fracscope.pores3d.run import PoreSettings, Settings, min_voxels
 from fracscope.pores3d.segment import ModelVoids, SegmentSettings
+from fracscope.types import Phase
 from fracscope.pores3d.synth import (
     Imaging,
     PorePopulation,
@@ -402,6 +404,35 @@ def test_model_segmentation_replaces_voids_inside_the_section(phantom, truth, tm
     assert res.n_pores == 0 and res.particle.n_voxels == body.sum() and solid.calls > 0
     res = analyse_stack(stack, settings, tmp_path / "pore", model=ModelVoids(_FakeBackend(2)))
     assert res.n_pores == 1 and res.porosity_pct == pytest.approx(100.0)
+
+
+class _UnsureBackend(_FakeBackend):
+    """Every crop pixel: solid 0.55, pore 0.45; ``pore_weight`` in the metadata when given."""
+
+    def __init__(self, pore_weight: float | None = None) -> None:
+        super().__init__(Phase.SOLID)
+        extra = {} if pore_weight is None else {"pore_weight": pore_weight}
+        self.metadata = SimpleNamespace(crop_size=32, margin=0.15, **extra)
+
+    def predict_batched(self, x, batch_size):
+        classes, probs = super().predict_batched(x, batch_size)
+        probs[:, Phase.SOLID], probs[:, Phase.PORE] = 0.55, 0.45
+        return classes, probs
+
+
+def test_model_segmentation_applies_the_pore_weight(phantom, truth, tmp_path):
+    """As in the 2-D pipeline: the model file's pore weight (or an override) scales the pore probability."""
+    stack = ArrayStack(StackRenderer(phantom, Imaging()).volume(), VoxelSize(*VOXEL))
+    settings = Settings(write_labels=False, plots=False, segment=SegmentSettings(method="model"))
+    plain, weighted = _UnsureBackend(), _UnsureBackend(pore_weight=1.3)
+    assert ModelVoids(plain).pore_weight == 1.0  # no weight in the file
+    assert analyse_stack(stack, settings, tmp_path / "plain", model=ModelVoids(plain)).n_pores == 0
+    res = analyse_stack(stack, settings, tmp_path / "file", model=ModelVoids(weighted))
+    assert res.porosity_pct == pytest.approx(100.0)
+    res = analyse_stack(stack, settings, tmp_path / "override", model=ModelVoids(weighted, pore_weight=1.0))
+    assert res.n_pores == 0
+    with pytest.raises(ValueError, match="pore_weight"):
+        ModelVoids(plain, pore_weight=0)
 
 
 # --- alignment -------------------------------------------------------------------------------

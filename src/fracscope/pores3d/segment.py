@@ -250,11 +250,19 @@ class ModelVoids:
     backend : fracscope.runtime.Backend
         Or any object with ``metadata`` (crop_size, margin) and ``predict_batched``.
     batch_size : int
+    pore_weight : float, optional
+        Factor on the pore probability after the paste-back, as in the 2-D pipeline. None: the
+        model file's own (``metadata.pore_weight``; 1.0 where it has none).
     """
 
-    def __init__(self, backend, batch_size: int = 16) -> None:
+    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None) -> None:
         self.backend = backend
         self.batch_size = int(batch_size)
+        if pore_weight is None:
+            pore_weight = getattr(backend.metadata, "pore_weight", 1.0)
+        if not pore_weight > 0:
+            raise ValueError(f"pore_weight must be positive, got {pore_weight}")
+        self.pore_weight = float(pore_weight)
 
     def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
         """Replace the void of each slice's main section in `phases` (in place) by the model's."""
@@ -279,6 +287,7 @@ class ModelVoids:
         for (i, own, box, crop), prob in zip(jobs, phase_probs):
             r0, c0, r1, c1 = box[0].start, box[1].start, box[0].stop, box[1].stop
             native = paste_back(prob, crop, (r0, c0, r1, c1))
+            native[Phase.PORE] *= self.pore_weight  # the same correction as fracscope.pipeline's
             # Inside the section a pixel is solid, pore or crack; both voids count as pore space.
             code = np.argmax(native[1:], axis=0) + 1
             inside = own[r0:r1, c0:c1]
