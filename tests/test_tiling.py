@@ -236,3 +236,12 @@ def test_tiled_detector_from_config_is_a_detector():
     labels = det.detect(SEMImage(img.astype(np.uint8), None))
     assert labels.shape == (300, 300) and labels.dtype == np.uint32
     assert labels.max() == 1 and labels[150, 150] == 1
+
+
+def test_every_detector_says_its_minimum_section_size():
+    """The pipeline applies it again to the measured outline, so tiling must pass the inner one on."""
+    assert ClassicalDetector().min_diameter_um == 1.5
+    assert ClassicalDetector(min_diameter_um=2.0).min_diameter_um == 2.0
+    assert build_detector({"name": "tiled", "detector": {"name": "classical", "min_diameter_um": 2.5}}).min_diameter_um == 2.5
+    assert build_detector({"name": "learned", "min_diameter_um": 3.0}).min_diameter_um == 3.0
+    assert build_detector({"name": "learned", "min_diameter_um": None}).min_diameter_um is None
