@@ -27,7 +27,6 @@ from fracscope.pores3d.measure import (
 )
 from fracscope.pores3d.run import PoreSettings, Settings, min_voxels
 from fracscope.pores3d.segment import ModelVoids, SegmentSettings
-from fracscope.types import Phase
 from fracscope.pores3d.synth import (
     Imaging,
     PorePopulation,
@@ -36,6 +35,7 @@ from fracscope.pores3d.synth import (
     random_phantom,
 )
 from fracscope.pores3d.stack import write_volume_tiff
+from fracscope.types import Phase
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import resource
 import sys
 import time
@@ -27,7 +26,7 @@ from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map
-from fracscope.measure import measure_particle
+from fracscope.measure import eq_diameter_um, measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
 from fracscope.refine import RIM_TRIM_PHASES, most_likely_one_of, trim_rim
@@ -133,8 +132,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     px = image.pixel_size_um
     # The detector's size rule, applied again to the outline that is measured (trimmed, at full
     # resolution), so that no reported section is smaller than the minimum. Needs a pixel size.
-    min_d = located.min_diameter_um
-    min_area_px = math.pi * (min_d / px / 2) ** 2 if (min_d and px) else 0.0
+    min_d = located.min_diameter_um if px else None
     for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
         rows, cols = boxes[crop.particle_id - 1]
         r0, c0, r1, c1 = rows.start, cols.start, rows.stop, cols.stop
@@ -154,7 +152,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
             local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
             local[~own] = Phase.BACKGROUND
-        if np.count_nonzero(own) < min_area_px:
+        if min_d and eq_diameter_um(own, px) < min_d:
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
             continue
         phases[r0:r1, c0:c1][own] = local[own]

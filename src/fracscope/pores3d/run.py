@@ -478,8 +478,7 @@ def run(cfg: Any) -> Pores3DResult:
         if settings.segment.pore_polarity not in tuple(backend.metadata.pore_polarities):
             raise SettingsError(f"the model never saw {settings.segment.pore_polarity!r} pores "
                              f"(trained on {tuple(backend.metadata.pore_polarities)}); use segment.method=otsu")
-        weight = cfg.segment.get("pore_weight")
-        model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), None if weight is None else float(weight))
+        model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"))
     config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     if isinstance(config, dict):
         config.pop("hydra", None)
