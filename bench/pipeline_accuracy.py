@@ -2,6 +2,7 @@
 
     python bench/pipeline_accuracy.py [--particles 2000] [--model models/fracscope_default.onnx]
                                       [--set detect.foreground_threshold=0.6 ...] [--tuning-seed 555]
+                                      [--pairs-csv pairs.csv] [--save-crops crops.npz]
 
 Generates wide fields with the frozen `conf/synth/heldout.yaml` (half gp, half p), writes them
 as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores:
@@ -103,6 +104,9 @@ def main() -> None:
                     help="score fields of the training synth config with this seed instead of the held-out ones")
     ap.add_argument("--min-diameter-um", type=float, default=1.5, help="the detector's minimum section size")
     ap.add_argument("--pairs-csv", default=None, help="also write every matched pair (truth beside prediction) here")
+    ap.add_argument("--save-crops", default=None, metavar="NPZ",
+                    help="also save the model's input crops of the judged sections, with their true classes, for "
+                         "bench/class_variants.py (detects the fields once more)")
     args = ap.parse_args()
     if args.tuning_seed is not None and args.tuning_seed in (0, 9001):
         ap.error("--tuning-seed must differ from the training (0) and held-out (9001) seeds")
@@ -120,7 +124,8 @@ def main() -> None:
     if args.model:
         overrides.append(f"model_path={args.model}")
     overrides += args.set
-    outcome = run(compose_infer(*overrides))
+    cfg = compose_infer(*overrides)
+    outcome = run(cfg)
     table = pd.read_csv(work / "out" / "particles.csv")
 
     tp = fp = fn = n_true = n_pred = n_true_judgeable = n_pred_of_small = 0
@@ -181,7 +186,51 @@ def main() -> None:
     print(f"porosity MAE {err.abs().mean():.3f} pp, bias {err.mean():+.3f} pp (n={len(err)})")
     ratio = judged["area_ratio"]
     print(f"mask area / true area on the same sections: mean {ratio.mean():.3f}, median {ratio.median():.3f}")
+    if args.save_crops:
+        n = save_judged_crops(args.save_crops, cfg, work / "fields", judged)
+        print(f"saved the model's input crops of {n} judged sections to {args.save_crops}")
     print("reproduce: python bench/pipeline_accuracy.py " + " ".join(sys.argv[1:]))
+
+
+def save_judged_crops(dest: str, cfg, fields: Path, judged: pd.DataFrame) -> int:
+    """The crops the model saw for the judged sections (the detector is deterministic, so detecting
+    again gives the same instances and crops as the run), saved as float16 with the truth beside them."""
+    from omegaconf import OmegaConf
+
+    from fracscope.detect import build_detector
+    from fracscope.io import ReadFailure, iter_images
+    from fracscope.locate import locate_particles
+    from fracscope.pipeline import image_stem
+    from fracscope.assets import resolve_model
+    from fracscope.runtime import load_backend
+
+    meta = load_backend(resolve_model(cfg.model_path)).metadata
+    detector = build_detector(OmegaConf.to_container(cfg.detect, resolve=True))
+    wanted = {(str(s), int(i)) for s, i in zip(judged["image"], judged["pred_id"])}
+    found = {}
+    for image in iter_images(fields):
+        if isinstance(image, ReadFailure):
+            raise RuntimeError(f"could not read {image.source}: {image.error}")
+        stem = image_stem(image, fields)
+        located = locate_particles(image, detector, meta.crop_size, meta.margin)
+        for c in located.crops:
+            if (stem, c.particle_id) in wanted:
+                found[(stem, c.particle_id)] = np.stack([c.image, c.mask]).astype(np.float16)
+    keys = list(zip(judged["image"].astype(str), judged["pred_id"].astype(int)))
+    missing = [k for k in keys if k not in found]
+    if missing:
+        raise RuntimeError(f"{len(missing)} judged sections were not found on detecting again, e.g. {missing[0]}")
+    np.savez_compressed(
+        dest,
+        crops=np.stack([found[k] for k in keys]),
+        true_class=judged["true_class"].to_numpy(),
+        pipeline_class=judged["pred_class"].to_numpy(),
+        true_diameter_um=judged["true_diameter_um"].to_numpy(),
+        image=np.array([k[0] for k in keys]),
+        particle_id=np.array([k[1] for k in keys]),
+        class_names=np.array(CLASS_NAMES),
+    )
+    return len(keys)
 
 
 if __name__ == "__main__":
