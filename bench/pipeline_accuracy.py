@@ -197,11 +197,11 @@ def save_judged_crops(dest: str, cfg, fields: Path, judged: pd.DataFrame) -> int
     again gives the same instances and crops as the run), saved as float16 with the truth beside them."""
     from omegaconf import OmegaConf
 
+    from fracscope.assets import resolve_model
     from fracscope.detect import build_detector
     from fracscope.io import ReadFailure, iter_images
     from fracscope.locate import locate_particles
     from fracscope.pipeline import image_stem
-    from fracscope.assets import resolve_model
     from fracscope.runtime import load_backend
 
     meta = load_backend(resolve_model(cfg.model_path)).metadata

@@ -49,7 +49,7 @@ def locate_particles(image: SEMImage, detector: Detector, crop_size: int, margin
     crops = crop_particles(image.pixels, instances, size=crop_size, margin=margin)
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
-    return LocatedParticles(image, instances, crops, seconds, getattr(detector, "min_diameter_um", None))
+    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
 
 
 def _locate_safely(image: SEMImage, detector: Detector, crop_size: int, margin: float):

@@ -26,7 +26,7 @@ from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map
-from fracscope.measure import eq_diameter_um, measure_particle
+from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
 from fracscope.refine import RIM_TRIM_PHASES, most_likely_one_of, trim_rim
@@ -152,11 +152,11 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
             local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
             local[~own] = Phase.BACKGROUND
-        if min_d and eq_diameter_um(own, px) < min_d:
+        m = measure_particle(own, local, px)
+        if min_d and m["eq_diameter_um"] < min_d:
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
             continue
         phases[r0:r1, c0:c1][own] = local[own]
-        m = measure_particle(own, local, px)
         if settings.classify == "topology" and settings.segmenter == "model":
             # measure_particle already counted the fragments (same 1 % crumb rule as the classifier's).
             class_index = class_from_fragments(probs, int(m["n_fragments"]))

@@ -537,7 +537,7 @@ class TiledDetector(Detector):
         self.detector = detector if isinstance(detector, Detector) else build_detector(detector)
         self.tile_px = int(tile_px)
         self.overlap_px = overlap_px
-        self.min_diameter_um = getattr(self.detector, "min_diameter_um", None)
+        self.min_diameter_um = self.detector.min_diameter_um
 
     def detect(self, image: SEMImage) -> np.ndarray:
         """Instance label map of `image`, detected tile by tile."""
