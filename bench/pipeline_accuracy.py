@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from fracscope.detect import match_instances  # noqa: E402
+from fracscope.io import write_image_tiff  # noqa: E402
 from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
@@ -57,9 +58,7 @@ def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) ->
     truth = {}
     for preset, i, item in electrode_fields(n_particles, tuning_seed):
         (out / preset).mkdir(parents=True, exist_ok=True)
-        px = item.image.pixel_size_um
-        path = out / preset / f"field{i:03d}.tif"
-        tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True, metadata={"unit": "um"})
+        write_image_tiff(out / preset / f"field{i:03d}.tif", item.image.pixels, item.image.pixel_size_um)
         truth[f"{preset}__field{i:03d}"] = item
     return truth
 

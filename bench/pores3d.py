@@ -39,7 +39,7 @@ VOXEL_UM = (0.02, 0.01, 0.01)  # 20 nm slices at 10 nm/px, as in the paper's FIB
 
 def build_stack(path: Path, shape: tuple[int, int, int], seed: int) -> dict:
     """Write the stack and return its ground truth (pore voxel counts, particle voxels)."""
-    from fracscope.pores3d.stack import VoxelSize, write_volume_tiff
+    from fracscope.io import write_volume_tiff
     from fracscope.pores3d.synth import Imaging, StackRenderer, random_phantom
 
     t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def build_stack(path: Path, shape: tuple[int, int, int], seed: int) -> dict:
             body_voxels += int(body.sum())
             yield image
 
-    write_volume_tiff(path, slices(), shape, np.uint8, VoxelSize(*VOXEL_UM))
+    write_volume_tiff(path, slices(), shape, np.uint8, VOXEL_UM)
     return {
         "seconds": time.perf_counter() - t0,
         "pore_voxels": counts[1:],

@@ -30,8 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def make_fields(out: Path, n_particles: int) -> int:
-    import tifffile
-
+    from fracscope.io import write_image_tiff
     from fracscope.synth import generate_electrode, load_config
 
     done = out / "DONE"
@@ -41,9 +40,7 @@ def make_fields(out: Path, n_particles: int) -> int:
     cfg = load_config("gp", overrides=["electrode.pixel_size_um=0.05", "electrode.field_px=[1536,2048]"])
     n = 0
     for i, item in enumerate(generate_electrode(cfg, n_particles, seed=7, workers=2)):
-        px = item.image.pixel_size_um
-        tifffile.imwrite(out / f"field{i:03d}.tif", item.image.pixels, resolution=(1 / px, 1 / px), imagej=True,
-                         metadata={"unit": "um"}, compression="zlib")
+        write_image_tiff(out / f"field{i:03d}.tif", item.image.pixels, item.image.pixel_size_um, compression="zlib")
         n += len(item.particles)
     done.write_text(str(n))
     return n

@@ -67,7 +67,8 @@ def peak_rss_mib() -> float:
 def detect(input_path: Path, out_path: Path, tile_px: int, working_um: float, tiff: bool) -> None:
     """Child process: tiled detection from memmap to memmap; prints its peak RSS."""
     from fracscope.detect import ClassicalDetector
-    from fracscope.detect.tiling import detect_tiled_report, open_label_memmap, write_label_tiff
+    from fracscope.detect.tiling import detect_tiled_report
+    from fracscope.io import open_label_memmap, write_label_tiff
     from fracscope.types import SEMImage
 
     base_mb = peak_rss_mib()
@@ -84,7 +85,7 @@ def detect(input_path: Path, out_path: Path, tile_px: int, working_um: float, ti
     print(f"detect_tiled: {t_detect:.1f} s")
     if tiff:
         t0 = time.perf_counter()
-        tif = write_label_tiff(out, out_path.with_suffix(".tif"))
+        tif = write_label_tiff(out_path.with_suffix(".tif"), out, tile_px=512)
         print(f"write_label_tiff: {time.perf_counter() - t0:.1f} s, {tif.stat().st_size / 2**20:.1f} MiB")
     peak_mb = peak_rss_mib()
     print(f"peak RSS: {peak_mb:.0f} MiB (after imports: {base_mb:.0f} MiB)")

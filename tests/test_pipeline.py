@@ -9,6 +9,7 @@ import pytest
 import tifffile
 
 from conftest import compose_infer
+from fracscope.io import write_image_tiff
 from fracscope.pipeline import run
 
 # What the shipped model must do on fresh synthetic fields (docs/BENCHMARKS.md has the held-out numbers):
@@ -28,10 +29,7 @@ def field_dir(tmp_path_factory):
         (root / group).mkdir()
         for i in range(2):
             item = make_field(cfg, seed, i)
-            px = item.image.pixel_size_um
-            path = root / group / f"f{i}.tif"
-            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True,
-                             metadata={"unit": "um"})
+            path = write_image_tiff(root / group / f"f{i}.tif", item.image.pixels, item.image.pixel_size_um)
             truth[str(path)] = item
     return root, truth
 
@@ -230,11 +228,8 @@ def test_shipped_model_against_the_generators_ground_truth(tmp_path):
         cfg = load_config(preset, overrides=["damage=[0.34,0.33,0.33]"])
         for i in range(2):
             item = make_field(cfg, seed, i)
-            px = item.image.pixel_size_um
-            path = tmp_path / "in" / f"{preset}{i}.tif"
-            path.parent.mkdir(exist_ok=True)
-            tifffile.imwrite(path, item.image.pixels, resolution=(1 / px, 1 / px), imagej=True,
-                             metadata={"unit": "um"})
+            (tmp_path / "in").mkdir(exist_ok=True)
+            write_image_tiff(tmp_path / "in" / f"{preset}{i}.tif", item.image.pixels, item.image.pixel_size_um)
             truth[f"{preset}{i}"] = item
     out = tmp_path / "out"
     outcome = run(compose_infer(f"input={tmp_path / 'in'}", f"output={out}"))

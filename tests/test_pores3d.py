@@ -34,7 +34,7 @@ from fracscope.pores3d.synth import (
     phantom_with_pores,
     random_phantom,
 )
-from fracscope.pores3d.stack import write_volume_tiff
+from fracscope.io import write_volume_tiff
 from fracscope.types import Phase
 
 REPO = Path(__file__).resolve().parents[1]
@@ -503,7 +503,7 @@ def test_aligned_run_equals_the_run_without_drift(column, tmp_path):
 
 
 def _write_imagej(path, volume, voxel=(0.02, 0.005, 0.005)):
-    write_volume_tiff(path, iter(volume), volume.shape, volume.dtype, VoxelSize(*voxel))
+    write_volume_tiff(path, iter(volume), volume.shape, volume.dtype, voxel)
     return path
 
 
@@ -520,7 +520,7 @@ def test_voxel_size_from_imagej_metadata_and_overrides(tmp_path):
         assert s.voxel_size.zyx == (0.1, 0.2, 0.3) and s.voxel_size.source == "override"
     # uint32 volumes go to OME-TIFF with PhysicalSize*.
     ome = tmp_path / "l.tif"
-    write_volume_tiff(ome, iter(vol.astype(np.uint32)), vol.shape, np.uint32, VoxelSize(0.02, 0.01, 0.01))
+    write_volume_tiff(ome, iter(vol.astype(np.uint32)), vol.shape, np.uint32, (0.02, 0.01, 0.01))
     with open_stack(ome) as s:
         assert s.voxel_size.zyx == pytest.approx((0.02, 0.01, 0.01)) and s.voxel_size.source == "ome"
 
@@ -529,7 +529,7 @@ def test_memory_mapped_and_page_by_page_reads_agree(tmp_path):
     vol = np.random.default_rng(0).integers(0, 255, (9, 20, 30), dtype=np.uint8)
     plain = _write_imagej(tmp_path / "plain.tif", vol)
     packed = tmp_path / "zlib.tif"
-    write_volume_tiff(packed, iter(vol), vol.shape, vol.dtype, VoxelSize(0.02, 0.01, 0.01), compression="zlib")
+    write_volume_tiff(packed, iter(vol), vol.shape, vol.dtype, (0.02, 0.01, 0.01), compression="zlib")
     with open_stack(plain) as a, open_stack(packed) as b:
         assert a._mm is not None and b._mm is None
         np.testing.assert_array_equal(a.read(2, 7), vol[2:7])

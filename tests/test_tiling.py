@@ -17,9 +17,8 @@ from fracscope.detect.tiling import (
     TileGrid,
     detect_tiled,
     detect_tiled_report,
-    open_label_memmap,
-    write_label_tiff,
 )
+from fracscope.io import open_label_memmap, write_label_tiff
 from fracscope.types import SEMImage
 
 
@@ -116,7 +115,7 @@ def test_tiled_equals_untiled_on_random_blobs(tmp_path):
     got = detect_tiled(SEMImage(img, 0.05), BlobDetector(), tile_px=160, overlap_px=60, out=out)
     assert got is out
     np.testing.assert_array_equal(np.load(tmp_path / "labels.npy", mmap_mode="r"), res.labels)
-    path = write_label_tiff(out, tmp_path / "labels.tif", tile_px=128)
+    path = write_label_tiff(tmp_path / "labels.tif", out, tile_px=128)
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
         assert tif.is_bigtiff and page.is_tiled and page.tilewidth == 128

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from fracscope import __version__
-from fracscope.crop import paste_back
 from fracscope.detect import Detector
 from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images
@@ -29,10 +28,18 @@ from fracscope.io.groups import group_for, load_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
-from fracscope.refine import RIM_TRIM_PHASES, most_likely_one_of, trim_rim
+from fracscope.phases import (
+    CropPhases,
+    PhaseRule,
+    check_polarity,
+    phases_on_image_grid,
+    predict_crops,
+    resolve_pore_weight,
+)
+from fracscope.refine import RIM_TRIM_PHASES
 from fracscope.report import ReportWriter
 from fracscope.runtime import Backend, load_backend
-from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
+from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +83,6 @@ class StageTimes:
         return now
 
 
-def predict_crops(backend: Backend, crops: list[ParticleCrop], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (N, 3) and phase probabilities (N, 4, S, S) for a list of crops."""
-    if not crops:
-        s = backend.metadata.crop_size
-        return np.zeros((0, len(CLASS_NAMES)), np.float32), np.zeros((0, 4, s, s), np.float32)
-    x = np.stack([np.stack([c.image, c.mask]) for c in crops]).astype(np.float32, copy=False)
-    return backend.predict_batched(x, batch_size)
-
-
 def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
     r0, c0, r1, c1 = bbox
     return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
@@ -114,8 +112,8 @@ def predict_particles(
     t = time.perf_counter()
     class_probs, phase_probs = predict_crops(backend, located.crops, settings.batch_size)
     times.add("model", t)
-    pore_weight = backend.metadata.pore_weight if settings.pore_weight is None else settings.pore_weight
-    return Predicted(located, stem, group, class_probs, phase_probs, float(pore_weight))
+    pore_weight = resolve_pore_weight(backend.metadata, settings.pore_weight)
+    return Predicted(located, stem, group, class_probs, phase_probs, pore_weight)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
@@ -124,7 +122,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     image, instances, crops = located.image, located.instances, located.crops
     class_probs, phase_probs, pore_weight = predicted.class_probs, predicted.phase_probs, predicted.pore_weight
     t = time.perf_counter()
-    trim_phases = RIM_TRIM_PHASES[settings.trim_rim]
+    rule = PhaseRule(pore_weight, RIM_TRIM_PHASES[settings.trim_rim])
     phases = np.zeros(instances.shape, np.uint8)
     grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
@@ -140,18 +138,9 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         if settings.segmenter == "threshold":
             local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
         else:
-            prob_native = paste_back(phase_prob, crop, (r0, c0, r1, c1))
-            # Bilinear paste-back shrinks small pores; the model file carries the tuned correction.
-            if trim_phases:
-                # Before the pore weight: matrix and pore look alike, and the weight would keep the rim as pore.
-                trimmed = trim_rim(own, most_likely_one_of(prob_native, own, trim_phases))
-                if trimmed.any():
-                    instances[r0:r1, c0:c1][own & ~trimmed] = 0
-                    own = trimmed
-            prob_native[Phase.PORE] *= pore_weight
-            # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
-            local = (np.argmax(prob_native[1:], axis=0) + 1).astype(np.uint8)
-            local[~own] = Phase.BACKGROUND
+            found = phases_on_image_grid(CropPhases(phase_prob, crop, (r0, c0, r1, c1), own), rule)
+            instances[r0:r1, c0:c1][own & ~found.mask] = 0  # the trimmed rim leaves the particle
+            own, local = found.mask, found.phases
         m = measure_particle(own, local, px)
         if min_d and m["eq_diameter_um"] < min_d:
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
@@ -250,16 +239,6 @@ def _rim_trim_mode(value: object) -> str:
     return str(value)
 
 
-def check_polarity(backend: Backend, polarity: str) -> None:
-    """Refuse a pore polarity the model never saw in training."""
-    seen = tuple(backend.metadata.pore_polarities)
-    if polarity not in seen:
-        raise ValueError(
-            f"pore_polarity={polarity!r} but this model was trained only on {list(seen)} pores; "
-            "use a model trained with the inverted-pore augmentation, or segmenter=threshold"
-        )
-
-
 @dataclass
 class RunOutcome:
     n_images: int
@@ -280,12 +259,11 @@ def run(cfg: DictConfig) -> RunOutcome:
         raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
     if settings.classify not in ("head", "topology"):
         raise ValueError(f"classify must be 'head' or 'topology', got {settings.classify!r}")
-    if settings.pore_weight is not None and not settings.pore_weight > 0:
-        raise ValueError(f"pore_weight must be positive (or null for the model's own), got {settings.pore_weight}")
     model_path = resolve_model(cfg.model_path)
     backend = load_backend(model_path, backend=str(cfg.backend), device=str(cfg.device))
+    resolve_pore_weight(backend.metadata, settings.pore_weight)  # a bad override fails here, not on every image
     if settings.segmenter == "model":
-        check_polarity(backend, settings.pore_polarity)
+        check_polarity(backend.metadata, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(cfg.input)
     if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")

@@ -26,6 +26,14 @@ class Phase(IntEnum):
 PHASE_NAMES: tuple[str, ...] = ("background", "solid", "pore", "crack")
 
 
+@dataclass(frozen=True)
+class ReadFailure:
+    """A file (or page) that could not be read; iteration goes on without it."""
+
+    source: str
+    error: str
+
+
 @dataclass
 class SEMImage:
     """One grayscale SEM image (one page of a file).

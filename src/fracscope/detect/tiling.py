@@ -19,26 +19,24 @@ object is kept by exactly one tile:
   silently.
 
 Memory is bounded by the tile size: the input may be an ``np.memmap`` or a
-``tifffile.memmap`` and the output a label memmap from `open_label_memmap`; mapped
-pages are handed back to the OS after every row of tiles. `write_label_tiff` streams
-a label memmap into a tiled BigTIFF.
+``tifffile.memmap`` and the output a label memmap from `fracscope.io.open_label_memmap`;
+mapped pages are handed back to the OS after every row of tiles. `fracscope.io.write_label_tiff`
+with ``tile_px`` streams a label memmap into a tiled BigTIFF.
 """
 
 from __future__ import annotations
 
 import math
-import mmap
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 from scipy import ndimage as ndi
 
 from fracscope.detect.base import Detector, build_detector
+from fracscope.io.memmap import release_pages
 from fracscope.types import SEMImage
 
 # Largest expected secondary-particle section (DOMAIN: 5-15 µm) plus margin; sets the
@@ -201,76 +199,6 @@ def default_overlap_px(pixel_size_um: float | None) -> int:
     if pixel_size_um is None or not pixel_size_um > 0:
         return DEFAULT_OVERLAP_PX
     return math.ceil(MAX_PARTICLE_DIAMETER_UM / pixel_size_um) + _OVERLAP_MARGIN_PX
-
-
-def open_label_memmap(path: str | Path, shape: tuple[int, int]) -> np.memmap:
-    """A zero-filled uint32 label memmap on disk (a raw ``.npy``), to pass as ``out``.
-
-    The file is a ``.npy``, so ``np.load(path, mmap_mode="r")`` reopens it.
-    """
-    return np.lib.format.open_memmap(Path(path), mode="w+", dtype=np.uint32, shape=tuple(shape))
-
-
-def release_pages(array: Any) -> None:
-    """Flush a memmap and drop its resident pages, so RSS stays bounded by a tile.
-
-    Pages of a shared file mapping live in the page cache, so dropping them loses
-    nothing; private (copy-on-write, ``mode="c"``) maps and plain arrays are left alone.
-    """
-    if not isinstance(array, np.memmap) or getattr(array, "mode", "c") == "c":
-        return
-    mm = getattr(array, "_mmap", None)
-    if mm is None or not hasattr(mm, "madvise"):
-        return
-    if array.mode != "r":
-        array.flush()
-    try:
-        mm.madvise(mmap.MADV_DONTNEED)
-    except (OSError, ValueError):  # pragma: no cover - platform without madvise
-        pass
-
-
-def write_label_tiff(
-    labels: np.ndarray, path: str | Path, tile_px: int = 512, compression: str | None = "zlib"
-) -> Path:
-    """Write a (memory-mapped) label map as a tiled BigTIFF, one row of tiles at a time.
-
-    Parameters
-    ----------
-    labels : ndarray
-        2-D label map (any integer dtype), e.g. from `open_label_memmap`.
-    path : str or Path
-        Output ``.tif``.
-    tile_px : int
-        TIFF tile edge, a multiple of 16.
-    compression : str or None
-        tifffile compression ("zlib" keeps label maps small; None is fastest).
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    h, w = labels.shape
-
-    def tiles() -> Iterator[np.ndarray]:
-        for r in range(0, h, tile_px):
-            strip = np.asarray(labels[r : r + tile_px])
-            for c in range(0, w, tile_px):
-                yield np.ascontiguousarray(strip[:, c : c + tile_px])
-            release_pages(labels)
-
-    tifffile.imwrite(
-        path,
-        tiles(),
-        shape=(h, w),
-        dtype=labels.dtype,
-        tile=(tile_px, tile_px),
-        bigtiff=True,
-        photometric="minisblack",
-        compression=compression,
-    )
-    return path
 
 
 def _as_source(image: SEMImage | np.ndarray, pixel_size_um: float | None) -> tuple[Any, float | None, str]:
@@ -499,7 +427,7 @@ def detect_tiled(
         (a 20 µm particle, or 512 px when the pixel size is unknown), in which case
         the tile grows to at least 4x the overlap.
     out : ndarray, optional
-        uint32 array of the image's shape to write into, e.g. `open_label_memmap`;
+        uint32 array of the image's shape to write into, e.g. `fracscope.io.open_label_memmap`;
         it is zeroed first. Default: a new in-memory array.
     pixel_size_um : float, optional
         Pixel size when `image` is a bare array.

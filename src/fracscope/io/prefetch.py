@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from fracscope.io.read import ReadFailure
+from fracscope.types import ReadFailure
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -20,21 +20,14 @@ from fracscope.io.pixel_size import (
     fei_image_height_px,
     tiff_page_pixel_size,
 )
-from fracscope.types import SEMImage
+from fracscope.io.prefetch import prefetch
+from fracscope.types import ReadFailure, SEMImage
 
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
 SUPPORTED_SUFFIXES: frozenset[str] = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg"}
 
 # ITU-R BT.601 luma weights: what ImageJ and most SEM software use for RGB -> grey.
 _LUMA = np.array([0.299, 0.587, 0.114])
-
-
-@dataclass(frozen=True)
-class ReadFailure:
-    """A file (or page) that could not be read; iteration goes on without it."""
-
-    source: str
-    error: str
 
 
 @dataclass(frozen=True)
@@ -275,8 +268,6 @@ def iter_images(
     options = ReadOptions(pixel_size_um, coco_pixel_sizes, crop_bar)
     files = list_image_files(inputs)
     if n_threads > 0:
-        from fracscope.io.prefetch import prefetch
-
         results: Iterable = prefetch(files, load=lambda f: load_file(f, options), n_threads=n_threads)
     else:
         results = (load_file(f, options) for f in files)

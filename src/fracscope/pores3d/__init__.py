@@ -12,7 +12,7 @@ config (``python -m fracscope.pores3d input=STACK.tif output=DIR voxel_size_um=[
 
 from fracscope.pores3d.label import ChunkedLabeler, LabelMerge, label_chunked, structure
 from fracscope.pores3d.run import Pores3DResult, Settings, SettingsError, analyse_stack, run
-from fracscope.pores3d.stack import ArrayStack, Stack, StackError, VoxelSize, open_stack, write_volume_tiff
+from fracscope.pores3d.stack import ArrayStack, Stack, StackError, VoxelSize, open_stack
 
 __all__ = [
     "ArrayStack",
@@ -29,5 +29,4 @@ __all__ = [
     "open_stack",
     "run",
     "structure",
-    "write_volume_tiff",
 ]

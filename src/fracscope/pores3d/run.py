@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.detect.tiling import release_pages
+from fracscope.io.memmap import release_pages
+from fracscope.io.tiff import write_volume_tiff
 from fracscope.measure import PROFILE_FRACTIONS
 from fracscope.pores3d.align import AlignedStack, estimate_drift
 from fracscope.pores3d.label import ChunkedLabeler, LabelMerge, structure
@@ -45,7 +46,7 @@ from fracscope.pores3d.report import (
     write_tables,
 )
 from fracscope.pores3d.segment import ModelVoids, SegmentSettings, SliceSegmenter, stack_threshold
-from fracscope.pores3d.stack import Stack, StackError, VoxelSize, open_stack, write_volume_tiff
+from fracscope.pores3d.stack import Stack, StackError, VoxelSize, open_stack
 from fracscope.types import Phase
 
 log = logging.getLogger(__name__)
@@ -426,7 +427,7 @@ def analyse_stack(stack: Stack, settings: Settings, output_dir: str | Path, mode
         slices = _measure_slices(stack if settings.plots else None, phases, labels, merge, pores, shells, ortho,
                                  chunk_z, settings.pores.connectivity, out_dtype)
         if settings.write_labels:
-            files.append(write_volume_tiff(out / LABELS_TIF, slices, shape, out_dtype, voxel,
+            files.append(write_volume_tiff(out / LABELS_TIF, slices, shape, out_dtype, voxel.zyx,
                                            settings.label_compression))
         else:
             for _ in slices:
@@ -475,10 +476,11 @@ def run(cfg: Any) -> Pores3DResult:
 
         device = str(cfg.segment.get("device", "cpu"))
         backend = load_backend(resolve_model(cfg.segment.get("model_path")), device=device)
-        if settings.segment.pore_polarity not in tuple(backend.metadata.pore_polarities):
-            raise SettingsError(f"the model never saw {settings.segment.pore_polarity!r} pores "
-                             f"(trained on {tuple(backend.metadata.pore_polarities)}); use segment.method=otsu")
-        model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"))
+        try:
+            model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"),
+                               settings.segment.pore_polarity)
+        except ValueError as exc:  # the model does not fit the settings: a one-line error
+            raise SettingsError(str(exc)) from None
     config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     if isinstance(config, dict):
         config.pop("hydra", None)

@@ -26,6 +26,15 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
+from fracscope.crop import crop_particle
+from fracscope.phases import (
+    CropPhases,
+    PhaseRule,
+    check_polarity,
+    phases_on_image_grid,
+    predict_crops,
+    resolve_pore_weight,
+)
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
 
@@ -242,8 +251,9 @@ class ModelVoids:
     """The trained 2-D model as the pore segmenter, slice by slice.
 
     In each slice the largest particle section of the threshold segmentation is cropped
-    exactly as `fracscope.pipeline` crops particles, the model's phase head is pasted back,
-    and inside that section a pixel is void where the model says pore or crack.
+    exactly as `fracscope.pipeline` crops particles, its phases on the slice's grid come from
+    the same step as the pipeline's (`fracscope.phases`, without the rim trim: the outline is
+    the threshold's), and inside that section a pixel is void where the model says pore or crack.
 
     Parameters
     ----------
@@ -253,21 +263,21 @@ class ModelVoids:
     pore_weight : float, optional
         Factor on the pore probability after the paste-back, as in the 2-D pipeline. None: the
         model file's own (``metadata.pore_weight``; 1.0 where it has none).
+    pore_polarity : str, optional
+        The stack's pores, "dark" or "bright": refused unless the model saw them in training.
+        None: not checked.
     """
 
-    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None) -> None:
+    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None,
+                 pore_polarity: str | None = None) -> None:
+        if pore_polarity is not None:
+            check_polarity(backend.metadata, pore_polarity, instead="segment.method=otsu")
         self.backend = backend
         self.batch_size = int(batch_size)
-        if pore_weight is None:
-            pore_weight = getattr(backend.metadata, "pore_weight", 1.0)
-        if not pore_weight > 0:
-            raise ValueError(f"pore_weight must be positive, got {pore_weight}")
-        self.pore_weight = float(pore_weight)
+        self.pore_weight = resolve_pore_weight(backend.metadata, pore_weight)
 
     def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
         """Replace the void of each slice's main section in `phases` (in place) by the model's."""
-        from fracscope.crop import crop_particle, paste_back
-
         meta = self.backend.metadata
         jobs = []
         for i in range(len(block)):
@@ -282,14 +292,12 @@ class ModelVoids:
             jobs.append((i, own.astype(bool), box, crop))
         if not jobs:
             return
-        x = np.stack([np.stack([c.image, c.mask]) for *_, c in jobs]).astype(np.float32)
-        _, phase_probs = self.backend.predict_batched(x, self.batch_size)
+        _, phase_probs = predict_crops(self.backend, [crop for *_, crop in jobs], self.batch_size)
+        rule = PhaseRule(self.pore_weight)
         for (i, own, box, crop), prob in zip(jobs, phase_probs):
             r0, c0, r1, c1 = box[0].start, box[1].start, box[0].stop, box[1].stop
-            native = paste_back(prob, crop, (r0, c0, r1, c1))
-            native[Phase.PORE] *= self.pore_weight  # the same correction as fracscope.pipeline's
-            # Inside the section a pixel is solid, pore or crack; both voids count as pore space.
-            code = np.argmax(native[1:], axis=0) + 1
             inside = own[r0:r1, c0:c1]
+            code = phases_on_image_grid(CropPhases(prob, crop, (r0, c0, r1, c1), inside), rule).phases
+            # Both voids, pore and crack, count as pore space.
             region = phases[i, r0:r1, c0:c1]
             region[inside] = np.where(code[inside] == Phase.SOLID, Phase.SOLID, Phase.PORE)

@@ -1,4 +1,4 @@
-"""Read a FIB-SEM stack lazily, with its voxel size, and write volumes Fiji and napari open.
+"""Read a FIB-SEM stack lazily, with its voxel size.
 
 A stack is a multi-page TIFF (ImageJ hyperstack, OME-TIFF or plain pages) or a folder of
 2-D slices. Slices are read on demand, ``read(z0, z1)``, from a memory map where the file
@@ -15,7 +15,7 @@ Voxel size, ``(z, y, x)`` in µm, first present wins (``VoxelSize.source``):
 
 ``slice_spacing_um`` also replaces a z spacing from the metadata. FIB-SEM slices are
 usually thicker than the in-plane pixel (20 nm slices at 5-10 nm/px), so an unknown z is
-an error, never a guess.
+an error, never a guess. Volumes are written by `fracscope.io.write_volume_tiff`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from fracscope.detect.tiling import release_pages
+from fracscope.io.memmap import release_pages
 from fracscope.io.pixel_size import PLAUSIBLE_UM, tiff_page_pixel_size, unit_to_um
 from fracscope.io.read import SUPPORTED_SUFFIXES, TIFF_SUFFIXES, read_image_pages, to_grey
 
@@ -474,52 +474,3 @@ def open_stack(
         stack.close()
         raise
     return stack
-
-
-def write_volume_tiff(
-    path: str | Path,
-    slices: Iterable[np.ndarray],
-    shape: tuple[int, int, int],
-    dtype: np.dtype | type,
-    voxel_size: VoxelSize,
-    compression: str | None = None,
-) -> Path:
-    """Write a (Z, Y, X) volume slice by slice as a TIFF that carries its voxel size.
-
-    uint8, uint16 and float32 volumes are written as ImageJ hyperstacks (``spacing``,
-    ``unit=um``, X/YResolution), which Fiji and napari open with the right scale; other
-    types (uint32 labels) as OME-TIFF with PhysicalSizeZ/Y/X. Only one slice is held at a
-    time.
-
-    Parameters
-    ----------
-    path : output ``.tif``.
-    slices : yields `shape[0]` arrays of shape `shape[1:]`.
-    shape, dtype : of the whole volume.
-    voxel_size : written into the metadata.
-    compression : e.g. "zlib" (label volumes are mostly zeros); None writes contiguous
-        data that can be memory-mapped.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    dtype = np.dtype(dtype)
-    z, y, x = voxel_size.zyx
-    resolution = (1.0 / x, 1.0 / y)
-    kwargs: dict[str, Any] = {"shape": tuple(shape), "dtype": dtype, "compression": compression}
-    if dtype in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32)):
-        kwargs.update(imagej=True, resolution=resolution, metadata={"spacing": z, "unit": "um", "axes": "ZYX"})
-    else:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        kwargs.update(
-            ome=True,
-            bigtiff=nbytes > 2**31,
-            resolution=resolution,
-            resolutionunit="NONE",
-            metadata={"axes": "ZYX", "PhysicalSizeZ": z, "PhysicalSizeY": y, "PhysicalSizeX": x,
-                      "PhysicalSizeZUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeXUnit": "µm"},
-        )
-    tifffile.imwrite(path, (np.ascontiguousarray(s, dtype=dtype) for s in slices), **kwargs)
-    return path

@@ -7,9 +7,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-import tifffile
-
+from fracscope.io.tiff import write_label_tiff
 from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
@@ -51,14 +49,7 @@ def write_instances(result: ImageResult, output_dir: str | os.PathLike) -> Path:
     """
     out = Path(output_dir) / INSTANCES_DIR
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result.stem}.tif"
-    px = result.image.pixel_size_um
-    extra = {}
-    if px:
-        per_cm = 1e4 / float(px)
-        extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-    tifffile.imwrite(path, np.asarray(result.instances, dtype=np.uint32), compression="zlib", **extra)
-    return path
+    return write_label_tiff(out / f"{result.stem}.tif", result.instances, result.image.pixel_size_um)
 
 
 class ReportWriter:

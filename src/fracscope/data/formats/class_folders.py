@@ -30,9 +30,9 @@ from fracscope.data.formats.raster import (
     read_image,
     read_label_image,
     read_phase_map,
-    write_image_tiff,
     write_png,
 )
+from fracscope.io.tiff import write_image_tiff
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, SEMImage
 
 _SIDECAR_SUFFIXES: tuple[str, ...] = ("_mask", "_phases", "_labels")

@@ -18,7 +18,8 @@ from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 
 from fracscope.data.formats.classnames import canonical_class_name
-from fracscope.data.formats.raster import pick_pixel_size, read_image, write_image_tiff
+from fracscope.data.formats.raster import pick_pixel_size, read_image
+from fracscope.io.tiff import write_image_tiff
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, SEMImage
 
 COCO_CATEGORIES: list[dict] = [

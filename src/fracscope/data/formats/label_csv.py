@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import tifffile
 
 from fracscope.data.formats.classnames import canonical_class_name
 from fracscope.data.formats.raster import (
@@ -30,10 +29,9 @@ from fracscope.data.formats.raster import (
     read_image,
     read_label_image,
     read_phase_map,
-    write_image_tiff,
-    write_label_tiff,
     write_png,
 )
+from fracscope.io.tiff import write_image_tiff, write_label_tiff
 from fracscope.types import AnnotatedImage, ParticleAnnotation, SEMImage
 
 LABELS_SUFFIX = "_labels"
@@ -231,10 +229,8 @@ def write_label_csv(out_dir: Path, items: Iterable[AnnotatedImage]) -> Path:
             raise ValueError(f"{item.stem}: the label-image format needs an instance map")
         write_image_tiff(out_dir / f"{item.stem}.tif", item.image.pixels, item.image.pixel_size_um)
         lab = item.instances
-        if lab.size and int(lab.max()) < 2**16:
-            tifffile.imwrite(out_dir / f"{item.stem}{LABELS_SUFFIX}.tif", lab.astype(np.uint16), compression="zlib")
-        else:
-            write_label_tiff(out_dir / f"{item.stem}{LABELS_SUFFIX}.tif", lab)
+        small = lab.size and int(lab.max()) < 2**16
+        write_label_tiff(out_dir / f"{item.stem}{LABELS_SUFFIX}.tif", lab, dtype=np.uint16 if small else np.uint32)
         if item.phases is not None:
             write_png(out_dir / f"{item.stem}_phases.png", np.asarray(item.phases, dtype=np.uint8))
         for p in item.particles:

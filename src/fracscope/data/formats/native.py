@@ -25,10 +25,9 @@ from fracscope.data.formats.raster import (
     read_image,
     read_label_image,
     read_phase_map,
-    write_image_tiff,
-    write_label_tiff,
     write_png,
 )
+from fracscope.io.tiff import write_image_tiff, write_label_tiff
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, SEMImage
 
 FORMAT_NAME = "fracscope"

@@ -1,7 +1,8 @@
-"""Reading and writing the rasters of a dataset: images, label maps, phase maps.
+"""Reading the rasters of a dataset (images, label maps, phase maps) and writing phase PNGs.
 
 Kept apart from `fracscope.io` because datasets need exact round trips of label maps
-and phase PNGs; the pixel size is read by `fracscope.io`'s one reader of SEM tags.
+and phase PNGs; the pixel size is read by `fracscope.io`'s one reader of SEM tags, and
+TIFFs are written by `fracscope.io.tiff`.
 """
 
 from __future__ import annotations
@@ -129,35 +130,6 @@ def read_phase_map(path: Path) -> np.ndarray:
     if arr.size and int(arr.max()) > 3:
         raise ValueError(f"{path}: phase codes must be 0-3 (matrix, solid, pore, crack); max is {arr.max()}")
     return arr.astype(np.uint8)
-
-
-def write_image_tiff(path: Path, pixels: np.ndarray, pixel_size_um: float | None) -> None:
-    """Write an image as an ImageJ TIFF with the pixel size as resolution in µm.
-
-    uint8, uint16 and float32 images are ImageJ-compatible; other dtypes are
-    written as plain TIFF with the resolution in centimetres.
-    """
-    pixels = np.asarray(pixels)
-    kwargs: dict = {}
-    imagej = pixels.dtype in (np.uint8, np.uint16, np.float32)
-    if pixel_size_um is not None:
-        if imagej:
-            kwargs["resolution"] = (1.0 / pixel_size_um, 1.0 / pixel_size_um)
-        else:
-            per_cm = 1e4 / pixel_size_um
-            kwargs["resolution"] = (per_cm, per_cm)
-            kwargs["resolutionunit"] = "CENTIMETER"
-    if imagej:
-        kwargs["imagej"] = True
-        kwargs["metadata"] = {"axes": "ZYX" if pixels.ndim == 3 else "YX"}
-        if pixel_size_um is not None:  # without a unit, ImageJ's default 1 px/unit means "uncalibrated"
-            kwargs["metadata"]["unit"] = "um"
-    tifffile.imwrite(path, pixels, **kwargs)
-
-
-def write_label_tiff(path: Path, labels: np.ndarray) -> None:
-    """Write a label map losslessly as a zlib-compressed uint32 TIFF."""
-    tifffile.imwrite(path, np.asarray(labels, dtype=np.uint32), compression="zlib")
 
 
 def write_png(path: Path, arr: np.ndarray) -> None:

@@ -1,0 +1,126 @@
+"""Phases on the image grid: the particle model's phase probabilities → phase codes on the particle's own pixels.
+
+The one implementation of this step, used by `fracscope.pipeline` (particles of 2-D images)
+and by `fracscope.pores3d.segment.ModelVoids` (the particle section of each slice of a stack):
+
+1. `predict_crops`: the model on the particles' crops (one batched pass, both heads);
+2. `phases_on_image_grid`, per particle: the crop-grid probabilities are pasted back onto the
+   particle's bounding box, the mask-edge pixels the model calls "not particle" are trimmed
+   (optional), the pore probability is scaled by the pore weight, and inside the mask the most
+   likely of solid, pore and crack wins.
+
+A phase model that predicts on the image's own grid replaces the paste-back here and nowhere
+else. Also here, because both callers apply them to the same model file: which pore weight holds
+(`resolve_pore_weight`) and the refusal of a pore polarity the model never saw (`check_polarity`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fracscope.crop import paste_back
+from fracscope.refine import most_likely_one_of, trim_rim
+from fracscope.types import CLASS_NAMES, ParticleCrop, Phase
+
+Box = tuple[int, int, int, int]  # (row0, col0, row1, col1), end-exclusive, source-image pixels
+
+
+def predict_crops(backend: Any, crops: Sequence[ParticleCrop], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (N, 3) and phase probabilities (N, 4, S, S) for a list of crops.
+
+    `backend`: a `fracscope.runtime.Backend`, or any object with ``metadata.crop_size`` and
+    ``predict_batched``.
+    """
+    if not crops:
+        s = backend.metadata.crop_size
+        return np.zeros((0, len(CLASS_NAMES)), np.float32), np.zeros((0, 4, s, s), np.float32)
+    x = np.stack([np.stack([c.image, c.mask]) for c in crops]).astype(np.float32, copy=False)
+    return backend.predict_batched(x, batch_size)
+
+
+def resolve_pore_weight(metadata: Any, override: float | None = None) -> float:
+    """The pore weight that holds: the run's `override`, else the model file's own (1.0 where it has none).
+
+    Bilinear paste-back shrinks small pores; the weight, tuned per model and stored in the
+    model file, corrects that. A weight <= 0 would erase (or invert) the pore phase: refused.
+    """
+    weight = getattr(metadata, "pore_weight", 1.0) if override is None else override
+    if not weight > 0:
+        raise ValueError(f"pore_weight must be positive (or null for the model's own), got {weight}")
+    return float(weight)
+
+
+def check_polarity(metadata: Any, polarity: str, instead: str) -> None:
+    """Refuse a pore polarity ("dark" or "bright") the model never saw in training.
+
+    `instead`: the setting that segments without the model, named in the message
+    (e.g. "segmenter=threshold").
+    """
+    seen = tuple(getattr(metadata, "pore_polarities", ()))
+    if polarity not in seen:
+        raise ValueError(
+            f"pore_polarity={polarity!r} but this model was trained only on {list(seen)} pores; "
+            f"use a model trained with the inverted-pore augmentation, or {instead}"
+        )
+
+
+@dataclass(frozen=True)
+class PhaseRule:
+    """How probabilities become phase codes: the same for every particle of a run.
+
+    pore_weight : factor on the pore probability after the paste-back (`resolve_pore_weight`).
+    trim_phases : phase codes that, as the most likely phase of a mask-edge pixel, take that
+        pixel out of the particle (`fracscope.refine.RIM_TRIM_PHASES`); () = no trim.
+    """
+
+    pore_weight: float = 1.0
+    trim_phases: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CropPhases:
+    """One particle's phase probabilities on its crop grid, and where the particle lies.
+
+    probs : float (4, S, S), phase probabilities (background, solid, pore, crack) on the crop.
+    crop : the crop they were predicted on (its window places them on the image).
+    box : the particle's own bounding box on the image.
+    mask : bool (row1 - row0, col1 - col0), the particle's pixels in `box`.
+    """
+
+    probs: np.ndarray
+    crop: ParticleCrop
+    box: Box
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class ParticlePhases:
+    """One particle's phases on the image grid, within its bounding box.
+
+    mask : bool, the particle after the rim trim (the input mask when the trim is off, finds
+        nothing, or would take every pixel).
+    phases : uint8 `Phase` codes; solid, pore or crack inside `mask`, background outside.
+    """
+
+    mask: np.ndarray
+    phases: np.ndarray
+
+
+def phases_on_image_grid(particle: CropPhases, rule: PhaseRule) -> ParticlePhases:
+    """Phase codes of one particle on the image's own pixels (module docstring, step 2)."""
+    own = np.asarray(particle.mask, bool)
+    prob = paste_back(particle.probs, particle.crop, particle.box)
+    if rule.trim_phases:
+        # Before the pore weight: matrix and pore look alike, and the weight would keep the rim as pore.
+        trimmed = trim_rim(own, most_likely_one_of(prob, own, rule.trim_phases))
+        if trimmed.any():
+            own = trimmed
+    prob[Phase.PORE] *= rule.pore_weight
+    # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
+    phases = (np.argmax(prob[1:], axis=0) + 1).astype(np.uint8)
+    phases[~own] = Phase.BACKGROUND
+    return ParticlePhases(own, phases)
