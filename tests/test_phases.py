@@ -1,0 +1,184 @@
+"""Tests of fracscope.phases: the one step from crop-grid phase probabilities to phase codes on the image grid."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import fracscope.phases
+from fracscope.phases import (
+    CropPhases,
+    PhaseRule,
+    check_polarity,
+    phases_on_image_grid,
+    predict_crops,
+    resolve_pore_weight,
+)
+from fracscope.types import ParticleCrop, Phase
+
+S = 32  # crop side
+
+
+def _crop(window: tuple[int, int, int, int]) -> ParticleCrop:
+    """A crop whose window is `window` on the image (image and mask content do not matter here)."""
+    return ParticleCrop(np.zeros((S, S), np.float32), np.ones((S, S), np.float32), None, 1, 1.0, window)
+
+
+def _probs(solid: float = 1.0, pore: float = 0.0, background: float = 0.0) -> np.ndarray:
+    p = np.zeros((4, S, S), np.float32)
+    p[Phase.BACKGROUND], p[Phase.SOLID], p[Phase.PORE] = background, solid, pore
+    return p
+
+
+def test_pasted_back_pore_has_the_area_the_crop_says():
+    """A window of the crop's own size: one crop pixel is one image pixel, so the pore area is exact."""
+    window = (10, 20, 10 + S, 20 + S)
+    probs = _probs()
+    probs[Phase.SOLID, 8:13, 4:10], probs[Phase.PORE, 8:13, 4:10] = 0.1, 0.9  # 5 x 6 = 30 crop px of pore
+    probs[Phase.SOLID, 20, 20], probs[Phase.CRACK, 20, 20] = 0.2, 0.8
+    box = (12, 22, 40, 50)  # the particle's own box, inside the window
+    mask = np.ones((box[2] - box[0], box[3] - box[1]), bool)
+    mask[-3:, :] = False  # the particle does not fill its box
+    got = phases_on_image_grid(CropPhases(probs, _crop(window), box, mask), PhaseRule())
+    assert got.phases.shape == mask.shape and got.phases.dtype == np.uint8
+    assert (got.phases == Phase.PORE).sum() == 30
+    # Crop pixel (r, c) is image pixel (10 + r, 20 + c), i.e. box pixel (r - 2, c - 2).
+    assert (got.phases[6:11, 2:8] == Phase.PORE).all()
+    assert got.phases[18, 18] == Phase.CRACK
+    assert (got.phases[~mask] == Phase.BACKGROUND).all() and (got.phases[mask] != Phase.BACKGROUND).all()
+    np.testing.assert_array_equal(got.mask, mask)
+
+
+def test_a_window_twice_the_crop_scales_the_pore_area_by_four():
+    window = (0, 0, 2 * S, 2 * S)
+    probs = _probs()
+    probs[Phase.SOLID, 8:16, 8:16], probs[Phase.PORE, 8:16, 8:16] = 0.0, 1.0  # 64 crop px
+    mask = np.ones((2 * S, 2 * S), bool)
+    got = phases_on_image_grid(CropPhases(probs, _crop(window), window, mask), PhaseRule())
+    assert abs(int((got.phases == Phase.PORE).sum()) - 4 * 64) <= 2 * 4 * 8  # bilinear: the edge may move half a pixel
+
+
+def test_the_pore_weight_turns_a_near_tie_into_pore():
+    window = (0, 0, S, S)
+    probs = _probs(solid=0.52, pore=0.48)
+    mask = np.zeros((S, S), bool)
+    mask[4:28, 4:28] = True
+    unsure = CropPhases(probs, _crop(window), window, mask)
+    assert (phases_on_image_grid(unsure, PhaseRule(1.0)).phases[mask] == Phase.SOLID).all()
+    weighted = phases_on_image_grid(unsure, PhaseRule(1.1)).phases
+    assert (weighted[mask] == Phase.PORE).all() and (weighted[~mask] == Phase.BACKGROUND).all()
+    np.testing.assert_array_equal(probs, _probs(solid=0.52, pore=0.48))  # the caller's probabilities are untouched
+
+
+def _rim_case():
+    """A square particle whose 2-px rim the model calls background (0.4) over pore (0.35) and solid."""
+    window = (0, 0, S, S)
+    mask = np.zeros((S, S), bool)
+    mask[4:28, 4:28] = True
+    rim = mask & ~np.pad(np.ones((20, 20), bool), 6)
+    probs = _probs()
+    probs[:, rim] = np.array([0.4, 0.25, 0.35, 0.0], np.float32)[:, None]
+    # Background deep inside, away from the rim (say, in a large pore), is not the rim.
+    probs[:, 14:17, 14:17] = np.array([0.9, 0.1, 0.0, 0.0], np.float32)[:, None, None]
+    return CropPhases(probs, _crop(window), window, mask), rim
+
+
+def test_the_rim_trim_takes_the_rim_before_the_pore_weight():
+    particle, rim = _rim_case()
+    trimmed = phases_on_image_grid(particle, PhaseRule(pore_weight=2.0, trim_phases=(Phase.BACKGROUND,)))
+    # With the weight first, the rim would be pore (0.7 > 0.4) and stay.
+    np.testing.assert_array_equal(trimmed.mask, particle.mask & ~rim)
+    assert (trimmed.phases[rim] == Phase.BACKGROUND).all()
+    assert trimmed.mask[14:17, 14:17].all() and (trimmed.phases[14:17, 14:17] == Phase.SOLID).all()
+    untrimmed = phases_on_image_grid(particle, PhaseRule(pore_weight=2.0))
+    np.testing.assert_array_equal(untrimmed.mask, particle.mask)
+    assert (untrimmed.phases[rim] == Phase.PORE).all()
+
+
+def test_a_trim_that_would_take_the_whole_particle_takes_nothing():
+    window = (0, 0, S, S)
+    mask = np.zeros((S, S), bool)
+    mask[10:20, 10:20] = True
+    particle = CropPhases(_probs(solid=0.2, background=0.8), _crop(window), window, mask)
+    got = phases_on_image_grid(particle, PhaseRule(trim_phases=(Phase.BACKGROUND,)))
+    np.testing.assert_array_equal(got.mask, mask)
+    assert (got.phases[mask] == Phase.SOLID).all()
+
+
+def test_pore_weight_resolution():
+    assert resolve_pore_weight(SimpleNamespace(pore_weight=1.3)) == 1.3  # the model file's own
+    assert resolve_pore_weight(SimpleNamespace(pore_weight=1.3), 0.9) == 0.9  # the run's override wins
+    assert resolve_pore_weight(SimpleNamespace()) == 1.0  # a file without the field
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="pore_weight must be positive"):
+            resolve_pore_weight(SimpleNamespace(pore_weight=1.3), bad)
+
+
+def test_polarity_check_names_the_way_out():
+    dark_only = SimpleNamespace(pore_polarities=("dark",))
+    check_polarity(dark_only, "dark", instead="segmenter=threshold")
+    check_polarity(SimpleNamespace(pore_polarities=("dark", "bright")), "bright", instead="x")
+    with pytest.raises(ValueError, match=r"'bright'.*\['dark'\].*segment\.method=otsu"):
+        check_polarity(dark_only, "bright", instead="segment.method=otsu")
+
+
+class _Backend:
+    """Stands in for a model: every crop pixel solid 0.55, pore 0.45."""
+
+    metadata = SimpleNamespace(crop_size=S, margin=0.15, pore_weight=1.0, pore_polarities=("dark",))
+
+    def predict_batched(self, x, batch_size):
+        assert x.dtype == np.float32 and x.shape[1:] == (2, S, S)  # image and mask channels
+        probs = np.zeros((len(x), 4, S, S), np.float32)
+        probs[:, Phase.SOLID], probs[:, Phase.PORE] = 0.55, 0.45
+        return np.full((len(x), 3), 1 / 3, np.float32), probs
+
+
+def test_predict_crops_of_no_crops_has_the_right_shapes():
+    classes, phases = predict_crops(_Backend(), [], 8)
+    assert classes.shape == (0, 3) and phases.shape == (0, 4, S, S)
+
+
+def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
+    """Both callers reach the paste-back only through `phases_on_image_grid`, with the same rule."""
+    from fracscope.crop import crop_particles, paste_back
+    from fracscope.locate import LocatedParticles
+    from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
+    from fracscope.pores3d.segment import ModelVoids
+    from fracscope.types import SEMImage
+
+    calls = []
+
+    def spy(crop_map, crop, region):
+        calls.append(region)
+        return paste_back(crop_map, crop, region)
+
+    monkeypatch.setattr(fracscope.phases, "paste_back", spy)
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 <= 30**2
+    pixels = np.where(disc, 200, 30).astype(np.uint8)
+
+    # infer: one particle, the model's near-tie made pore by the weight
+    instances = disc.astype(np.uint32)
+    crops = crop_particles(pixels, instances, size=S, margin=0.15)
+    classes, probs = predict_crops(_Backend(), crops, 8)
+    located = LocatedParticles(SEMImage(pixels, 0.05), instances, crops, {}, None)
+    result = measure_particles(Predicted(located, "f", "all", classes, probs, 1.3), AnalysisSettings(), StageTimes())
+    assert len(calls) == 1 and (result.phases[disc] == Phase.PORE).all()
+
+    # pores3d: the same section in a one-slice block, the same weight
+    block, phases = pixels[None], disc[None].astype(np.uint8)
+    ModelVoids(_Backend(), pore_weight=1.3).refine(block, phases)
+    assert len(calls) == 2 and calls[0] == calls[1]
+    np.testing.assert_array_equal(phases[0], result.phases)
+    assert fracscope.pores3d.segment.phases_on_image_grid is fracscope.pipeline.phases_on_image_grid
+
+
+def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow():
+    from fracscope.pores3d.segment import ModelVoids
+
+    with pytest.raises(ValueError, match="segment.method=otsu"):
+        ModelVoids(_Backend(), pore_polarity="bright")
+    with pytest.raises(ValueError, match="pore_weight"):
+        ModelVoids(_Backend(), pore_weight=0)
+    assert ModelVoids(_Backend(), pore_polarity="dark").pore_weight == 1.0
