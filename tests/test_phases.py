@@ -1,19 +1,15 @@
 """Tests of fracscope.phases: the one step from crop-grid phase probabilities to phase codes on the image grid."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tifffile
 
 import fracscope.phases
-from fracscope.phases import (
-    CropPhases,
-    PhaseRule,
-    check_polarity,
-    phases_on_image_grid,
-    predict_crops,
-    resolve_pore_weight,
-)
+from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops
+from fracscope.phases import check_polarity, resolve_pore_weight  # the model file's rules
 from fracscope.types import ParticleCrop, Phase
 
 S = 32  # crop side
@@ -174,11 +170,21 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     assert fracscope.pores3d.segment.phases_on_image_grid is fracscope.pipeline.phases_on_image_grid
 
 
-def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow():
-    from fracscope.pores3d.segment import ModelVoids
+def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path, monkeypatch):
+    """Both refusals end `python -m fracscope.pores3d` with a one-line SettingsError."""
+    from omegaconf import OmegaConf
 
-    with pytest.raises(ValueError, match="segment.method=otsu"):
-        ModelVoids(_Backend(), pore_polarity="bright")
-    with pytest.raises(ValueError, match="pore_weight"):
-        ModelVoids(_Backend(), pore_weight=0)
-    assert ModelVoids(_Backend(), pore_polarity="dark").pore_weight == 1.0
+    import fracscope.runtime
+    from fracscope.pores3d.run import SettingsError, run
+
+    monkeypatch.setattr(fracscope.runtime, "load_backend", lambda *args, **kwargs: _Backend())
+    stack = tmp_path / "s.tif"
+    tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "pores3d.yaml")
+    cfg.pop("hydra")
+    cfg.merge_with({"input": str(stack), "output": str(tmp_path / "out"), "voxel_size_um": [0.02, 0.01, 0.01],
+                    "segment": {"method": "model", "model_path": str(stack)}})
+    with pytest.raises(SettingsError, match=r"'bright'.*segment\.method=otsu"):
+        run(OmegaConf.merge(cfg, {"segment": {"pore_polarity": "bright"}}))
+    with pytest.raises(SettingsError, match="pore_weight must be positive"):
+        run(OmegaConf.merge(cfg, {"segment": {"pore_weight": 0.0}}))

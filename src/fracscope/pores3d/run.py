@@ -24,6 +24,7 @@ import numpy as np
 from fracscope.io.memmap import release_pages
 from fracscope.io.tiff import write_volume_tiff
 from fracscope.measure import PROFILE_FRACTIONS
+from fracscope.phases import check_polarity
 from fracscope.pores3d.align import AlignedStack, estimate_drift
 from fracscope.pores3d.label import ChunkedLabeler, LabelMerge, structure
 from fracscope.pores3d.measure import (
@@ -477,8 +478,8 @@ def run(cfg: Any) -> Pores3DResult:
         device = str(cfg.segment.get("device", "cpu"))
         backend = load_backend(resolve_model(cfg.segment.get("model_path")), device=device)
         try:
-            model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"),
-                               settings.segment.pore_polarity)
+            check_polarity(backend.metadata, settings.segment.pore_polarity, instead="segment.method=otsu")
+            model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"))
         except ValueError as exc:  # the model does not fit the settings: a one-line error
             raise SettingsError(str(exc)) from None
     config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

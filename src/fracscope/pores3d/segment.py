@@ -27,14 +27,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.phases import (
-    CropPhases,
-    PhaseRule,
-    check_polarity,
-    phases_on_image_grid,
-    predict_crops,
-    resolve_pore_weight,
-)
+from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
 
@@ -263,15 +256,9 @@ class ModelVoids:
     pore_weight : float, optional
         Factor on the pore probability after the paste-back, as in the 2-D pipeline. None: the
         model file's own (``metadata.pore_weight``; 1.0 where it has none).
-    pore_polarity : str, optional
-        The stack's pores, "dark" or "bright": refused unless the model saw them in training.
-        None: not checked.
     """
 
-    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None,
-                 pore_polarity: str | None = None) -> None:
-        if pore_polarity is not None:
-            check_polarity(backend.metadata, pore_polarity, instead="segment.method=otsu")
+    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None) -> None:
         self.backend = backend
         self.batch_size = int(batch_size)
         self.pore_weight = resolve_pore_weight(backend.metadata, pore_weight)
