@@ -99,7 +99,7 @@ def _meta(cfg, seed: int, kind: str, index: int, params: ImagingParams) -> dict:
         "kind": kind,
         "pore_polarity": str(cfg.imaging.pore_polarity),
     }
-    randomized = sorted(dict(cfg.imaging.get("randomize") or {}))
+    randomized = sorted(cfg.imaging.randomize)
     if randomized:
         meta["imaging"] = {k: round(float(getattr(params, k)), 6) for k in randomized}
     return meta
@@ -255,10 +255,8 @@ def make_field(cfg, seed: int, index: int) -> AnnotatedImage:
 
 
 def _field_job(args) -> AnnotatedImage:
-    cfg_container, seed, index = args
-    from omegaconf import OmegaConf
-
-    return make_field(OmegaConf.create(cfg_container), seed, index)
+    cfg, seed, index = args
+    return make_field(cfg, seed, index)
 
 
 def generate_electrode(cfg, n_particles: int, seed: int, workers: int | None = None) -> Iterator[AnnotatedImage]:
@@ -267,7 +265,7 @@ def generate_electrode(cfg, n_particles: int, seed: int, workers: int | None = N
     Field i depends only on (seed, i); with workers > 1 fields are rendered in parallel
     processes and yielded in order, so the output is the same for any worker count.
     """
-    workers = int(cfg.get("workers", 1) if workers is None else workers)
+    workers = int(cfg.workers if workers is None else workers)
     total = 0
     index = 0
     if workers <= 1:
@@ -279,16 +277,13 @@ def generate_electrode(cfg, n_particles: int, seed: int, workers: int | None = N
         return
     import multiprocessing as mp
 
-    from omegaconf import OmegaConf
-
-    container = OmegaConf.to_container(cfg, resolve=True)
     ctx = mp.get_context("fork")
     with ctx.Pool(workers) as pool:
         while total < n_particles:
             # Submit about as many fields as still needed so the workers never wait on a batch.
             per_field = total / index if index else 15.0
             k = max(2 * workers, int(math.ceil((n_particles - total) / max(per_field, 1.0))) + 1)
-            batch = [(container, seed, index + j) for j in range(k)]
+            batch = [(cfg, seed, index + j) for j in range(k)]
             for item in pool.imap(_field_job, batch):
                 if total >= n_particles:
                     break
