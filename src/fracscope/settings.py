@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
+MISSING = "???"  # OmegaConf's mandatory value not given
 
 
 class SettingsError(ValueError):
@@ -51,25 +52,45 @@ def settings_from_config(cls: type[T], section: Any, where: str) -> T:
     """
     if isinstance(section, cls):
         return section
-    return _build(cls, _plain(section, where), where, "")
+    return _build(cls, _section(section, where), where, "")
 
 
-def unknown_key_message(key: str, where: str, valid: Sequence[str]) -> str:
-    """The one wording of the unknown-key error."""
-    return f"unknown key {key!r} in {where}; valid keys: {', '.join(valid)}"
+def check_keys(section: Mapping[str, Any], valid: Sequence[str], where: str, prefix: str = "") -> None:
+    """Refuse the first key of `section` that is not in `valid` (for sections no dataclass describes).
+
+    Raises
+    ------
+    SettingsError
+        "unknown key 'PREFIX.KEY' in WHERE; valid keys: ..." (the one wording of this error).
+    """
+    for key in section:
+        if key not in valid:
+            raise SettingsError(f"unknown key {prefix + str(key)!r} in {where}; valid keys: {', '.join(valid)}")
 
 
-def _plain(section: Any, where: str) -> Mapping[str, Any]:
+def _is_omegaconf(value: Any) -> bool:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.is_config(value)
+
+
+def _plain(section: Any, where: str) -> Any:
     """`section` as plain dicts and lists with interpolations resolved."""
     if section is None:
         return {}
-    try:
+    if _is_omegaconf(section):
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
-        if OmegaConf.is_config(section):
-            section = OmegaConf.to_container(section, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
+        try:
+            return OmegaConf.to_container(section, resolve=True)
+        except OmegaConfBaseException as exc:  # e.g. an interpolation to a key that is not there
+            raise SettingsError(f"{where}: {str(exc).splitlines()[0]}") from None
+    return section
+
+
+def _section(section: Any, where: str) -> Mapping[str, Any]:
+    section = _plain(section, where)
     if not isinstance(section, Mapping):
         raise SettingsError(f"{where} must be a mapping of settings, got {type(section).__name__}")
     return section
@@ -91,10 +112,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _build(cls: type, section: Mapping[str, Any], where: str, prefix: str) -> Any:
-    valid = _field_names(cls)
-    for key in section:
-        if key not in valid:
-            raise SettingsError(unknown_key_message(prefix + str(key), where, valid))
+    check_keys(section, _field_names(cls), where, prefix)
+    # A mandatory value left missing ("???") is absent: the default, or an error naming the field.
+    section = {k: v for k, v in section.items() if not (isinstance(v, str) and v == MISSING)}
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -112,6 +132,10 @@ def _build(cls: type, section: Mapping[str, Any], where: str, prefix: str) -> An
                 raise
             except (TypeError, ValueError) as exc:
                 raise SettingsError(f"bad value of {name!r} in {where}: {exc}") from None
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.init and required and f.name not in kwargs:
+            raise SettingsError(f"missing value for {prefix + f.name!r} in {where}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -120,6 +144,8 @@ def _build(cls: type, section: Mapping[str, Any], where: str, prefix: str) -> An
 
 def _convert(tp: Any, value: Any, where: str, name: str) -> Any:
     """`value` as type `tp` (raises TypeError or ValueError when it does not fit)."""
+    if _is_omegaconf(value):
+        value = _plain(value, where)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.settings import SettingsError, settings_from_config, unknown_key_message
+from fracscope.settings import check_keys, settings_from_config
 from fracscope.types import SEMImage
 
 # Built-in detectors by short name; anything else is reached through `_target_`.
@@ -90,8 +90,8 @@ def _check_arguments(factory: Any, kwargs: Mapping[str, Any], where: str) -> Non
     settings_type = getattr(factory, "settings_type", None)
     if settings_type is not None:
         settings_from_config(settings_type, rest, where)
-    elif rest and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        raise SettingsError(unknown_key_message(sorted(rest)[0], where, named))
+    elif not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        check_keys(rest, named, where)
     for key, value in kwargs.items():
         if isinstance(value, Mapping) and ("_target_" in value or "name" in value):
             detector_factory(value, f"{where} ({key})")
