@@ -201,6 +201,7 @@ def test_train_and_evaluate_configs_refuse_unknown_keys():
 def test_training_receivers_refuse_unknown_keys():
     from fracscope.data.datamodule import LoaderSpec, ParticleDataModule
     from fracscope.data.detector_data import DetectorDataModule
+    from fracscope.models.detector_module import DetectorModule
     from fracscope.models.module import ParticleModule
 
     dm = ParticleDataModule(crop={"size": 64}, synth={"presets": ["p"], "imaging_ranges": {"noise_sd": [0.01, 0.05]}},
@@ -215,6 +216,10 @@ def test_training_receivers_refuse_unknown_keys():
         DetectorDataModule(synth={"n_field": 1})
     with pytest.raises(SettingsError, match="unknown key 'dice_wieght' in the model config's loss section"):
         ParticleModule(net={"encoder": "resnet18"}, loss={"dice_wieght": 2.0})
+    with pytest.raises(SettingsError, match="unknown key 'encoders' in the model config's net section"):
+        ParticleModule(net={"encoders": "resnet18"})
+    with pytest.raises(SettingsError, match="unknown key 'encoders' in the model config's net section"):
+        DetectorModule(net={"encoders": "resnet18"})
 
 
 # ---------------------------------------------------------------- synth

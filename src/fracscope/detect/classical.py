@@ -28,7 +28,6 @@ pixels, defaults sized for about 0.05 µm/px) is used instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 

@@ -87,6 +87,7 @@ class DetectorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net_cfg = _plain(net)
+        check_keys(net_cfg, [*DetectorNetConfig.__dataclass_fields__, "channels_last"], "the model config's net section")
         check_keys(_plain(loss or {}), list(DEFAULT_DETECTOR_LOSS), "the model config's loss section")
         loss = {**DEFAULT_DETECTOR_LOSS, **_plain(loss or {})}
         post = dataclasses.asdict(PostprocessParams(**_plain(postprocess or {})))

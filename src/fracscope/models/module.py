@@ -129,6 +129,7 @@ class ParticleModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net_cfg = _plain(net)
+        check_keys(net_cfg, [*NetConfig.__dataclass_fields__, "channels_last"], "the model config's net section")
         check_keys(_plain(loss or {}), list(DEFAULT_LOSS), "the model config's loss section")
         loss = {**DEFAULT_LOSS, **_plain(loss or {})}
         config = _plain(config or {})
