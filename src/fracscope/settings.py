@@ -17,11 +17,13 @@ shape differs from its type:
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 MISSING = "???"  # OmegaConf's mandatory value not given
@@ -68,20 +70,11 @@ def check_keys(section: Mapping[str, Any], valid: Sequence[str], where: str, pre
             raise SettingsError(f"unknown key {prefix + str(key)!r} in {where}; valid keys: {', '.join(valid)}")
 
 
-def _is_omegaconf(value: Any) -> bool:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.is_config(value)
-
-
 def _plain(section: Any, where: str) -> Any:
     """`section` as plain dicts and lists with interpolations resolved."""
     if section is None:
         return {}
-    if _is_omegaconf(section):
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
+    if OmegaConf.is_config(section):
         try:
             return OmegaConf.to_container(section, resolve=True)
         except OmegaConfBaseException as exc:  # e.g. an interpolation to a key that is not there
@@ -108,7 +101,7 @@ def _field_names(cls: type) -> list[str]:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+    return typing.get_type_hints(cls)
 
 
 def _build(cls: type, section: Mapping[str, Any], where: str, prefix: str) -> Any:
@@ -144,7 +137,7 @@ def _build(cls: type, section: Mapping[str, Any], where: str, prefix: str) -> An
 
 def _convert(tp: Any, value: Any, where: str, name: str) -> Any:
     """`value` as type `tp` (raises TypeError or ValueError when it does not fit)."""
-    if _is_omegaconf(value):
+    if OmegaConf.is_config(value):
         value = _plain(value, where)
     if tp is Any:
         return value
