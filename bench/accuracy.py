@@ -52,13 +52,12 @@ def train(quick: bool, out: Path) -> Path:
 
 
 def heldout_items(quick: bool):
-    from fracscope.data.datamodule import synth_config
-    from fracscope.synth import generate_crops, generate_electrode
+    from fracscope.synth import generate_crops, generate_electrode, load_config
 
     n_crops, n_field = (20, 0) if quick else (150, 150)
     items = []
     for k, preset in enumerate(("gp", "p")):
-        cfg = synth_config(preset, ["damage=[0.4,0.35,0.25]"], heldout=True)
+        cfg = load_config(preset, ["damage=[0.4,0.35,0.25]"], heldout=True)
         items += list(generate_crops(cfg, n_crops, seed=9001 + k))
         if n_field:
             items += list(generate_electrode(cfg, n_field, seed=9101 + k, workers=1))

@@ -25,6 +25,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -48,8 +49,7 @@ def electrode_fields(n_particles: int, tuning_seed: int | None = None):
         if tuning_seed is None:
             cfg = load_config(preset, heldout=True)
         else:
-            cfg = load_config(preset, tuning_overrides(preset))
-            cfg.seed = tuning_seed
+            cfg = replace(tuning_config(preset), seed=tuning_seed)
         for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
             yield preset, i, item
 
@@ -63,7 +63,7 @@ def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) ->
     return truth
 
 
-def tuning_overrides(preset: str) -> list[str]:
+def tuning_config(preset: str):
     """Training synth config at the held-out fields' pixel size, imaging drawn per field as in training.
 
     The ranges are the default experiment's `data.synth.imaging_ranges`, so tuning fields look
@@ -71,11 +71,12 @@ def tuning_overrides(preset: str) -> list[str]:
     """
     from omegaconf import OmegaConf
 
-    from fracscope.data.datamodule import imaging_overrides
-
     held = load_config(preset, heldout=True)
     ranges = OmegaConf.load(REPO / "conf" / "data" / "synth.yaml").synth.imaging_ranges
-    return [f"electrode.pixel_size_um={held.electrode.pixel_size_um}", *imaging_overrides(ranges)]
+    cfg = load_config(preset)
+    randomize = {str(k): (float(lo), float(hi)) for k, (lo, hi) in ranges.items()}
+    return replace(cfg, electrode=replace(cfg.electrode, pixel_size_um=held.electrode.pixel_size_um),
+                   imaging=replace(cfg.imaging, randomize=randomize))
 
 
 def macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, list[float]]:

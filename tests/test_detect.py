@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from fracscope.detect import ClassicalDetector, build_detector, match_instances
+from fracscope.settings import SettingsError
 from fracscope.types import SEMImage
 
 PIXEL_UM = 0.05
@@ -202,7 +203,7 @@ def test_build_detector_from_config_file():
     assert build_detector({"name": "classical", "min_diameter_um": 3.0}).params.min_diameter_um == 3.0
     with pytest.raises(KeyError):
         build_detector({"name": "nope"})
-    with pytest.raises(TypeError):
+    with pytest.raises(SettingsError, match="unknown key 'not_a_setting' in the detect config"):
         build_detector({"name": "classical", "not_a_setting": 1})
 
 

@@ -103,10 +103,9 @@ def _synthetic_batch(n: int = 8, size: int = 64):
     """Real synthetic crops (fracscope.synth) through the shared crop function."""
     synth = pytest.importorskip("fracscope.synth")
     from fracscope.crop import crop_particle
-    from fracscope.data.datamodule import synth_config
     from fracscope.types import CLASS_NAMES
 
-    cfg = synth_config("gp", ["crops.pixel_size_um=[0.06,0.06]"])
+    cfg = synth.load_config("gp", ["crops.pixel_size_um=[0.06,0.06]"])
     xs, phases, masks, labels = [], [], [], []
     for item in synth.generate_crops(cfg, n, seed=3):
         c = crop_particle(item.image.pixels, item.instances, 1, size, 0.15, item.phases)

@@ -45,11 +45,10 @@ def test_block_has_the_promised_examples() -> None:
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     from fracscope.data import write_dataset
-    from fracscope.data.datamodule import synth_config
     from fracscope.models import NetConfig, build_model
-    from fracscope.synth import generate_crops
+    from fracscope.synth import generate_crops, load_config
 
-    items = list(generate_crops(synth_config("gp", ["crops.pixel_size_um=[0.08,0.08]"]), 6, seed=1))
+    items = list(generate_crops(load_config("gp", ["crops.pixel_size_um=[0.08,0.08]"]), 6, seed=1))
     coco = write_dataset(root / "coco", items, format="coco")
     ckpt = root / "default.pt"
     torch.save(build_model(NetConfig()).state_dict(), ckpt)

@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from fracscope.measure import measure_particle
 from fracscope.report import ReportWriter, done_images
+from fracscope.settings import SettingsError
 from fracscope.report.coco import strip_rle
 from fracscope.report.overlay import CLASS_RGB, render_overlay
 from fracscope.report.tables import KEY_COLUMNS, measurement_columns
@@ -302,8 +303,8 @@ def test_options_change_what_counts(tmp_path, results):
     assert summary.group("GP").porosity_pct["n"] == 4
     assert not (tmp_path / "overlays").exists() and not (tmp_path / "review").exists()
     assert w.failures == [("/data/x.tif", 2, "boom")]
-    with pytest.warns(UserWarning, match="unknown report options"):
-        ReportWriter(tmp_path / "other", {"report": {"n_bootstrap": 5}}, {}).close()
+    with pytest.raises(SettingsError, match="unknown key 'n_bootstrap' in the report config; valid keys: .*n_boot"):
+        ReportWriter(tmp_path / "other", {"report": {"n_bootstrap": 5}}, {})
 
 
 def test_review_captions_keep_group_and_file():

@@ -70,11 +70,10 @@ def test_checkpoint_resume_and_init_from(tmp_path) -> None:
     assert tuned.final_metrics
 
     # Evaluation of the checkpoint on annotated images: metrics, kappa and a contact sheet.
-    from fracscope.data.datamodule import synth_config
     from fracscope.evaluate import evaluate_items
-    from fracscope.synth import generate_crops
+    from fracscope.synth import generate_crops, load_config
 
-    items = list(generate_crops(synth_config("p", []), 4, seed=11))
+    items = list(generate_crops(load_config("p"), 4, seed=11))
     rep = evaluate_items(items, first.best_checkpoint, tmp_path / "eval")
     assert rep.metrics["n_particles"] == 4 and "head_kappa" in rep.metrics and "otsu_porosity_mae_pp" in rep.metrics
     assert (tmp_path / "eval" / "misclassified.png").exists() and (tmp_path / "eval" / "particles.csv").exists()

@@ -33,6 +33,7 @@ from fracscope.models.scores import (  # noqa: E402
     porosity_errors_pp,
 )
 from fracscope.classify import combine_class_with_topology  # noqa: E402
+from fracscope.settings import settings_from_config  # noqa: E402
 from fracscope.types import CLASS_NAMES, AnnotatedImage, Phase  # noqa: E402
 
 
@@ -232,6 +233,23 @@ def evaluate_items(items: list[AnnotatedImage], model_path: str | Path, out_dir:
     return report
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """The `eval` config (conf/eval.yaml), read once by the CLI."""
+
+    dataset: str  # annotated dataset: folder or COCO json (any read_dataset format)
+    model_path: str  # .ckpt or .onnx
+    output_dir: str
+    format: str = "auto"
+    batch_size: int = 32
+    min_pore_px: int = 3
+
+    @classmethod
+    def from_config(cls, cfg) -> EvalSettings:
+        """From the composed config; a SettingsError names an unknown key or a bad value."""
+        return settings_from_config(cls, cfg, "the evaluate config")
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     """A short aligned text table."""
     return "\n".join(f"{k:32s} {v:8.4f}" for k, v in metrics.items())
@@ -250,10 +268,12 @@ def _main() -> None:
     def main(cfg: DictConfig) -> None:
         from fracscope.data import read_dataset
 
-        items = read_dataset(cfg.dataset, format=cfg.format)
-        report = evaluate_items(items, cfg.model_path, cfg.output_dir, int(cfg.batch_size), int(cfg.min_pore_px))
+        settings = EvalSettings.from_config(cfg)
+        items = read_dataset(settings.dataset, format=settings.format)
+        report = evaluate_items(items, settings.model_path, settings.output_dir, settings.batch_size,
+                                settings.min_pore_px)
         print(format_metrics(report.metrics))
-        print(f"outputs in {cfg.output_dir}")
+        print(f"outputs in {settings.output_dir}")
 
     main()
 

@@ -5,22 +5,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import resource
 import sys
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from fracscope import __version__
-from fracscope.detect import Detector
+from fracscope.detect import Detector, detector_factory
 from fracscope.assets import resolve_input, resolve_model
 from fracscope.io import ReadFailure, iter_images
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
@@ -37,8 +40,9 @@ from fracscope.phases import (
     resolve_pore_weight,
 )
 from fracscope.refine import RIM_TRIM_PHASES
-from fracscope.report import ReportWriter
+from fracscope.report import ReportOptions, ReportWriter
 from fracscope.runtime import Backend, load_backend
+from fracscope.settings import settings_from_config
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
 
 log = logging.getLogger(__name__)
@@ -58,8 +62,47 @@ class AnalysisSettings:
     keep_crops: bool = True  # keep crops on results for review contact sheets
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
     # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
-    # a key of `fracscope.refine.RIM_TRIM_PHASES`.
-    trim_rim: str = "background"
+    # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
+    trim_rim: str = field(default="background", metadata={"convert": lambda v: _rim_trim_mode(v)})
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything `run` reads from the `infer` config (conf/infer.yaml), read once at the top.
+
+    The config is flat: the `AnalysisSettings` keys sit beside these. `detect` is the
+    detector group as a plain mapping (``_target_`` or ``name`` plus the detector's
+    arguments), its keys checked against the detector; it travels to the detect workers.
+    """
+
+    input: str | None = None  # None: the built-in sample data
+    output: str = "outputs/infer"
+    model_path: str | None = None  # None: the shipped default model
+    backend: str = "onnx"
+    device: str = "cpu"
+    decode_threads: int = 2
+    detect_workers: int = 1
+    pixel_size_um: float | None = None  # overrides every tag in the files
+    crop_data_bar: bool = False
+    groups_csv: str | None = None
+    resume: bool = False
+    progress: bool = False  # a progress bar even when stderr is not a terminal
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings, metadata={"flatten": True})
+    detect: Mapping[str, Any] = field(default_factory=lambda: {"name": "learned"})
+    report: ReportOptions = ReportOptions()
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> RunSettings:
+        """From the composed `infer` config (DictConfig or mapping).
+
+        Raises
+        ------
+        fracscope.settings.SettingsError
+            On an unknown key (the detect group's included) or a value that does not fit.
+        """
+        settings = settings_from_config(cls, cfg, "the infer config")
+        detector_factory(settings.detect, "the infer config's detect group")
+        return settings
 
 
 @dataclass
@@ -216,20 +259,6 @@ def input_root(spec: str) -> Path | None:
     return path.parent
 
 
-def settings_from_cfg(cfg: DictConfig) -> AnalysisSettings:
-    return AnalysisSettings(
-        batch_size=int(cfg.batch_size),
-        segmenter=str(cfg.segmenter),
-        classify=str(cfg.classify),
-        pore_polarity=str(cfg.pore_polarity),
-        low_confidence=float(cfg.low_confidence),
-        min_judge_diameter_um=float(cfg.min_judge_diameter_um),
-        min_judge_diameter_px=float(cfg.min_judge_diameter_px),
-        pore_weight=None if cfg.get("pore_weight") is None else float(cfg.pore_weight),
-        trim_rim=_rim_trim_mode(cfg.trim_rim),
-    )
-
-
 def _rim_trim_mode(value: object) -> str:
     """infer.py's `trim_rim` as a `RIM_TRIM_PHASES` key (true = background, the default; false = none)."""
     if isinstance(value, bool):
@@ -252,24 +281,28 @@ class RunOutcome:
         return 1 if self.failures else 0
 
 
-def run(cfg: DictConfig) -> RunOutcome:
-    """Analyse every image under `cfg.input` and write the report into `cfg.output`."""
-    settings = settings_from_cfg(cfg)
+def run(cfg: DictConfig | RunSettings) -> RunOutcome:
+    """Analyse every image under `cfg.input` and write the report into `cfg.output`.
+
+    `cfg` is the composed `infer` config, read once into `RunSettings` here (or those settings).
+    """
+    run_settings = cfg if isinstance(cfg, RunSettings) else RunSettings.from_config(cfg)
+    settings = run_settings.analysis
     if settings.segmenter not in ("model", "threshold"):
         raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
     if settings.classify not in ("head", "topology"):
         raise ValueError(f"classify must be 'head' or 'topology', got {settings.classify!r}")
-    model_path = resolve_model(cfg.model_path)
-    backend = load_backend(model_path, backend=str(cfg.backend), device=str(cfg.device))
+    model_path = resolve_model(run_settings.model_path)
+    backend = load_backend(model_path, backend=run_settings.backend, device=run_settings.device)
     resolve_pore_weight(backend.metadata, settings.pore_weight)  # a bad override fails here, not on every image
     if settings.segmenter == "model":
         check_polarity(backend.metadata, settings.pore_polarity, instead="segmenter=threshold")
-    input_spec = resolve_input(cfg.input)
+    input_spec = resolve_input(run_settings.input)
     if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
     root = input_root(input_spec)
-    group_map = load_group_map(cfg.groups_csv) if cfg.get("groups_csv") else None
-    output = Path(str(cfg.output))
+    group_map = load_group_map(run_settings.groups_csv) if run_settings.groups_csv else None
+    output = Path(run_settings.output)
     provenance = {
         "fracscope_version": __version__,
         "model_path": model_path,
@@ -278,27 +311,30 @@ def run(cfg: DictConfig) -> RunOutcome:
         "input": input_spec,
         "command": " ".join(sys.argv),
     }
-    config = OmegaConf.to_container(cfg, resolve=True)
-    writer = ReportWriter(output, config, provenance, resume=bool(cfg.resume))
-    done = writer.done_images() if cfg.resume else set()
+    # The config as given is stored verbatim in the provenance; the settings come from run_settings.
+    config = dataclasses.asdict(cfg) if isinstance(cfg, RunSettings) else cfg
+    writer = ReportWriter(output, config, provenance, resume=run_settings.resume, options=run_settings.report)
+    done = writer.done_images() if run_settings.resume else set()
     times = StageTimes()
     skipped: list[SEMImage] = []
     t_start = time.perf_counter()
-    pixel_size = None if cfg.pixel_size_um is None else float(cfg.pixel_size_um)
     sources = iter_images(
-        input_spec, pixel_size_um=pixel_size, crop_bar=bool(cfg.crop_data_bar), n_threads=int(cfg.decode_threads)
+        input_spec,
+        pixel_size_um=run_settings.pixel_size_um,
+        crop_bar=run_settings.crop_data_bar,
+        n_threads=run_settings.decode_threads,
     )
     todo = (item for item in _timed(sources, times, "decode") if not _already_done(item, done, skipped))
     located_stream = locate_ahead(
         todo,
-        OmegaConf.to_container(cfg.detect, resolve=True),
+        run_settings.detect,
         backend.metadata.crop_size,
         backend.metadata.margin,
-        workers=int(cfg.detect_workers),
+        workers=run_settings.detect_workers,
     )
     n_images = n_particles = 0
     warned_scale = False
-    progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not cfg.get("progress", False))
+    progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not run_settings.progress)
     # One writer thread, in input order: image i is measured and written while the model runs
     # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)

@@ -15,8 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -27,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fracscope.crop import crop_particle
 from fracscope.data.augment import IGNORE_PHASE, AugmentSpec, CropAugmenter
+from fracscope.settings import settings_from_config
+from fracscope.synth.config import SynthConfig
 from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage, ParticleAnnotation
 
 # crop_particle normalises each window with these percentiles (fracscope.crop defaults).
@@ -79,38 +80,40 @@ class SynthSpec:
     heldout: bool = False
     workers: int | None = None
 
-    def jobs(self) -> list[tuple[str, str, list[str], int]]:
-        """(preset, kind, overrides, count) for every generator call."""
-        common = [f"damage=[{','.join(str(float(d)) for d in self.damage)}]"]
-        common += imaging_overrides(self.imaging_ranges)
-        common += list(self.overrides)
+    def jobs(self) -> list[tuple[str, SynthConfig, int]]:
+        """(kind, generator config, count) for every generator call."""
+        from fracscope.synth import load_config, with_overrides
+
         out = []
         lo, hi = (float(v) for v in self.crop_pixel_size_um)
         for preset in self.presets:
+            base = load_config(preset, heldout=self.heldout)
+            ranges = {str(name): (float(a), float(b)) for name, (a, b) in dict(self.imaging_ranges).items()}
+            common = replace(base, damage=tuple(float(d) for d in self.damage),
+                             imaging=replace(base.imaging, randomize={**base.imaging.randomize, **ranges}))
+            common = with_overrides(common, self.overrides)  # the user's overrides win over the two above
+            crops = replace(common, crops=replace(common.crops, pixel_size_um=(lo, hi)))
             n_bright = int(round(self.n_crops * self.bright_fraction))
-            crop_ov = [*common, f"crops.pixel_size_um=[{lo},{hi}]"]
             if self.n_crops - n_bright > 0:
-                out.append((preset, "crops", crop_ov, self.n_crops - n_bright))
+                out.append(("crops", crops, self.n_crops - n_bright))
             if n_bright > 0:
-                out.append((preset, "crops", [*crop_ov, "imaging.pore_polarity=bright"], n_bright))
+                out.append(("crops", replace(crops, imaging=replace(crops.imaging, pore_polarity="bright")), n_bright))
             sizes = list(self.field_pixel_sizes_um)
             if self.n_field_particles > 0 and sizes:
                 per = max(1, self.n_field_particles // len(sizes))
-                fp = f"electrode.field_px=[{int(self.field_px[0])},{int(self.field_px[1])}]"
+                field_px = (int(self.field_px[0]), int(self.field_px[1]))
                 for px in sizes:
-                    out.append((preset, "electrode", [*common, fp, f"electrode.pixel_size_um={float(px)}"], per))
+                    electrode = replace(common.electrode, field_px=field_px, pixel_size_um=float(px))
+                    out.append(("electrode", replace(common, electrode=electrode), per))
         return out
 
     def key(self) -> str:
         """Hash of everything that determines the generated images."""
-        from omegaconf import OmegaConf
-
         from fracscope.synth import SYNTH_VERSION
 
         parts = [SYNTH_VERSION, self.seed]
-        for preset, kind, ov, n in self.jobs():
-            cfg = synth_config(preset, ov, heldout=self.heldout)
-            parts.append([kind, n, OmegaConf.to_container(cfg, resolve=True)])
+        for kind, cfg, n in self.jobs():
+            parts.append([kind, n, cfg.to_dict()])
         return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def generate(self) -> Iterator[AnnotatedImage]:
@@ -119,10 +122,7 @@ class SynthSpec:
         Each generator call (preset x kind x field pixel size) is seeded by its index alone,
         so with workers > 1 the calls run in parallel processes and are yielded in order.
         """
-        from omegaconf import OmegaConf
-
-        calls = [(OmegaConf.to_container(synth_config(preset, ov, heldout=self.heldout), resolve=True),
-                  kind, n, int(self.seed) * 1000 + j) for j, (preset, kind, ov, n) in enumerate(self.jobs())]
+        calls = [(cfg, kind, n, int(self.seed) * 1000 + j) for j, (kind, cfg, n) in enumerate(self.jobs())]
         workers = min(len(calls), os.cpu_count() or 1) if self.workers is None else int(self.workers)
         if workers <= 1:
             for call in calls:
@@ -147,55 +147,14 @@ class SynthSpec:
         )
 
 
-def imaging_overrides(ranges: Mapping[str, Sequence[float]]) -> list[str]:
-    """`fracscope.synth` overrides that draw each image's imaging parameters from `ranges` (name -> [lo, hi])."""
-    return [f"+imaging.randomize.{name}=[{float(lo)},{float(hi)}]" for name, (lo, hi) in sorted(dict(ranges).items())]
-
-
 def _synth_call(call) -> list[AnnotatedImage]:
-    """One generator call of `SynthSpec.generate`: (config container, kind, count, seed)."""
-    from omegaconf import OmegaConf
-
+    """One generator call of `SynthSpec.generate`: (generator config, kind, count, seed)."""
     from fracscope.synth import generate_crops, generate_electrode
 
-    container, kind, n, seed = call
-    cfg = OmegaConf.create(container)
+    cfg, kind, n, seed = call
     if kind == "crops":
         return list(generate_crops(cfg, n, seed))
     return list(generate_electrode(cfg, n, seed, workers=1))
-
-
-@contextmanager
-def _outside_hydra_app() -> Iterator[None]:
-    """Let `fracscope.synth.load_config` (Hydra compose API) run inside a @hydra.main app.
-
-    Hydra refuses a second initialisation while the app's GlobalHydra is live; park the
-    app's GlobalHydra and HydraConfig, and put them back afterwards.
-    """
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.initialize import get_gh_backup, restore_gh_from_backup
-
-    if not GlobalHydra.instance().is_initialized():
-        yield
-        return
-    backup = get_gh_backup()
-    hydra_cfg = HydraConfig.instance().cfg
-    GlobalHydra.instance().clear()
-    try:
-        yield
-    finally:
-        restore_gh_from_backup(backup)
-        if hydra_cfg is not None:
-            HydraConfig.instance().cfg = hydra_cfg
-
-
-def synth_config(preset: str, overrides: Sequence[str], heldout: bool = False):
-    """`fracscope.synth.load_config`, callable from inside a Hydra app."""
-    from fracscope.synth import load_config
-
-    with _outside_hydra_app():
-        return load_config(preset, list(overrides), heldout=heldout)
 
 
 def cache_root() -> Path:
@@ -382,18 +341,14 @@ class ParticleDataset(Dataset):
         }
 
 
-def _as_spec(cls, value):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    value = dict(value)
-    for k, v in value.items():  # Hydra lists -> tuples for frozen dataclasses
-        if isinstance(v, list) or type(v).__name__ == "ListConfig":
-            value[k] = tuple(v)
-        elif isinstance(v, dict) or type(v).__name__ == "DictConfig":
-            value[k] = {str(n): tuple(r) for n, r in dict(v).items()}
-    return cls(**value)
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Batches and the train/validation split (seeded, by source image)."""
+
+    batch_size: int = 32
+    num_workers: int = 0
+    val_fraction: float = 0.2
+    seed: int = 0
 
 
 class ParticleDataModule(L.LightningDataModule):
@@ -405,9 +360,9 @@ class ParticleDataModule(L.LightningDataModule):
         Dataset folder or COCO json; None for the cached synthetic set.
     format : str
         `read_dataset` format ("auto" detects it).
-    crop, synth, augment : CropSpec, SynthSpec, AugmentSpec or dict
-    loader : dict
-        batch_size, num_workers, val_fraction, seed.
+    crop, synth, augment, loader : CropSpec, SynthSpec, AugmentSpec, LoaderSpec or dict
+        A dict (the Hydra config's section) is read with `fracscope.settings.settings_from_config`:
+        an unknown key fails.
     """
 
     def __init__(
@@ -417,19 +372,19 @@ class ParticleDataModule(L.LightningDataModule):
         crop: CropSpec | dict | None = None,
         synth: SynthSpec | dict | None = None,
         augment: AugmentSpec | dict | None = None,
-        loader: dict | None = None,
+        loader: LoaderSpec | dict | None = None,
     ) -> None:
         super().__init__()
         self.path = str(path) if path else None
         self.format = format
-        self.crop = _as_spec(CropSpec, crop)
-        self.synth = _as_spec(SynthSpec, synth)
-        self.augment = _as_spec(AugmentSpec, augment)
-        lo = {"batch_size": 32, "num_workers": 0, "val_fraction": 0.2, "seed": 0, **dict(loader or {})}
-        self.batch_size = int(lo["batch_size"])
-        self.num_workers = int(lo["num_workers"])
-        self.val_fraction = float(lo["val_fraction"])
-        self.seed = int(lo["seed"])
+        self.crop = settings_from_config(CropSpec, crop, "the data config's crop section")
+        self.synth = settings_from_config(SynthSpec, synth, "the data config's synth section")
+        self.augment = settings_from_config(AugmentSpec, augment, "the data config's augment section")
+        lo = settings_from_config(LoaderSpec, loader, "the data config's loader section")
+        self.batch_size = lo.batch_size
+        self.num_workers = lo.num_workers
+        self.val_fraction = lo.val_fraction
+        self.seed = lo.seed
         self.arrays: CropArrays | None = None
         self.train_idx = self.val_idx = np.zeros(0, int)
 

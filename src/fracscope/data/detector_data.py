@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -33,7 +33,7 @@ import torch
 from scipy import ndimage as ndi
 from torch.utils.data import DataLoader, Dataset
 
-from fracscope.data.datamodule import _as_spec, cache_root, split_indices, synth_config
+from fracscope.data.datamodule import LoaderSpec, cache_root, split_indices
 from fracscope.detect.learned import (
     DEFAULT_WORKING_PIXEL_SIZE_UM,
     NORM_PERCENTILES,
@@ -43,6 +43,8 @@ from fracscope.detect.learned import (
     working_shape,
 )
 from fracscope.detect.postprocess import maps_from_labels
+from fracscope.settings import settings_from_config
+from fracscope.synth.config import SynthConfig
 from fracscope.types import AnnotatedImage
 
 FIELD_CACHE_VERSION = 1
@@ -65,39 +67,33 @@ class FieldSynthSpec:
     seed: int = 0
     heldout: bool = False
 
-    def jobs(self) -> list[tuple[str, float, list[str]]]:
-        """(preset, source pixel size, generator overrides) per field group."""
-        common = [
-            f"damage=[{','.join(str(float(d)) for d in self.damage)}]",
-            f"electrode.field_px=[{int(self.field_px[0])},{int(self.field_px[1])}]",
-            *self.overrides,
-        ]
-        return [
-            (preset, float(px), [*common, f"electrode.pixel_size_um={float(px)}"])
-            for preset in self.presets
-            for px in self.source_pixel_sizes_um
-        ]
+    def jobs(self) -> list[SynthConfig]:
+        """The generator config of each field group (preset x source pixel size)."""
+        from fracscope.synth import load_config, with_overrides
+
+        out = []
+        for preset in self.presets:
+            base = load_config(preset, heldout=self.heldout)
+            electrode = replace(base.electrode, field_px=(int(self.field_px[0]), int(self.field_px[1])))
+            base = replace(base, damage=tuple(float(d) for d in self.damage), electrode=electrode)
+            base = with_overrides(base, self.overrides)  # the user's overrides win over the two above
+            out += [replace(base, electrode=replace(base.electrode, pixel_size_um=float(px)))
+                    for px in self.source_pixel_sizes_um]
+        return out
 
     def generate(self) -> Iterator[AnnotatedImage]:
         """Yield every field (deterministic in the spec)."""
         from fracscope.synth import make_field
 
-        for j, (preset, _, ov) in enumerate(self.jobs()):
-            cfg = synth_config(preset, ov, heldout=self.heldout)
+        for j, cfg in enumerate(self.jobs()):
             for i in range(int(self.n_fields)):
                 yield make_field(cfg, int(self.seed) * 1000 + j, i)
 
     def key_parts(self) -> list:
         """Everything that determines the generated images (for the cache key)."""
-        from omegaconf import OmegaConf
-
         from fracscope.synth import SYNTH_VERSION
 
-        parts: list = [SYNTH_VERSION, int(self.seed), int(self.n_fields)]
-        for preset, _, ov in self.jobs():
-            cfg = synth_config(preset, ov, heldout=self.heldout)
-            parts.append(OmegaConf.to_container(cfg, resolve=True))
-        return parts
+        return [SYNTH_VERSION, int(self.seed), int(self.n_fields), *(cfg.to_dict() for cfg in self.jobs())]
 
     def describe(self) -> str:
         return (
@@ -314,8 +310,8 @@ class DetectorDataModule(L.LightningDataModule):
     max_val_tiles : int, optional
         Cap on the validation grid.
     synth, augment : FieldSynthSpec, TileAugmentSpec or dict
-    loader : dict
-        batch_size, num_workers, val_fraction, seed.
+    loader : LoaderSpec or dict
+        batch_size (default 8), num_workers, val_fraction, seed.
     """
 
     def __init__(
@@ -329,7 +325,7 @@ class DetectorDataModule(L.LightningDataModule):
         max_val_tiles: int | None = 128,
         synth: FieldSynthSpec | dict | None = None,
         augment: TileAugmentSpec | dict | None = None,
-        loader: dict | None = None,
+        loader: LoaderSpec | dict | None = None,
     ) -> None:
         super().__init__()
         if tile_px % 32 or tile_px < 32:
@@ -341,13 +337,15 @@ class DetectorDataModule(L.LightningDataModule):
         self.tile_px = int(tile_px)
         self.tiles_per_epoch = int(tiles_per_epoch)
         self.max_val_tiles = int(max_val_tiles) if max_val_tiles else None
-        self.synth = _as_spec(FieldSynthSpec, synth)
-        self.augment = _as_spec(TileAugmentSpec, augment)
-        lo = {"batch_size": 8, "num_workers": 0, "val_fraction": 0.2, "seed": 0, **dict(loader or {})}
-        self.batch_size = int(lo["batch_size"])
-        self.num_workers = int(lo["num_workers"])
-        self.val_fraction = float(lo["val_fraction"])
-        self.seed = int(lo["seed"])
+        self.synth = settings_from_config(FieldSynthSpec, synth, "the data config's synth section")
+        self.augment = settings_from_config(TileAugmentSpec, augment, "the data config's augment section")
+        if not isinstance(loader, LoaderSpec):  # the detector's own default batch
+            loader = settings_from_config(LoaderSpec, {"batch_size": 8, **(loader or {})}, "the data config's loader section")
+        lo = loader
+        self.batch_size = lo.batch_size
+        self.num_workers = lo.num_workers
+        self.val_fraction = lo.val_fraction
+        self.seed = lo.seed
         self.fields: list[Field] | None = None
         self.train_idx = self.val_idx = np.zeros(0, int)
 

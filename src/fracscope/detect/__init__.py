@@ -5,7 +5,7 @@ detector plugs in through `build_detector` with a ``_target_``. `match_instances
 scores a label map against ground truth.
 """
 
-from fracscope.detect.base import BUILTIN_DETECTORS, Detector, build_detector
+from fracscope.detect.base import BUILTIN_DETECTORS, Detector, build_detector, detector_factory
 from fracscope.detect.classical import ClassicalDetector, ClassicalParams, PixelFallback
 from fracscope.detect.matching import MatchResult, iou_table, match_instances
 from fracscope.detect.postprocess import labels_from_maps, maps_from_labels
@@ -21,6 +21,7 @@ __all__ = [
     "TiledDetector",
     "build_detector",
     "detect_tiled",
+    "detector_factory",
     "iou_table",
     "labels_from_maps",
     "maps_from_labels",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from fracscope.settings import check_keys, settings_from_config
 from fracscope.types import SEMImage
 
 # Built-in detectors by short name; anything else is reached through `_target_`.
@@ -42,21 +44,22 @@ def _locate(dotted: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def build_detector(cfg: Mapping[str, Any]) -> Detector:
-    """A detector from config.
+def detector_factory(cfg: Mapping[str, Any], where: str = "the detect config") -> tuple[Any, dict[str, Any]]:
+    """The factory a detector config names and its keyword arguments, the keys checked.
 
     ``cfg`` has either ``_target_`` (dotted path of a Detector class or factory; the
     other keys are its keyword arguments, as in Hydra) or ``name`` (a key of
     `BUILTIN_DETECTORS`) with the other keys as arguments. OmegaConf configs work too.
 
-    Examples
-    --------
-    >>> build_detector({"name": "classical", "min_diameter_um": 2.0})  # doctest: +SKIP
+    Raises
+    ------
+    fracscope.settings.SettingsError
+        On an argument the factory does not take (see `_check_arguments`).
     """
     try:
-        from omegaconf import DictConfig, OmegaConf
+        from omegaconf import OmegaConf
 
-        if isinstance(cfg, DictConfig):
+        if OmegaConf.is_config(cfg):
             cfg = OmegaConf.to_container(cfg, resolve=True)
     except ImportError:  # pragma: no cover - omegaconf is a dependency
         pass
@@ -70,6 +73,38 @@ def build_detector(cfg: Mapping[str, Any]) -> Detector:
         factory = _locate(BUILTIN_DETECTORS[name])
     else:
         raise KeyError("detector config needs `_target_` or `name`")
+    _check_arguments(factory, kwargs, where)
+    return factory, kwargs
+
+
+def _check_arguments(factory: Any, kwargs: Mapping[str, Any], where: str) -> None:
+    """Refuse keys the factory does not take, before anything is built.
+
+    A factory that takes ``**settings`` names their dataclass as ``settings_type``
+    (`ClassicalDetector`: `ClassicalParams`); a nested detector config (`TiledDetector`'s
+    ``detector``) is checked in turn.
+    """
+    params = inspect.signature(factory).parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    rest = {k: v for k, v in kwargs.items() if k not in named}
+    settings_type = getattr(factory, "settings_type", None)
+    if settings_type is not None:
+        settings_from_config(settings_type, rest, where)
+    elif not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        check_keys(rest, named, where)
+    for key, value in kwargs.items():
+        if isinstance(value, Mapping) and ("_target_" in value or "name" in value):
+            detector_factory(value, f"{where} ({key})")
+
+
+def build_detector(cfg: Mapping[str, Any], where: str = "the detect config") -> Detector:
+    """A detector from config (the layout of `detector_factory`).
+
+    Examples
+    --------
+    >>> build_detector({"name": "classical", "min_diameter_um": 2.0})  # doctest: +SKIP
+    """
+    factory, kwargs = detector_factory(cfg, where)
     detector = factory(**kwargs)
     if not isinstance(detector, Detector) and not callable(getattr(detector, "detect", None)):
         raise TypeError(f"{type(detector).__name__} has no detect(image) method")

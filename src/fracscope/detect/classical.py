@@ -28,8 +28,7 @@ pixels, defaults sized for about 0.05 µm/px) is used instead.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +38,7 @@ from skimage.morphology import disk, h_maxima
 from skimage.segmentation import expand_labels, find_boundaries, relabel_sequential, watershed
 
 from fracscope.detect.base import Detector
+from fracscope.settings import settings_from_config
 from fracscope.types import SEMImage
 
 _THRESHOLDS = {"otsu": threshold_otsu, "li": threshold_li, "triangle": threshold_triangle}
@@ -105,18 +105,6 @@ class ClassicalParams:
     exclude_border: bool = False
     mirror_um: float = 8.0
     px: PixelFallback = field(default_factory=PixelFallback)
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> ClassicalParams:
-        """Build from a config mapping; the ``px`` entry may itself be a mapping."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise TypeError(f"unknown ClassicalDetector settings: {sorted(unknown)}")
-        kwargs = dict(values)
-        if "px" in kwargs and not isinstance(kwargs["px"], PixelFallback):
-            kwargs["px"] = PixelFallback(**dict(kwargs["px"]))
-        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -292,10 +280,11 @@ class ClassicalDetector(Detector):
     """
 
     name = "classical"
+    settings_type = ClassicalParams  # what **settings are (see `fracscope.detect.base.detector_factory`)
 
     def __init__(self, params: ClassicalParams | None = None, **settings: Any) -> None:
         if params is None:
-            params = ClassicalParams.from_mapping(settings)
+            params = settings_from_config(ClassicalParams, settings, "the classical detector settings")
         elif settings:
             params = replace(params, **settings)
         if params.threshold not in _THRESHOLDS:

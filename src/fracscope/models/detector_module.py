@@ -35,6 +35,7 @@ from fracscope.detect.matching import match_instances
 from fracscope.detect.postprocess import PostprocessParams, labels_from_maps
 from fracscope.models.detector_net import DetectorNet, DetectorNetConfig
 from fracscope.models.module import ParticleModule, _plain
+from fracscope.settings import check_keys
 
 DEFAULT_DETECTOR_LOSS: dict[str, Any] = {
     "bce_weight": 1.0,  # foreground BCE
@@ -86,6 +87,8 @@ class DetectorModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net_cfg = _plain(net)
+        check_keys(net_cfg, [*DetectorNetConfig.__dataclass_fields__, "channels_last"], "the model config's net section")
+        check_keys(_plain(loss or {}), list(DEFAULT_DETECTOR_LOSS), "the model config's loss section")
         loss = {**DEFAULT_DETECTOR_LOSS, **_plain(loss or {})}
         post = dataclasses.asdict(PostprocessParams(**_plain(postprocess or {})))
         self.save_hyperparameters(

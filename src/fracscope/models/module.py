@@ -36,6 +36,7 @@ from fracscope.models.plots import GalleryItem, plot_confusion, plot_gallery
 from fracscope.models.scores import IGNORE_CLASS, IGNORE_PHASE, ClassScores, confusion_matrix, porosity_errors_pp
 from fracscope.classify import combine_class_with_topology
 from fracscope.models.unet import NetConfig, ParticleNet
+from fracscope.settings import check_keys
 from fracscope.types import CLASS_NAMES, PHASE_NAMES, Phase
 
 DEFAULT_LOSS: dict[str, Any] = {
@@ -128,6 +129,8 @@ class ParticleModule(L.LightningModule):
     ) -> None:
         super().__init__()
         net_cfg = _plain(net)
+        check_keys(net_cfg, [*NetConfig.__dataclass_fields__, "channels_last"], "the model config's net section")
+        check_keys(_plain(loss or {}), list(DEFAULT_LOSS), "the model config's loss section")
         loss = {**DEFAULT_LOSS, **_plain(loss or {})}
         config = _plain(config or {})
         class_weights = _plain(class_weights)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fracscope.models.checkpoint import init_weights_from
+from fracscope.settings import check_keys, settings_from_config
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,35 @@ class RunResult:
     last_checkpoint: Path | None
     best_metrics: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, float] = field(default_factory=dict)
+
+
+# Groups Hydra instantiates: their constructors refuse arguments they do not take.
+TRAIN_GROUPS = ("data", "model", "trainer", "callbacks", "logger")
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    output_dir: str
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The top level of conf/train.yaml besides the `TRAIN_GROUPS` (read once by `run`)."""
+
+    paths: TrainPaths
+    task_name: str = "train"
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms
+    threads: int | None = None  # torch.set_num_threads; None = torch's default
+    ckpt_path: str | None = None  # resume this run's checkpoint
+    init_from: str | None = None  # fine-tune from these weights
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrainSettings:
+        """From the composed config; a SettingsError names an unknown key or a bad value."""
+        where = "the train config"
+        check_keys(cfg, [f.name for f in fields(cls)] + list(TRAIN_GROUPS), where)
+        return settings_from_config(cls, {k: cfg[k] for k in cfg if k not in TRAIN_GROUPS}, where)
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -56,10 +86,11 @@ def run(cfg: DictConfig) -> RunResult:
     (fine-tune from weights), paths.output_dir, and the data / model / trainer /
     callbacks / logger groups.
     """
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    L.seed_everything(int(cfg.seed), workers=True)
-    out = Path(cfg.paths.output_dir)
+    settings = TrainSettings.from_config(cfg)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    L.seed_everything(settings.seed, workers=True)
+    out = Path(settings.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     _snapshot(cfg, out)
 
@@ -71,17 +102,17 @@ def run(cfg: DictConfig) -> RunResult:
     config["training_run"] = str(out)
     # (`config` is also instantiate()'s own first parameter: bind it through a partial.)
     module = instantiate(cfg.model, _partial_=True, _convert_="all")(config=config, class_weights=dm.class_weights())
-    if cfg.get("init_from"):
-        rep = init_weights_from(module.net, cfg.init_from)
+    if settings.init_from:
+        rep = init_weights_from(module.net, settings.init_from)
         log.info("init_from %s: %d tensors loaded, %d skipped", rep.source, rep.loaded, len(rep.skipped))
         module.hparams["config"]["init_from"] = str(rep.source)
 
     callbacks = _instantiate_group(cfg.get("callbacks"))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, deterministic=bool(cfg.get("deterministic", False))
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, deterministic=settings.deterministic
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.get("ckpt_path") or None)
+    trainer.fit(module, datamodule=dm, ckpt_path=settings.ckpt_path or None)
 
     ckpt_cb = trainer.checkpoint_callback
     best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None

@@ -48,6 +48,7 @@ from fracscope.pores3d.report import (
 )
 from fracscope.pores3d.segment import ModelVoids, SegmentSettings, SliceSegmenter, stack_threshold
 from fracscope.pores3d.stack import Stack, StackError, VoxelSize, open_stack
+from fracscope.settings import SettingsError, settings_from_config
 from fracscope.types import Phase
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ SHIFTS_CSV = "shifts.csv"
 BYTES_PER_VOXEL = 24
 # The particle body is one solid object: face connectivity keeps neighbours touching at a corner apart.
 PARTICLE_CONNECTIVITY = 6
-
-
-class SettingsError(ValueError):
-    """A configuration that cannot run (a missing input, an unknown method, ...)."""
 
 
 @dataclass(frozen=True)
@@ -110,47 +107,79 @@ class Settings:
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "Settings":
-        """From the `pores3d` config (an OmegaConf node or nested dicts).
+        """From the `pores3d` config (an OmegaConf node or nested dicts); see `Pores3DConfig`.
 
         Raises
         ------
         SettingsError
-            For values no analysis can use.
+            On an unknown key, or values no analysis can use.
         """
-        try:
-            return cls._from_cfg(cfg)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SettingsError(f"bad pores3d setting: {exc}") from exc
+        return Pores3DConfig.from_config(cfg).settings()
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """The `segment` section: `SegmentSettings` and, for method=model, the model to run."""
+
+    settings: SegmentSettings = field(default_factory=SegmentSettings, metadata={"flatten": True})
+    model_path: str | None = None  # None: the shipped model
+    device: str = "cpu"
+    batch_size: int = 16
+    pore_weight: float | None = None  # None: the model file's own (as infer.py)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """The `memory` section (see `Settings`)."""
+
+    chunk_mb: float = 256.0
+    in_memory_mb: float = 256.0
+    work_dir: str | None = None
+    keep_work: bool = False
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """The `outputs` section (see `Settings`)."""
+
+    labels: bool = True
+    label_compression: str | None = "zlib"  # "none" = None
+    plots: bool = True
+
+
+@dataclass(frozen=True)
+class Pores3DConfig:
+    """The `pores3d` config (conf/pores3d.yaml), read once by `run`."""
+
+    input: str | None = None
+    output: str = "outputs/pores3d"
+    voxel_size_um: float | tuple[float, ...] | None = None  # [z, y, x] µm, or one value
+    slice_spacing_um: float | None = None
+    align: AlignSettings = AlignSettings()
+    segment: SegmentConfig = SegmentConfig()
+    pores: PoreSettings = PoreSettings()
+    memory: MemoryConfig = MemoryConfig()
+    outputs: OutputsConfig = OutputsConfig()
 
     @classmethod
-    def _from_cfg(cls, cfg: Any) -> "Settings":
-        a, s, p, m, o = cfg["align"], cfg["segment"], cfg["pores"], cfg["memory"], cfg["outputs"]
-        compression = o.get("label_compression")
-        return cls(
-            align=AlignSettings(bool(a["enabled"]), int(a["upsample_factor"]), int(a["crop_px"]),
-                                float(a["smooth_px"]), float(a["max_step_px"])),
-            segment=SegmentSettings(
-                method=str(s["method"]),
-                threshold=None if s.get("threshold") is None else float(s["threshold"]),
-                pore_polarity=str(s["pore_polarity"]),
-                local_window_um=float(s["local_window_um"]),
-                envelope_closing_um=float(s["envelope_closing_um"]),
-                keep_largest=bool(s["keep_largest"]),
-            ),
-            pores=PoreSettings(
-                connectivity=int(p["connectivity"]),
-                min_volume_um3=float(p["min_volume_um3"]),
-                bins_um3=tuple(float(b) for b in p["bins_um3"]),
-                shell_fractions=tuple(float(f) for f in p["shell_fractions"]),
-                n_largest=int(p["n_largest"]),
-            ),
-            chunk_mb=float(m["chunk_mb"]),
-            in_memory_mb=float(m["in_memory_mb"]),
-            work_dir=None if m.get("work_dir") in (None, "") else str(m["work_dir"]),
-            keep_work=bool(m["keep_work"]),
-            write_labels=bool(o["labels"]),
-            label_compression=None if compression in (None, "", "none") else str(compression),
-            plots=bool(o["plots"]),
+    def from_config(cls, cfg: Any) -> "Pores3DConfig":
+        """From the composed config; a SettingsError names an unknown key or a bad value."""
+        return settings_from_config(cls, cfg, "the pores3d config")
+
+    def settings(self) -> Settings:
+        """What `analyse_stack` needs."""
+        m, o = self.memory, self.outputs
+        return Settings(
+            align=self.align,
+            segment=self.segment.settings,
+            pores=self.pores,
+            chunk_mb=m.chunk_mb,
+            in_memory_mb=m.in_memory_mb,
+            work_dir=m.work_dir or None,
+            keep_work=m.keep_work,
+            write_labels=o.labels,
+            label_compression=None if o.label_compression in (None, "", "none") else o.label_compression,
+            plots=o.plots,
         )
 
 
@@ -462,28 +491,26 @@ def run(cfg: Any) -> Pores3DResult:
     """Open ``cfg.input``, analyse it with the `pores3d` config, write into ``cfg.output``."""
     from omegaconf import OmegaConf
 
-    if cfg.get("input") in (None, "", "???"):
+    config = Pores3DConfig.from_config(cfg)
+    if config.input in (None, "", "???"):
         raise SettingsError("input=STACK.tif (a multi-page TIFF or a folder of slices) is required")
-    settings = Settings.from_cfg(cfg)
-    voxel = cfg.get("voxel_size_um")
-    if voxel is not None and not isinstance(voxel, (int, float)):
-        voxel = [float(v) for v in voxel]
-    spacing = cfg.get("slice_spacing_um")
-    stack = open_stack(str(cfg.input), voxel, None if spacing is None else float(spacing))
+    settings = config.settings()
+    voxel = config.voxel_size_um
+    stack = open_stack(config.input, list(voxel) if isinstance(voxel, tuple) else voxel, config.slice_spacing_um)
     model = None
     if settings.segment.method == "model":
         from fracscope.assets import resolve_model
         from fracscope.runtime import load_backend
 
-        device = str(cfg.segment.get("device", "cpu"))
-        backend = load_backend(resolve_model(cfg.segment.get("model_path")), device=device)
+        seg = config.segment
+        backend = load_backend(resolve_model(seg.model_path), device=seg.device)
         try:
             check_polarity(backend.metadata, settings.segment.pore_polarity, instead="segment.method=otsu")
-            model = ModelVoids(backend, int(cfg.segment.get("batch_size", 16)), cfg.segment.get("pore_weight"))
+            model = ModelVoids(backend, seg.batch_size, seg.pore_weight)
         except ValueError as exc:  # the model does not fit the settings: a one-line error
             raise SettingsError(str(exc)) from None
-    config = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    if isinstance(config, dict):
-        config.pop("hydra", None)
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    if isinstance(plain, dict):
+        plain.pop("hydra", None)
     with stack:
-        return analyse_stack(stack, settings, cfg.output, model, {"input": str(cfg.input), "config": config})
+        return analyse_stack(stack, settings, config.output, model, {"input": config.input, "config": plain})

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+
+from fracscope.settings import settings_from_config
 
 #: Equivalent-diameter bins in µm: secondary particles are 5-15 µm (D50 10-12 µm);
 #: off-centre cuts make smaller sections, so the first bins start at 0.
@@ -48,14 +49,9 @@ class ReportOptions:
     def from_config(cls, config: Mapping | None) -> ReportOptions:
         """Options from `config["report"]` (missing keys keep their defaults).
 
-        Unknown keys are ignored with a warning, so a typo does not pass silently.
+        Raises
+        ------
+        fracscope.settings.SettingsError
+            On an unknown key, so a typo does not pass silently.
         """
-        section = dict((config or {}).get("report") or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - names)
-        if unknown:
-            warnings.warn(f"unknown report options ignored: {unknown}", stacklevel=2)
-        kwargs = {k: v for k, v in section.items() if k in names}
-        if "size_bins_um" in kwargs:
-            kwargs["size_bins_um"] = tuple(float(b) for b in kwargs["size_bins_um"])
-        return cls(**kwargs)
+        return settings_from_config(cls, (config or {}).get("report"), "the report config")

@@ -60,13 +60,15 @@ class ReportWriter:
     output_dir : path
         Run folder; its layout is documented in docs/OUTPUTS.md.
     config : dict
-        The run's full config, stored verbatim in the provenance. Its `report`
-        section, if any, sets `ReportOptions`.
+        The run's full config, stored verbatim in the provenance. Without `options`,
+        its `report` section, if any, sets `ReportOptions`.
     provenance : dict
         Caller's provenance (model hash, model path, …), stored in summary.json.
     resume : bool
         Continue a previous run in the same folder: tables are appended, and images
         already done (`done`) are skipped by `add`.
+    options : ReportOptions, optional
+        What the report counts and writes (the caller's, read from its config once).
 
     Examples
     --------
@@ -83,11 +85,12 @@ class ReportWriter:
         config: Mapping | None,
         provenance: Mapping | None,
         resume: bool = False,
+        options: ReportOptions | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.config = _plain_config(config)
-        self.options = ReportOptions.from_config(self.config)
+        self.options = ReportOptions.from_config(self.config) if options is None else options
         self.provenance = make_provenance(self.config, dict(provenance or {}))
         self._tables = ParticleTableWriter(self.output_dir, resume)
         self._errors = ErrorTableWriter(self.output_dir, resume)

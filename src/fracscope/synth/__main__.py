@@ -9,32 +9,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from fracscope.synth.config import CONF_DIR
+from fracscope.settings import SettingsError
+from fracscope.synth.config import CONF_DIR, SynthConfig
 from fracscope.synth.generate import SYNTH_VERSION, generate_crops, generate_electrode
 from fracscope.synth.preview import write_preview
 
 
-def _items(cfg: DictConfig):
+def _items(cfg: SynthConfig):
     if cfg.kind == "crops":
-        return generate_crops(cfg, int(cfg.n), int(cfg.seed))
+        return generate_crops(cfg, cfg.n, cfg.seed)
     if cfg.kind == "electrode":
-        return generate_electrode(cfg, int(cfg.n), int(cfg.seed), workers=int(cfg.workers))
-    raise ValueError(f"kind must be 'crops' or 'electrode', got {cfg.kind!r}")
+        return generate_electrode(cfg, cfg.n, cfg.seed, workers=cfg.workers)
+    raise SettingsError(f"kind must be 'crops' or 'electrode', got {cfg.kind!r}")
 
 
-def run(cfg: DictConfig) -> Path:
-    """Generate the set described by `cfg` and write it (fracscope dataset format)."""
+def run(cfg: DictConfig | SynthConfig) -> Path:
+    """Generate the set described by `cfg` (the composed config, read once) and write it (fracscope dataset format)."""
     from fracscope.data import write_dataset
 
-    out = Path(str(cfg.output))
+    cfg = SynthConfig.from_config(cfg)
+    out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    meta = {"synth_version": SYNTH_VERSION, "preset": str(cfg.preset.name), "seed": int(cfg.seed), "kind": str(cfg.kind), "config": plain}
+    meta = {"synth_version": SYNTH_VERSION, "preset": cfg.preset.name, "seed": cfg.seed, "kind": cfg.kind,
+            "config": cfg.to_dict()}
     first: list = []
-    n_prev = int(cfg.get("preview", 8))
+    n_prev = cfg.preview
 
     def tap(items):
         for it in items:

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fracscope.measure import measure_particle
+from fracscope.synth.config import SynthConfig
 from fracscope.synth.damage import CrackStyle, canonical_class, make_cracks
 from fracscope.synth.geometry import ParticleSpec, build_geometry, canvas_half_px
 from fracscope.synth.imaging import ImagingParams, render_image
@@ -61,7 +62,7 @@ def _spec(cfg, rng, diameter_um: float, offset_um: float) -> ParticleSpec:
     )
 
 
-def render_particle(cfg, spec: ParticleSpec, pixel_size_um: float, rng: np.random.Generator) -> LocalParticle:
+def render_particle(cfg: SynthConfig, spec: ParticleSpec, pixel_size_um: float, rng: np.random.Generator) -> LocalParticle:
     """Geometry, cracks (class enforced) and calibrated pores of one particle."""
     half = canvas_half_px(spec, pixel_size_um)
     geom = build_geometry(spec, pixel_size_um, half, float(cfg.particle.outline_roughness), rng)
@@ -99,13 +100,13 @@ def _meta(cfg, seed: int, kind: str, index: int, params: ImagingParams) -> dict:
         "kind": kind,
         "pore_polarity": str(cfg.imaging.pore_polarity),
     }
-    randomized = sorted(dict(cfg.imaging.get("randomize") or {}))
+    randomized = sorted(cfg.imaging.randomize)
     if randomized:
         meta["imaging"] = {k: round(float(getattr(params, k)), 6) for k in randomized}
     return meta
 
 
-def make_crop(cfg, seed: int, index: int) -> AnnotatedImage:
+def make_crop(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     """Crop `index` of the crops set with this seed (independent of the other crops)."""
     rng = np.random.default_rng([int(seed), 0, int(index)])
     px = _range(rng, cfg.crops.pixel_size_um)
@@ -138,7 +139,7 @@ def make_crop(cfg, seed: int, index: int) -> AnnotatedImage:
     )
 
 
-def generate_crops(cfg, n: int, seed: int) -> Iterator[AnnotatedImage]:
+def generate_crops(cfg: SynthConfig, n: int, seed: int) -> Iterator[AnnotatedImage]:
     """Yield `n` single-particle crops (one centred particle per image).
 
     Image i depends only on (seed, i), so a prefix of a longer run is identical.
@@ -197,7 +198,7 @@ def _pack(cfg, shape_um: tuple[float, float], rng: np.random.Generator) -> list[
     return placed
 
 
-def make_field(cfg, seed: int, index: int) -> AnnotatedImage:
+def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     """Wide field `index` of an electrode set (depends only on seed and index)."""
     rng = np.random.default_rng([int(seed), 1, int(index)])
     px = float(cfg.electrode.pixel_size_um)
@@ -255,19 +256,17 @@ def make_field(cfg, seed: int, index: int) -> AnnotatedImage:
 
 
 def _field_job(args) -> AnnotatedImage:
-    cfg_container, seed, index = args
-    from omegaconf import OmegaConf
-
-    return make_field(OmegaConf.create(cfg_container), seed, index)
+    cfg, seed, index = args
+    return make_field(cfg, seed, index)
 
 
-def generate_electrode(cfg, n_particles: int, seed: int, workers: int | None = None) -> Iterator[AnnotatedImage]:
+def generate_electrode(cfg: SynthConfig, n_particles: int, seed: int, workers: int | None = None) -> Iterator[AnnotatedImage]:
     """Yield wide fields of touching particles until at least `n_particles` particles.
 
     Field i depends only on (seed, i); with workers > 1 fields are rendered in parallel
     processes and yielded in order, so the output is the same for any worker count.
     """
-    workers = int(cfg.get("workers", 1) if workers is None else workers)
+    workers = int(cfg.workers if workers is None else workers)
     total = 0
     index = 0
     if workers <= 1:
@@ -279,16 +278,13 @@ def generate_electrode(cfg, n_particles: int, seed: int, workers: int | None = N
         return
     import multiprocessing as mp
 
-    from omegaconf import OmegaConf
-
-    container = OmegaConf.to_container(cfg, resolve=True)
     ctx = mp.get_context("fork")
     with ctx.Pool(workers) as pool:
         while total < n_particles:
             # Submit about as many fields as still needed so the workers never wait on a batch.
             per_field = total / index if index else 15.0
             k = max(2 * workers, int(math.ceil((n_particles - total) / max(per_field, 1.0))) + 1)
-            batch = [(container, seed, index + j) for j in range(k)]
+            batch = [(cfg, seed, index + j) for j in range(k)]
             for item in pool.imap(_field_job, batch):
                 if total >= n_particles:
                     break

@@ -12,11 +12,13 @@ depend on the grid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.settings import settings_from_config
 from fracscope.types import Phase
 
 
@@ -48,23 +50,17 @@ class ImagingParams:
     gamma_range: tuple[float, float] = (0.9, 1.1)
 
     @classmethod
-    def from_cfg(cls, node) -> "ImagingParams":
-        """Build from a mapping (OmegaConf node or dict); unknown keys are ignored."""
-        fields = cls.__dataclass_fields__
-        kw = {k: (tuple(v) if k == "gamma_range" else v) for k, v in dict(node).items() if k in fields}
-        return cls(**kw)
-
-    @classmethod
-    def draw(cls, node, rng: np.random.Generator) -> "ImagingParams":
-        """Parameters of one image: `from_cfg`, then every scalar named in ``node.randomize``
+    def draw(cls, config: ImagingConfig | Mapping, rng: np.random.Generator) -> ImagingParams:
+        """Parameters of one image: the config's, then every scalar named in ``config.randomize``
         (a mapping ``name: [lo, hi]``) drawn uniformly from its range.
 
         Domain randomisation for training sets: one model must read SEMs of any noise,
         blur and contrast. Without ``randomize`` no random number is drawn, so the
         default renders stay bit-identical.
         """
-        base = cls.from_cfg(node)
-        ranges = dict(node.get("randomize") or {})
+        config = settings_from_config(ImagingConfig, config, "the synth imaging config")
+        base = cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        ranges = config.randomize
         if not ranges:
             return base
         scalars = sorted(k for k in cls.__dataclass_fields__ if k not in ("bit_depth", "pore_polarity", "gamma_range"))
@@ -77,6 +73,17 @@ class ImagingParams:
                 raise ValueError(f"imaging.randomize.{name}: range [{lo}, {hi}] is empty")
             drawn[name] = float(rng.uniform(lo, hi))
         return replace(base, **drawn)
+
+
+@dataclass(frozen=True)
+class ImagingConfig(ImagingParams):
+    """The generator's `imaging` config: fixed parameters and the ranges drawn per image.
+
+    randomize : {name: (lo, hi)} of scalar `ImagingParams` fields, drawn per image by
+        `ImagingParams.draw`; empty keeps the fixed look.
+    """
+
+    randomize: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def smooth_noise(
