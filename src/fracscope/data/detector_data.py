@@ -34,14 +34,9 @@ from scipy import ndimage as ndi
 from torch.utils.data import DataLoader, Dataset
 
 from fracscope.data.datamodule import _as_spec, cache_root, split_indices, synth_config
-from fracscope.detect.learned import (
-    DEFAULT_WORKING_PIXEL_SIZE_UM,
-    NORM_PERCENTILES,
-    normalise_image,
-    resize_nearest,
-    to_working_scale,
-    working_shape,
-)
+from fracscope.crop import NORM_PERCENTILES
+from fracscope.detect.learned import normalise_image, resize_nearest, to_working_scale, working_shape
+from fracscope.model_file import DEFAULT_WORKING_PIXEL_SIZE_UM
 from fracscope.detect.postprocess import maps_from_labels
 from fracscope.types import AnnotatedImage
 
