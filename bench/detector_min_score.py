@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {t:.2f} | {f1:.4f} | {100 * (int(keep.sum()) - n_judgeable) / n_judgeable:+.2f} % | {fp} | "
               f"{tp_all - tp} |")
     best = max(rows)
-    print(f"best F1: min_score {best[1]} (set it with python -m fracscope.detect.export_detector DETECTOR.onnx "
+    print(f"best F1: min_score {best[1]} (set it with python -m fracscope.export DETECTOR.onnx "
           f"--min-score {best[1]})")
     print("reproduce: python bench/detector_min_score.py " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0

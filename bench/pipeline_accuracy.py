@@ -212,7 +212,7 @@ def save_judged_crops(dest: str, cfg, fields: Path, judged: pd.DataFrame) -> int
         if isinstance(image, ReadFailure):
             raise RuntimeError(f"could not read {image.source}: {image.error}")
         stem = image_stem(image, fields)
-        located = locate_particles(image, detector, meta.crop_size, meta.margin)
+        located = locate_particles(image, detector, meta.crop_spec)
         for c in located.crops:
             if (stem, c.particle_id) in wanted:
                 found[(stem, c.particle_id)] = np.stack([c.image, c.mask]).astype(np.float16)

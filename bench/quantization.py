@@ -22,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fracscope.export import ModelMetadata, compare_outputs, export_onnx, load_calibration, parity_batch
-from fracscope.runtime import Backend, OnnxBackend, TorchBackend, load_network_from_checkpoint
+from fracscope.crop import CropSpec
+from fracscope.export import compare_outputs, export_onnx, load_calibration, parity_batch
+from fracscope.model_file import ModelMetadata
+from fracscope.runtime import Backend, OnnxBackend, TorchBackend
 
 
 @dataclass
@@ -51,7 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--crops", type=Path, default=None)
-    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--crop-size", type=int, default=CropSpec.size)
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--n", type=int, default=32, help="crops per timing pass")
@@ -63,7 +65,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     if args.checkpoint:
-        network, metadata = load_network_from_checkpoint(args.checkpoint)
+        from fracscope.models.checkpoint import load_network
+
+        network, metadata = load_network(args.checkpoint, ModelMetadata)
     else:
         from fracscope.models.unet import NetConfig, build_model
 

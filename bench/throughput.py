@@ -89,7 +89,7 @@ def model_stage(model_path: str, fields: Path, batch: int) -> dict:
     for path in sorted(fields.glob("*.tif"))[:3]:
         image = read_image_pages(path)[0]
         labels = ClassicalDetector().detect(image)
-        crops += crop_particles(image.pixels, labels, size=meta.crop_size, margin=meta.margin)
+        crops += crop_particles(image.pixels, labels, meta.crop_spec)
     x = np.stack([np.stack([c.image, c.mask]) for c in crops]).astype(np.float32)[: 4 * batch]
     onnx_backend.predict_batched(x[:batch], batch)
     t_onnx = min(_timed(lambda: onnx_backend.predict_batched(x, batch)) for _ in range(3))

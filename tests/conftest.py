@@ -27,7 +27,8 @@ def random_onnx_model(tmp_path_factory) -> Path:
     """A small untrained network exported like the shipped model (for plumbing tests only)."""
     import torch
 
-    from fracscope.export import ModelMetadata, export_onnx
+    from fracscope.export import export_onnx
+    from fracscope.model_file import ModelMetadata
     from fracscope.models import NetConfig, build_model
 
     torch.manual_seed(0)

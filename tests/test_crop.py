@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fracscope.crop import (
+    CropSpec,
     clip_window,
     crop_particle,
     crop_particles,
@@ -44,7 +45,7 @@ def _centroid(mask):
 
 def test_particle_is_centred_and_geometry_consistent(scene):
     pixels, inst, phases = scene
-    crop = crop_particle(pixels, inst, 1, size=64, margin=0.15, phases=phases)
+    crop = crop_particle(pixels, inst, 1, CropSpec(size=64, margin=0.15), phases=phases)
     assert crop.image.shape == crop.mask.shape == crop.phases.shape == (64, 64)
     assert crop.image.dtype == np.float32 and crop.mask.dtype == np.float32
     assert 0.0 <= crop.image.min() and crop.image.max() <= 1.0
@@ -62,13 +63,13 @@ def test_particle_is_centred_and_geometry_consistent(scene):
     assert crop.mask.sum() == pytest.approx((inst == 1).sum() * crop.scale**2, rel=0.05)
     assert np.all(crop.phases[crop.mask > 0] > 0)
     # Enlarging works too (window smaller than the crop).
-    big = crop_particle(pixels, inst, 1, size=128)
+    big = crop_particle(pixels, inst, 1, CropSpec(size=128))
     assert big.mask.sum() == pytest.approx((inst == 1).sum() * big.scale**2, rel=0.05)
 
 
 def test_own_mask_excludes_touching_neighbour(scene):
     pixels, inst, _ = scene
-    crop = crop_particle(pixels, inst, 1, size=64)
+    crop = crop_particle(pixels, inst, 1, CropSpec(size=64))
     assert set(np.unique(crop.mask)) == {0.0, 1.0}
     # Neighbour 2 lies inside particle 1's window, but none of it is in the mask.
     wr0, wc0, wr1, wc1 = crop.bbox
@@ -84,7 +85,7 @@ def test_own_mask_excludes_touching_neighbour(scene):
 
 def test_border_particle_is_padded(scene):
     pixels, inst, phases = scene
-    crop = crop_particle(pixels, inst, 3, size=48, phases=phases)
+    crop = crop_particle(pixels, inst, 3, CropSpec(size=48), phases=phases)
     wr0, wc0, _, _ = crop.bbox
     assert wr0 < 0 and wc0 < 0  # window sticks out of the image
     pad_rows = int(np.floor(-wr0 * crop.scale))
@@ -97,17 +98,17 @@ def test_border_particle_is_padded(scene):
 
 def test_crop_particles_matches_single_crops(scene):
     pixels, inst, phases = scene
-    crops = crop_particles(pixels, inst, size=32, margin=0.2, phases=phases)
+    crops = crop_particles(pixels, inst, CropSpec(size=32, margin=0.2), phases=phases)
     assert [c.particle_id for c in crops] == [1, 2, 3]
     for c in crops:
-        ref = crop_particle(pixels, inst, c.particle_id, size=32, margin=0.2, phases=phases)
+        ref = crop_particle(pixels, inst, c.particle_id, CropSpec(size=32, margin=0.2), phases=phases)
         assert c.bbox == ref.bbox
         np.testing.assert_array_equal(c.image, ref.image)
         np.testing.assert_array_equal(c.mask, ref.mask)
         np.testing.assert_array_equal(c.phases, ref.phases)
-    assert [c.particle_id for c in crop_particles(pixels, inst, 32, 0.2, ids=[2])] == [2]
+    assert [c.particle_id for c in crop_particles(pixels, inst, CropSpec(32, 0.2), ids=[2])] == [2]
     with pytest.raises(ValueError, match="particle 9"):
-        crop_particles(pixels, inst, 32, 0.2, ids=[9])
+        crop_particles(pixels, inst, CropSpec(32, 0.2), ids=[9])
 
 
 def test_normalisation_is_robust_and_safe():
@@ -134,11 +135,11 @@ def test_normalisation_is_robust_and_safe():
 def test_crop_normalisation_robust_to_saturated_pixels(scene):
     pixels, inst, _ = scene
     spiky = pixels.copy()
-    crop = crop_particle(pixels, inst, 1, size=64)
+    crop = crop_particle(pixels, inst, 1, CropSpec(size=64))
     wr0, wc0, wr1, wc1 = crop.bbox
     spiky[wr0 + 3, wc0 : wc0 + 5] = 255
     spiky[wr0 + 10, wc0 + 20 : wc0 + 22] = 0
-    crop_spiky = crop_particle(spiky, inst, 1, size=64)
+    crop_spiky = crop_particle(spiky, inst, 1, CropSpec(size=64))
     assert np.median(np.abs(crop_spiky.image - crop.image)) < 0.02
 
 
@@ -147,7 +148,7 @@ def test_paste_back_round_trips_a_smooth_map(size, radius, centre):
     """A smooth map sampled at crop pixel centres (documented geometry) comes back on the source grid."""
     shape = (160, 200)
     inst = _disc(shape, centre, radius).astype(np.uint32)
-    crop = crop_particle(np.zeros(shape, np.float32), inst, 1, size=size)
+    crop = crop_particle(np.zeros(shape, np.float32), inst, 1, CropSpec(size=size))
 
     def field(r, c):  # two channels, smooth on the scale of the particle
         return np.stack([0.5 + 0.4 * np.sin(r / 11.0) * np.cos(c / 13.0), 0.5 + 0.3 * np.cos((r + c) / 17.0)])

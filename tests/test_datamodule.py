@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fracscope.crop import crop_particle
+from fracscope.crop import CropSpec, crop_particle
 from fracscope.data import read_dataset, write_dataset
 from fracscope.data.augment import AugmentSpec, CropAugmenter, invert_pores, perturb_mask
 from fracscope.data.datamodule import ParticleDataModule, SynthSpec, split_indices
@@ -46,7 +46,7 @@ def test_batch_equals_source_annotation(tmp_path, items, fmt: str) -> None:
         assert CLASS_NAMES[int(batch["label"][k])] == src.particles[0].class_name
         inst = item.instances if item.instances is not None else None
         pid = item.particles[0].particle_id
-        want = crop_particle(item.image.pixels, inst, pid, SIZE, 0.15, item.phases)
+        want = crop_particle(item.image.pixels, inst, pid, CropSpec(SIZE, 0.15), item.phases)
         np.testing.assert_array_equal(batch["mask"][k].numpy(), want.mask.astype(np.uint8))
         np.testing.assert_array_equal(batch["x"][k, 1].numpy(), want.mask)
         np.testing.assert_allclose(batch["x"][k, 0].numpy(), want.image, atol=2e-3)  # float16 storage
@@ -68,7 +68,7 @@ def test_class_folders_without_masks_use_the_detector(tmp_path, items) -> None:
     assert (a.phases == 255).all()  # no phase masks: the phase loss is masked out
     for k, g in enumerate(a.group):
         src = items[k]
-        want = crop_particle(src.image.pixels, src.instances, 1, SIZE, 0.15).mask > 0
+        want = crop_particle(src.image.pixels, src.instances, 1, CropSpec(SIZE, 0.15)).mask > 0
         got = a.mask[k] > 0
         iou = (want & got).sum() / (want | got).sum()
         assert iou > 0.6, iou

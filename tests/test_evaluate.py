@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fracscope.data.datamodule import CropSpec, crops_from_items
+from fracscope.crop import CropSpec
+from fracscope.data.datamodule import crops_from_items
 from fracscope.evaluate import native_truth
 from fracscope.types import AnnotatedImage, ParticleAnnotation, Phase, SEMImage
 

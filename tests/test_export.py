@@ -11,15 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from fracscope.export import (
-    ExportParityError,
-    MetadataError,
-    ModelMetadata,
-    ParityTolerance,
-    export_onnx,
-    parity_batch,
-    read_onnx_metadata,
-)
+from fracscope.export import ExportParityError, ParityTolerance, export_onnx, parity_batch
+from fracscope.model_file import MetadataError, ModelMetadata, read_metadata
 from fracscope.runtime import OnnxBackend, TorchBackend
 
 S = 32  # small crops keep the suite fast; the I/O contract is size-independent
@@ -110,8 +103,7 @@ def test_metadata_unknown_keys_kept_in_extra_and_validation_errors():
 def test_pore_weight_round_trips_defaults_to_one_and_is_validated(fp32_export, tmp_path):
     import shutil
 
-    from fracscope.export import main as export_main
-    from fracscope.export import read_onnx_metadata
+    from fracscope.export.cli import main as export_main
 
     assert make_metadata().pore_weight == 1.0
     raw = json.loads(make_metadata().to_json())
@@ -121,27 +113,12 @@ def test_pore_weight_round_trips_defaults_to_one_and_is_validated(fp32_export, t
         make_metadata(pore_weight=0.0)
     path = tmp_path / "m.onnx"
     shutil.copy(fp32_export[1], path)
-    before = read_onnx_metadata(path)
+    before = read_metadata(path)
     assert export_main([str(path), "--pore-weight", "1.25"]) == 0
-    after = read_onnx_metadata(path)
+    after = read_metadata(path)
     assert after.pore_weight == 1.25 and dataclasses.replace(after, pore_weight=before.pore_weight) == before
     with pytest.raises(SystemExit):
         export_main([str(path)])  # an .onnx input needs --pore-weight
-
-
-def test_metadata_from_hparams_accepts_plain_checkpoint_fields():
-    hp = {
-        "encoder_name": "resnet18", "in_channels": 2, "crop_size": 96, "margin": 0.2,
-        "norm_percentiles": [0.5, 99.5], "class_names": ["intact", "mildly_damaged", "broken"],
-        "phase_names": ["background", "solid", "pore", "crack"], "pixel_size_range_um": [0.02, 0.08],
-        "pore_polarities": ["dark"], "synth_version": "2", "training_data": "synth v2",
-        "best_metrics": {"val_f1": 0.8, "note": "not a number"},
-    }
-    meta = ModelMetadata.from_hparams(hp)
-    assert meta.encoder == "resnet18" and meta.crop_size == 96 and meta.margin == 0.2
-    assert meta.normalisation == {"method": "percentile", "low_pct": 0.5, "high_pct": 99.5}
-    assert meta.pixel_size_range_um == (0.02, 0.08)
-    assert meta.metrics == {"val_f1": 0.8}
 
 
 def test_metadata_from_nested_particle_module_hparams():
@@ -152,7 +129,7 @@ def test_metadata_from_nested_particle_module_hparams():
         "config": {
             "crop_size": 64, "margin": 0.15, "normalisation": {"method": "percentile", "low_pct": 0.5,
                                                                "high_pct": 99.5},
-            "norm_percentiles": [0.5, 99.5], "pixel_size_range_um": [0.04, 0.15],
+            "pixel_size_range_um": [0.04, 0.15],
             "crop_pixel_size_range_um": [0.2, 0.27], "pore_polarities": ["dark", "bright"],
             "synth_version": "0.1.0", "training_data": "synthetic", "split_seed": 3,
             "augment": {"rotate_p": 0.5}, "best_metrics": {"val/macro_f1": 0.75, "epoch": 4.0},
@@ -169,7 +146,7 @@ def test_metadata_from_nested_particle_module_hparams():
 
 def test_onnx_file_carries_metadata(fp32_export):
     _, path, report = fp32_export
-    meta = read_onnx_metadata(path)
+    meta = read_metadata(path)
     assert meta.precision == "fp32" and meta.crop_size == S
     assert meta.export_date and meta.fracscope_version
     assert meta.pore_polarities == ("dark", "bright")
@@ -183,7 +160,7 @@ def test_model_without_fracscope_metadata_is_rejected(fp32_export, tmp_path):
     bare = tmp_path / "bare.onnx"
     onnx.save(model, str(bare))
     with pytest.raises(MetadataError, match="no 'fracscope' metadata"):
-        read_onnx_metadata(bare)
+        read_metadata(bare)
     with pytest.raises(MetadataError, match="no 'fracscope' metadata"):
         OnnxBackend(bare)
 
@@ -210,12 +187,12 @@ def test_parity_check_can_fail(tmp_path):
 
 def test_parity_check_catches_a_wrong_graph(tmp_path, monkeypatch):
     # Export a different network than the one compared against: the default fp32 check must fire.
-    import fracscope.export as ex
+    import fracscope.export.onnx as ex
 
-    real_export = ex._legacy_export
-    monkeypatch.setattr(ex, "_legacy_export",
-                        lambda net, dummy, path, opset: real_export(ex._probability_wrapper(make_net(seed=1)),
-                                                                    dummy, path, opset))
+    real_export = ex.torch_to_onnx
+    monkeypatch.setattr(ex, "torch_to_onnx",
+                        lambda net, path, graph, opset: real_export(ex.probability_wrapper(make_net(seed=1)),
+                                                                    path, graph, opset))
     with pytest.raises(ExportParityError, match="max") as err:
         export_onnx(make_net(), tmp_path / "m.onnx", make_metadata(), crop_size=S)
     assert err.value.report.max_prob_diff > 1e-3
@@ -263,7 +240,7 @@ def test_int8_export_agrees_on_argmax(tmp_path):
     model = onnx.load(str(report.path))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really QDQ-quantized
-    meta = read_onnx_metadata(report.path)
+    meta = read_metadata(report.path)
     assert meta.precision == "int8" and "32 crops" in meta.extra["calibration"]
     assert report.phase_argmax_agreement_pct >= 90.0
     assert report.class_argmax_agreement_pct >= 60.0

@@ -10,9 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from fracscope.detect import build_detector, maps_from_labels
-from fracscope.detect.export_detector import export_detector, load_detector_checkpoint, parity_inputs
-from fracscope.export import ExportParityError
-from fracscope.detect.learned import DetectorMetadata, LearnedDetector, read_detector_metadata, resize_nearest
+from fracscope.detect.learned import LearnedDetector, resize_nearest
+from fracscope.export import ExportParityError, export_detector, parity_inputs
+from fracscope.model_file import DetectorMetadata, read_metadata
+from fracscope.models.checkpoint import load_network
 from fracscope.models.detector_net import DetectorNet, DetectorNetConfig, DetectorProbabilities
 from fracscope.types import SEMImage
 
@@ -80,17 +81,17 @@ def test_fast_dev_run_through_train_and_export_checkpoint(tmp_path, synth_cache)
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
     assert list(synth_cache.glob("detector-*/fields.npz"))  # the prepared fields are cached
 
-    net, meta = load_detector_checkpoint(result.best_checkpoint)
+    net, meta = load_network(result.best_checkpoint, DetectorMetadata)
     assert meta.working_pixel_size_um == 0.15 and meta.encoder == "resnet18"
     assert meta.normalisation["method"] == "percentile" and "val/ap50" in meta.metrics
     report = export_detector(net, tmp_path / "det.onnx", meta)
-    assert read_detector_metadata(report.path).postprocess == meta.postprocess
+    assert read_metadata(report.path, DetectorMetadata).postprocess == meta.postprocess
 
 
 def test_export_parity_on_two_sizes(tiny_onnx) -> None:
     import onnxruntime as ort
 
-    meta = read_detector_metadata(tiny_onnx)
+    meta = read_metadata(tiny_onnx, DetectorMetadata)
     assert meta.postprocess["foreground_threshold"] == 0.45 and meta.fracscope_version
     sess = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
     torch.manual_seed(0)
@@ -216,13 +217,13 @@ def test_sections_below_the_minimum_diameter_are_dropped(tmp_path) -> None:
 
 
 def test_min_score_is_re_set_in_place_and_overridable(tmp_path) -> None:
-    from fracscope.detect.export_detector import main as export_main
+    from fracscope.export.cli import main as export_main
 
     path = tmp_path / "threshold.onnx"
     export_detector(_ThresholdNet(), path, DetectorMetadata(postprocess={"min_area_px": 10}))
     assert export_main([str(path), "--min-score", "0.9"]) == 0
-    assert read_detector_metadata(path).postprocess_params().min_score == 0.9
-    assert read_detector_metadata(path).postprocess_params().min_area_px == 10  # the rest is kept
+    assert read_metadata(path, DetectorMetadata).postprocess_params().min_score == 0.9
+    assert read_metadata(path, DetectorMetadata).postprocess_params().min_area_px == 10  # the rest is kept
     assert LearnedDetector(path).params.min_score == 0.9
     assert LearnedDetector(path, min_score=0.5).params.min_score == 0.5
     with pytest.raises(SystemExit):
@@ -239,7 +240,7 @@ def test_int8_export_keeps_the_partition_and_says_int8(tmp_path) -> None:
     tiles = np.stack([(((yy - r) ** 2 + (xx - c) ** 2) < 60**2).astype(np.float32) for r, c in
                       ((80, 90), (170, 160), (128, 40), (60, 200))])[:, None]
     report = export_detector(_ThresholdNet(), int8, meta, quantize=True, calibration=tiles)
-    assert report.metadata.precision == "int8" and read_detector_metadata(int8).precision == "int8"
+    assert report.metadata.precision == "int8" and read_metadata(int8, DetectorMetadata).precision == "int8"
     assert report.foreground_agreement_pct >= 98.0
     gt = np.zeros((500, 480), np.uint32)
     gt[(np.mgrid[:500, :480][0] - 180) ** 2 + (np.mgrid[:500, :480][1] - 170) ** 2 < 110**2] = 1

@@ -102,13 +102,13 @@ def test_scores() -> None:
 def _synthetic_batch(n: int = 8, size: int = 64):
     """Real synthetic crops (fracscope.synth) through the shared crop function."""
     synth = pytest.importorskip("fracscope.synth")
-    from fracscope.crop import crop_particle
+    from fracscope.crop import CropSpec, crop_particle
     from fracscope.types import CLASS_NAMES
 
     cfg = synth.load_config("gp", ["crops.pixel_size_um=[0.06,0.06]"])
     xs, phases, masks, labels = [], [], [], []
     for item in synth.generate_crops(cfg, n, seed=3):
-        c = crop_particle(item.image.pixels, item.instances, 1, size, 0.15, item.phases)
+        c = crop_particle(item.image.pixels, item.instances, 1, CropSpec(size, 0.15), item.phases)
         xs.append(np.stack([c.image, c.mask]))
         phases.append(c.phases.astype(np.int64))
         masks.append(c.mask.astype(np.uint8))

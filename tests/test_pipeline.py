@@ -261,7 +261,7 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
     """The size rule holds for the measured outline: no reported section is under the minimum."""
     from scipy import ndimage as ndi
 
-    from fracscope.crop import crop_particles
+    from fracscope.crop import CropSpec, crop_particles
     from fracscope.locate import LocatedParticles
     from fracscope.measure import eq_diameter_um
     from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
@@ -273,7 +273,7 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
     instances[(yy - 100) ** 2 + (xx - 70) ** 2 <= 20**2] = 1  # 2.0 µm before the trim
     instances[(yy - 100) ** 2 + (xx - 210) ** 2 <= 40**2] = 2  # 4.0 µm
     image = SEMImage(np.where(instances > 0, 200, 30).astype(np.uint8), px)
-    crops = crop_particles(image.pixels, instances, size=64, margin=0.15)
+    crops = crop_particles(image.pixels, instances, CropSpec(size=64, margin=0.15))
     # The phase model calls a 3-crop-pixel rim of each section matrix: the trim takes it.
     probs = np.zeros((len(crops), 4, 64, 64), np.float32)
     for k, c in enumerate(crops):

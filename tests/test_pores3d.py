@@ -8,13 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage as ndi
 
+from fracscope.model_file import ModelMetadata
 from fracscope.pores3d import ArrayStack, StackError, VoxelSize, analyse_stack, label_chunked, open_stack, structure
 from fracscope.pores3d.align import AlignedStack, estimate_drift
 from fracscope.pores3d.label import ChunkedLabeler
@@ -380,9 +380,7 @@ def test_local_threshold_follows_shading_that_defeats_a_global_one(column, tmp_p
 class _FakeBackend:
     """Stands in for an ONNX model: every pixel of every crop is one phase."""
 
-    class metadata:  # noqa: N801 - mimics ModelMetadata's attributes
-        crop_size = 32
-        margin = 0.15
+    metadata = ModelMetadata(crop_size=32, margin=0.15)
 
     def __init__(self, phase: int) -> None:
         self.phase = phase
@@ -412,7 +410,7 @@ class _UnsureBackend(_FakeBackend):
     def __init__(self, pore_weight: float | None = None) -> None:
         super().__init__(Phase.SOLID)
         extra = {} if pore_weight is None else {"pore_weight": pore_weight}
-        self.metadata = SimpleNamespace(crop_size=32, margin=0.15, **extra)
+        self.metadata = ModelMetadata(crop_size=32, margin=0.15, **extra)
 
     def predict_batched(self, x, batch_size):
         classes, probs = super().predict_batched(x, batch_size)

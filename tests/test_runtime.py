@@ -9,13 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from fracscope.export import export_onnx, parity_batch
-from fracscope.runtime import (
-    BackendUnavailableError,
-    OnnxBackend,
-    TorchBackend,
-    load_backend,
-    sha256_of,
-)
+from fracscope.model_file import BackendUnavailableError, sha256_of
+from fracscope.runtime import OnnxBackend, TorchBackend, load_backend
 from test_export import S, make_metadata, make_net
 
 
@@ -168,7 +163,7 @@ def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_export_cli_int8_with_calibration_file(checkpoint, tmp_path, capsys):
-    from fracscope.export import main
+    from fracscope.export.cli import main
 
     crops = parity_batch(64, n_random=2, n_structured=14, seed=21)
     np.save(tmp_path / "crops.npy", crops)

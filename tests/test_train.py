@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from fracscope.models.checkpoint import init_weights_from, load_model
+from fracscope.models.checkpoint import init_weights_from, load_network
 from fracscope.models.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,13 +58,13 @@ def test_checkpoint_resume_and_init_from(tmp_path) -> None:
     assert last["epoch"] > ckpt["epoch"] and last["global_step"] == 2 * steps_first
 
     # init_from: the new network starts from the checkpoint's weights.
-    loaded = load_model(first.best_checkpoint)
-    fresh = load_model(first.best_checkpoint).net
+    loaded, _ = load_network(first.best_checkpoint)
+    fresh, _ = load_network(first.best_checkpoint)
     for p in fresh.parameters():
         torch.nn.init.zeros_(p)
     rep = init_weights_from(fresh, first.best_checkpoint)
     assert rep.loaded > 0 and not rep.skipped
-    for (k, a), b in zip(loaded.net.state_dict().items(), fresh.state_dict().values()):
+    for (k, a), b in zip(loaded.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
     tuned = run(compose_cfg(tmp_path / "b", "trainer.fast_dev_run=true", f"init_from={first.best_checkpoint}"))
     assert tuned.final_metrics

@@ -26,6 +26,10 @@ Geometry (all coordinates in source-image pixels, integer pixel indices):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
@@ -34,8 +38,73 @@ from fracscope.types import ParticleCrop, Phase
 
 Box = tuple[int, int, int, int]
 
+# The one place the crop defaults are written (training config, checkpoints and model files
+# carry the values actually used).
+NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+NORMALISATION_METHOD = "percentile"
 
-def normalize_intensity(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How a particle becomes a network input, the same in training and at inference.
+
+    size: crop side in pixels. margin: context per side as a fraction of the particle
+    box's longer side. low_pct, high_pct: percentiles of the crop window (before
+    resizing) that map to 0 and 1 (`normalize_intensity`).
+
+    It travels whole: data module → checkpoint hyperparameters → model file metadata
+    (``crop_size``, ``margin``, ``normalisation``; `to_fields` / `from_fields`) → inference.
+    """
+
+    size: int = 128
+    margin: float = 0.15
+    low_pct: float = NORM_PERCENTILES[0]
+    high_pct: float = NORM_PERCENTILES[1]
+
+    def __post_init__(self) -> None:
+        if int(self.size) < 1:
+            raise ValueError(f"crop size must be positive, got {self.size}")
+        if not float(self.margin) >= 0:
+            raise ValueError(f"crop margin must be >= 0, got {self.margin}")
+        if not 0.0 <= float(self.low_pct) < float(self.high_pct) <= 100.0:
+            raise ValueError(f"need 0 <= low_pct < high_pct <= 100, got {self.low_pct}, {self.high_pct}")
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """The window's intensities scaled to [0, 1] by this spec's percentiles."""
+        return normalize_intensity(pixels, float(self.low_pct), float(self.high_pct))
+
+    def to_fields(self) -> dict[str, Any]:
+        """The fields a checkpoint and a model file store: crop_size, margin, normalisation."""
+        return {
+            "crop_size": int(self.size),
+            "margin": float(self.margin),
+            "normalisation": {"method": NORMALISATION_METHOD, "low_pct": float(self.low_pct),
+                              "high_pct": float(self.high_pct),
+                              "over": "crop window, before resizing (fracscope.crop.normalize_intensity)"},
+        }
+
+    @classmethod
+    def from_fields(cls, crop_size: int, margin: float, normalisation: Mapping[str, Any]) -> CropSpec:
+        """Inverse of `to_fields`; percentiles missing from `normalisation` keep the defaults.
+
+        Raises
+        ------
+        ValueError
+            When the normalisation method is not the percentile scaling this module applies.
+        """
+        norm = dict(normalisation)
+        method = norm.get("method", NORMALISATION_METHOD)
+        if method != NORMALISATION_METHOD:
+            raise ValueError(f"unknown normalisation method {method!r}; expected {NORMALISATION_METHOD!r}")
+        return cls(size=int(crop_size), margin=float(margin),
+                   low_pct=float(norm.get("low_pct", cls.low_pct)), high_pct=float(norm.get("high_pct", cls.high_pct)))
+
+
+DEFAULT_CROP_SPEC = CropSpec()
+
+
+def normalize_intensity(pixels: np.ndarray, low_pct: float = NORM_PERCENTILES[0],
+                        high_pct: float = NORM_PERCENTILES[1]) -> np.ndarray:
     """Robust percentile scaling to [0, 1], as float32.
 
     Values at or below the `low_pct` percentile map to 0, at or above `high_pct`
@@ -124,8 +193,7 @@ def crop_particle(
     pixels: np.ndarray,
     instances: np.ndarray,
     particle_id: int,
-    size: int = 128,
-    margin: float = 0.15,
+    spec: CropSpec = DEFAULT_CROP_SPEC,
     phases: np.ndarray | None = None,
     bbox=None,
 ) -> ParticleCrop:
@@ -139,10 +207,8 @@ def crop_particle(
         Instance label map.
     particle_id : int
         Label of the particle.
-    size : int
-        Side of the output crop in pixels.
-    margin : float
-        Context on each side, as a fraction of the box's longer side.
+    spec : CropSpec
+        Crop side, margin and normalisation percentiles.
     phases : ndarray of uint8, shape (H, W), optional
         Phase map to crop alongside (`resize_phases`: nearest-neighbour, cracks kept
         connected).
@@ -153,7 +219,7 @@ def crop_particle(
     Returns
     -------
     ParticleCrop
-        image normalised by percentiles over the window (before resizing); mask
+        image normalised by `spec`'s percentiles over the window (before resizing); mask
         of this particle only (touching neighbours are 0); scale = size / side;
         bbox = the window in source coordinates (see module docstring).
     """
@@ -168,12 +234,13 @@ def crop_particle(
         box = (int(r0), int(c0), int(r1), int(c1))
     else:
         box = _as_box(bbox)
-    window = crop_window(box, margin)
+    size = int(spec.size)
+    window = crop_window(box, spec.margin)
     img, inside_r, inside_c = _take_window(pixels, window)
     inside = inside_r[:, None] & inside_c[None, :]
     lab, _, _ = _take_window(instances, window)
     own = ((lab == particle_id) & inside).astype(np.uint8)
-    image = _resize(normalize_intensity(img), size, nearest=False).astype(np.float32, copy=False)
+    image = _resize(spec.normalise(img), size, nearest=False).astype(np.float32, copy=False)
     mask = _resize(own, size, nearest=True).astype(np.float32)
     phase_crop = None
     if phases is not None:
@@ -192,8 +259,7 @@ def crop_particle(
 def crop_particles(
     pixels: np.ndarray,
     instances: np.ndarray,
-    size: int = 128,
-    margin: float = 0.15,
+    spec: CropSpec = DEFAULT_CROP_SPEC,
     phases: np.ndarray | None = None,
     ids=None,
 ) -> list[ParticleCrop]:
@@ -218,7 +284,7 @@ def crop_particles(
         box = boxes[pid - 1] if 0 < pid <= len(boxes) else None
         if box is None:
             raise ValueError(f"particle {pid} is not in the instance map")
-        crops.append(crop_particle(pixels, instances, pid, size, margin, phases, bbox=box))
+        crops.append(crop_particle(pixels, instances, pid, spec, phases, bbox=box))
     return crops
 
 

@@ -1,7 +1,7 @@
 """Score a trained model on an annotated set: ``python -m fracscope.evaluate data=DIR model_path=M``.
 
-Particles are cropped with the shared crop function at the model's crop size and
-margin; metrics are computed on the crop grid: accuracy, macro-F1, per-class recall and
+Particles are cropped with the shared crop function with the crop spec the model file (or
+checkpoint) stores, and run through `fracscope.runtime.load_backend`; metrics are computed on the crop grid: accuracy, macro-F1, per-class recall and
 Cohen's κ against the manual classes (class head alone and combined with crack
 topology), pooled pore IoU (true pores >= `min_pore_px`), crack IoU, porosity MAE and
 bias (percentage points, Eq. 1 via `fracscope.measure`) and, side by side, the paper's
@@ -22,7 +22,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
-from fracscope.data.datamodule import CropArrays, CropSpec, croppable_particles, crops_from_items  # noqa: E402
+from fracscope.crop import CropSpec  # noqa: E402
+from fracscope.data.datamodule import CropArrays, croppable_particles, crops_from_items  # noqa: E402
 from fracscope.models.plots import GalleryItem, plot_confusion, plot_contact_sheet  # noqa: E402
 from fracscope.models.scores import (  # noqa: E402
     IGNORE_PHASE,
@@ -33,6 +34,7 @@ from fracscope.models.scores import (  # noqa: E402
     porosity_errors_pp,
 )
 from fracscope.classify import combine_class_with_topology  # noqa: E402
+from fracscope.runtime import Backend, load_backend  # noqa: E402
 from fracscope.settings import settings_from_config  # noqa: E402
 from fracscope.types import CLASS_NAMES, AnnotatedImage, Phase  # noqa: E402
 
@@ -45,44 +47,16 @@ class Predictions:
     phases: np.ndarray
 
 
-class CropPredictor:
-    """A checkpoint (torch) or an exported model (``fracscope.runtime``) with its crop spec."""
-
-    def __init__(self, model_path: str | Path) -> None:
-        self.path = Path(model_path)
-        if self.path.suffix.lower() == ".onnx":
-            from fracscope.runtime import load_backend
-
-            self.backend = load_backend(self.path)
-            meta = self.backend.metadata
-            self.crop = CropSpec(size=int(meta.crop_size), margin=float(meta.margin))
-            self.net = None
-        else:
-            from fracscope.models.checkpoint import load_model
-
-            loaded = load_model(self.path)
-            self.net = loaded.net
-            self.backend = None
-            self.crop = CropSpec(size=int(loaded.config.get("crop_size", 128)), margin=float(loaded.config.get("margin", 0.15)))
-
-    def predict(self, arrays: CropArrays, batch_size: int = 32) -> Predictions:
-        probs, phases = [], []
-        for i in range(0, len(arrays), batch_size):
-            x = np.stack([arrays.image[i : i + batch_size].astype(np.float32),
-                          arrays.mask[i : i + batch_size].astype(np.float32)], axis=1)
-            if self.net is not None:
-                import torch
-
-                with torch.inference_mode():
-                    t = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-                    cl, ph = self.net.to(memory_format=torch.channels_last)(t)
-                probs.append(cl.float().softmax(1).numpy())
-                phases.append(ph.argmax(1).numpy().astype(np.uint8))
-            else:
-                cp, pp = self.backend.predict(x)
-                probs.append(np.asarray(cp))
-                phases.append(np.asarray(pp).argmax(1).astype(np.uint8))
-        return Predictions(np.concatenate(probs), np.concatenate(phases))
+def predict_arrays(backend: Backend, arrays: CropArrays, batch_size: int = 32) -> Predictions:
+    """Class probabilities and phase argmax of `backend` on the crops, `batch_size` at a time."""
+    probs, phases = [], []
+    for i in range(0, len(arrays), batch_size):
+        x = np.stack([arrays.image[i : i + batch_size].astype(np.float32),
+                      arrays.mask[i : i + batch_size].astype(np.float32)], axis=1)
+        cp, pp = backend.predict(x)
+        probs.append(np.asarray(cp))
+        phases.append(np.asarray(pp).argmax(1).astype(np.uint8))
+    return Predictions(np.concatenate(probs), np.concatenate(phases))
 
 
 @dataclass
@@ -119,7 +93,7 @@ def native_truth(items: list[AnnotatedImage], spec: CropSpec) -> NativeTruth:
     from fracscope.measure import porosity_pct
 
     true, otsu = [], []
-    for _, item, inst, p, box in croppable_particles(items, spec):
+    for _, item, inst, p, box in croppable_particles(items):
         pid = int(p.particle_id)
         mask = np.asarray(inst[box]) == pid
         true.append(porosity_pct(item.phases[box], mask) if item.phases is not None else np.nan)
@@ -224,10 +198,11 @@ def write_outputs(report: EvalReport, arrays: CropArrays, pred: Predictions, out
 def evaluate_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
                    batch_size: int = 32, min_pore_px: int = 3) -> EvalReport:
     """Crop, predict and score annotated images; write outputs when `out_dir` is given."""
-    predictor = CropPredictor(model_path)
-    arrays = crops_from_items(items, predictor.crop)
-    pred = predictor.predict(arrays, batch_size)
-    report = score(arrays, pred, min_pore_px, native_truth(items, predictor.crop))
+    backend = load_backend(model_path)
+    spec = backend.metadata.crop_spec  # the crop spec the model file (or checkpoint) stores
+    arrays = crops_from_items(items, spec)
+    pred = predict_arrays(backend, arrays, batch_size)
+    report = score(arrays, pred, min_pore_px, native_truth(items, spec))
     if out_dir is not None:
         write_outputs(report, arrays, pred, Path(out_dir))
     return report

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.crop import crop_particles
+from fracscope.crop import CropSpec, crop_particles
 from fracscope.detect import Detector, build_detector
 from fracscope.io import ReadFailure
 from fracscope.types import ParticleCrop, SEMImage
@@ -41,31 +41,31 @@ class LocateFailure:
     error: str
 
 
-def locate_particles(image: SEMImage, detector: Detector, crop_size: int, margin: float) -> LocatedParticles:
-    """Detect the particles of one image and cut a fixed-size crop around each."""
+def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec) -> LocatedParticles:
+    """Detect the particles of one image and cut a crop around each, as `crop_spec` (the model's) says."""
     t0 = time.perf_counter()
     instances = detector.detect(image)
     t1 = time.perf_counter()
-    crops = crop_particles(image.pixels, instances, size=crop_size, margin=margin)
+    crops = crop_particles(image.pixels, instances, crop_spec)
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
     return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
 
 
-def _locate_safely(image: SEMImage, detector: Detector, crop_size: int, margin: float):
+def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec):
     try:
-        return locate_particles(image, detector, crop_size, margin)
+        return locate_particles(image, detector, crop_spec)
     except Exception as exc:  # one bad image must not stop a run over thousands
         return LocateFailure(image, f"{type(exc).__name__}: {exc}")
 
 
 # Set by the pool initializer, and only inside worker processes: each builds its detector once.
-_worker_args: tuple[Detector, int, float] | None = None
+_worker_args: tuple[Detector, CropSpec] | None = None
 
 
-def _init_worker(detect_cfg: Mapping[str, Any], crop_size: int, margin: float) -> None:
+def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec) -> None:
     global _worker_args
-    _worker_args = (build_detector(detect_cfg), crop_size, margin)
+    _worker_args = (build_detector(detect_cfg), crop_spec)
 
 
 def _locate_in_worker(image: SEMImage):
@@ -76,8 +76,7 @@ def _locate_in_worker(image: SEMImage):
 def locate_ahead(
     images: Iterable[SEMImage | ReadFailure],
     detect_cfg: Mapping[str, Any],
-    crop_size: int,
-    margin: float,
+    crop_spec: CropSpec,
     workers: int = 1,
 ) -> Iterator[LocatedParticles | LocateFailure | ReadFailure]:
     """Located particles of each image, in input order.
@@ -89,13 +88,13 @@ def locate_ahead(
     if workers <= 0:
         detector = build_detector(detect_cfg)
         for item in images:
-            yield item if isinstance(item, ReadFailure) else _locate_safely(item, detector, crop_size, margin)
+            yield item if isinstance(item, ReadFailure) else _locate_safely(item, detector, crop_spec)
         return
     build_detector(detect_cfg)  # fail here on a bad config, not in every worker
     depth = workers + 1
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(dict(detect_cfg), crop_size, margin)) as pool:
+                             initargs=(dict(detect_cfg), crop_spec)) as pool:
         pending: deque[Future | ReadFailure] = deque()
         for item in images:
             pending.append(item if isinstance(item, ReadFailure) else pool.submit(_locate_in_worker, item))

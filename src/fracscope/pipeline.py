@@ -224,7 +224,7 @@ def analyse_image(
 ) -> ImageResult:
     """Find, crop, classify, segment and measure every particle of one image."""
     times = times or StageTimes()
-    located = locate_particles(image, detector, backend.metadata.crop_size, backend.metadata.margin)
+    located = locate_particles(image, detector, backend.metadata.crop_spec)
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
     return measure_particles(predict_particles(located, stem, group, backend, settings, times), settings, times)
@@ -328,8 +328,7 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
     located_stream = locate_ahead(
         todo,
         run_settings.detect,
-        backend.metadata.crop_size,
-        backend.metadata.margin,
+        backend.metadata.crop_spec,
         workers=run_settings.detect_workers,
     )
     n_images = n_particles = 0

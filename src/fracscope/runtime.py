@@ -2,7 +2,7 @@
 
 Every backend takes crops ``float32 (N, C, S, S)`` (C = 2: normalised image, own mask) and returns
 probabilities ``(class_probs (N, K), phase_probs (N, P, S, S))`` — the same quantities the ONNX
-graph outputs (softmax included, see :mod:`fracscope.export`) — plus the :class:`ModelMetadata`
+graph outputs (softmax included, see :mod:`fracscope.model_file`) — plus the :class:`ModelMetadata`
 that says what the channels mean and what the model was trained on.
 
 Example
@@ -17,41 +17,24 @@ from __future__ import annotations
 
 import abc
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fracscope.export import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, ModelMetadata
-from fracscope.ort_options import session_options
+from fracscope.model_file import (
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    BackendUnavailableError,
+    ModelMetadata,
+    open_onnx_session,
+    parse_device,
+    sha256_of,
+)
 
 ONNX_SUFFIXES: tuple[str, ...] = (".onnx",)
 TORCH_SUFFIXES: tuple[str, ...] = (".ckpt",)
 BACKENDS: tuple[str, ...] = ("onnx", "torch")
-# Where ParticleModule keeps the NetConfig dict in its hyperparameters (older drafts: "model").
-NET_CONFIG_KEYS: tuple[str, ...] = ("net", "model")
-
-
-class BackendUnavailableError(RuntimeError):
-    """The requested backend/device cannot run here (missing package, provider or GPU)."""
-
-
-def sha256_of(path: str | Path) -> str:
-    """Hex SHA-256 of a file, for provenance (which model produced a result)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _parse_device(device: str) -> tuple[str, int]:
-    """'cpu' | 'cuda' | 'cuda:N' → (kind, index)."""
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    return kind, int(index or 0)
 
 
 class Backend(abc.ABC):
@@ -149,50 +132,9 @@ class OnnxBackend(Backend):
     name = "onnx"
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
         self.path = _existing(path, ONNX_SUFFIXES, "an ONNX model (.onnx)")
         self.device = device
-        kind, index = _parse_device(device)
-        available = ort.get_available_providers()
-        if kind == "cuda":
-            if "CUDAExecutionProvider" not in available:
-                raise BackendUnavailableError(
-                    "device=cuda needs onnxruntime-gpu: pip install '.[gpu]' "
-                    f"(available providers: {', '.join(available)})"
-                )
-            providers: list[Any] = [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
-        else:
-            providers = ["CPUExecutionProvider"]
-
-        opts = session_options(threads)
-        try:
-            self._session = ort.InferenceSession(str(self.path), opts, providers=providers)
-        except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
-            if kind == "cuda":
-                raise BackendUnavailableError(
-                    f"onnxruntime-gpu is installed but CUDA failed to initialise: {err}"
-                ) from err
-            raise
-        # onnxruntime silently falls back to CPU when the CUDA provider cannot load its libraries.
-        if kind == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
-            raise BackendUnavailableError(
-                "onnxruntime-gpu is installed but CUDA failed to initialise (check the NVIDIA driver and "
-                "that the CUDA/cuDNN versions match onnxruntime-gpu; session providers: "
-                f"{', '.join(self._session.get_providers())})"
-            )
-        custom = self._session.get_modelmeta().custom_metadata_map
-        if METADATA_KEY not in custom:
-            raise MetadataError(
-                f"{self.path} has no '{METADATA_KEY}' metadata: not a fracscope model file, or exported "
-                "without metadata. Export it with `python -m fracscope.export`."
-            )
-        self.metadata = ModelMetadata.from_json(custom[METADATA_KEY])
-        names_in = [i.name for i in self._session.get_inputs()]
-        names_out = [o.name for o in self._session.get_outputs()]
-        if names_in != [INPUT_NAME] or names_out != list(OUTPUT_NAMES):
-            raise MetadataError(f"{self.path}: expected input {INPUT_NAME!r} and outputs {OUTPUT_NAMES}, "
-                                f"found {names_in} → {names_out}")
+        self._session, self.metadata = open_onnx_session(self.path, ModelMetadata, device, threads)
 
     @property
     def providers(self) -> list[str]:
@@ -209,63 +151,6 @@ class OnnxBackend(Backend):
 # --------------------------------------------------------------------------------------------
 
 
-def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
-    """``torch.load`` a Lightning checkpoint on CPU with ``weights_only=True`` (no unpickling).
-
-    fracscope checkpoints keep plain-typed hyperparameters, so the safe loader suffices.
-
-    Raises
-    ------
-    ValueError
-        When the file is not a readable checkpoint.
-    """
-    import torch
-
-    path = _existing(path, TORCH_SUFFIXES, "a Lightning checkpoint (.ckpt)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError ...
-        raise ValueError(f"{path} is not a readable fracscope checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict')")
-    return ckpt
-
-
-def load_network_from_checkpoint(path: str | Path) -> tuple[Any, ModelMetadata]:
-    """Rebuild the bare network (``x -> (class_logits, phase_logits)``) and its metadata.
-
-    The architecture comes from the checkpoint's ``hyper_parameters["net"]`` (the
-    :class:`fracscope.models.NetConfig` fields written by ``ParticleModule``), the weights from
-    the ``net.`` entries of its ``state_dict``; no LightningModule is instantiated.
-
-    Raises
-    ------
-    ValueError
-        When the checkpoint lacks the network config or its weights do not fit.
-    BackendUnavailableError
-        When :mod:`fracscope.models` cannot be imported.
-    """
-    ckpt = load_checkpoint_dict(path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    model_cfg = next((hparams[k] for k in NET_CONFIG_KEYS if isinstance(hparams.get(k), dict)), None)
-    if model_cfg is None:
-        raise ValueError(f"{path}: hyper_parameters has no network config (one of {NET_CONFIG_KEYS}); "
-                         f"keys: {sorted(hparams)}")
-    try:
-        from fracscope.models import build_model
-    except ImportError as err:
-        raise BackendUnavailableError(f"cannot rebuild the network: fracscope.models failed to import ({err})") from err
-    network = build_model({k: v for k, v in model_cfg.items() if k != "channels_last"})
-    prefix = "net."
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit the network described by its hyperparameters: {err}") from err
-    network.eval()
-    return network, ModelMetadata.from_hparams(hparams)
-
-
 class TorchBackend(Backend):
     """Eager PyTorch inference from a Lightning checkpoint (channels_last, inference_mode).
 
@@ -280,7 +165,10 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, ckpt_path: str | Path, device: str = "cpu") -> None:
-        network, metadata = load_network_from_checkpoint(ckpt_path)
+        from fracscope.models.checkpoint import load_network
+
+        network, metadata = load_network(_existing(ckpt_path, TORCH_SUFFIXES, "a Lightning checkpoint (.ckpt)"),
+                                         ModelMetadata)
         self._setup(network, metadata, device, Path(ckpt_path))
 
     @classmethod
@@ -295,7 +183,7 @@ class TorchBackend(Backend):
     def _setup(self, network: Any, metadata: ModelMetadata, device: str, path: Path | None) -> None:
         import torch
 
-        kind, index = _parse_device(device)
+        kind, index = parse_device(device)
         if kind == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailableError(
                 f"device={device} but torch sees no CUDA device (torch {torch.__version__}, "

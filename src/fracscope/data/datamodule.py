@@ -24,34 +24,30 @@ import torch
 from scipy import ndimage as ndi
 from torch.utils.data import DataLoader, Dataset
 
-from fracscope.crop import crop_particle
+from fracscope.crop import CropSpec, crop_particle
 from fracscope.data.augment import IGNORE_PHASE, AugmentSpec, CropAugmenter
 from fracscope.settings import settings_from_config
 from fracscope.synth.config import SynthConfig
 from fracscope.types import CLASS_NAMES, PHASE_NAMES, AnnotatedImage, ParticleAnnotation
 
-# crop_particle normalises each window with these percentiles (fracscope.crop defaults).
-NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 CROP_CACHE_VERSION = 2  # 2: crack-preserving phase resize (fracscope.crop.resize_phases)
+# The network's five stride-2 stages need a crop side that is a multiple of 32.
+CROP_SIZE_MULTIPLE = 32
 
 
 @dataclass(frozen=True)
-class CropSpec:
-    """How particles become network inputs (the same at inference).
+class ParticleSelection:
+    """Which annotated particles become training (or evaluation) crops; not crop geometry.
 
-    size: crop side in pixels (multiple of 32). margin: context per side as a fraction
-    of the particle box. min_diameter_px: smaller sections are skipped (slivers).
+    min_diameter_px: smaller sections are skipped (slivers).
     skip_border: skip particles cut by the image border (their class is unknowable).
     """
 
-    size: int = 128
-    margin: float = 0.15
     min_diameter_px: float = 12.0
     skip_border: bool = True
 
-    def __post_init__(self) -> None:
-        if self.size % 32 or self.size < 32:
-            raise ValueError(f"crop size must be a positive multiple of 32, got {self.size}")
+
+DEFAULT_SELECTION = ParticleSelection()
 
 
 @dataclass(frozen=True)
@@ -231,13 +227,13 @@ def _detected_instances(item: AnnotatedImage, detector) -> np.ndarray:
 
 
 def croppable_particles(
-    items: Sequence[AnnotatedImage], spec: CropSpec, detector=None
+    items: Sequence[AnnotatedImage], select: ParticleSelection = DEFAULT_SELECTION, detector=None
 ) -> Iterator[tuple[int, AnnotatedImage, np.ndarray, ParticleAnnotation, tuple[slice, slice]]]:
     """(image index, image, instance map, particle, bounding box) of every particle that
     `crops_from_items` crops, in its order.
 
     Images without instance masks get them from `detector` (default classical); particles
-    cut by the border (when `spec.skip_border`) or smaller than `spec.min_diameter_px` are
+    cut by the border (when `select.skip_border`) or smaller than `select.min_diameter_px` are
     skipped.
     """
     for g, item in enumerate(items):
@@ -255,27 +251,28 @@ def croppable_particles(
             box = boxes[pid - 1] if 0 < pid <= len(boxes) else None
             if box is None:
                 continue
-            if spec.skip_border and item.instances is not None and len(particles) > 1:
+            if select.skip_border and item.instances is not None and len(particles) > 1:
                 if box[0].start == 0 or box[1].start == 0 or box[0].stop == h or box[1].stop == w:
                     continue
             area = int(np.count_nonzero(inst[box] == pid))
-            if 2.0 * np.sqrt(area / np.pi) < spec.min_diameter_px:
+            if 2.0 * np.sqrt(area / np.pi) < select.min_diameter_px:
                 continue
             yield g, item, inst, p, box
 
 
-def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=None) -> CropArrays:
-    """Crop every annotated particle of every image with the shared crop function.
+def crops_from_items(items: Sequence[AnnotatedImage], spec: CropSpec, detector=None,
+                     select: ParticleSelection = DEFAULT_SELECTION) -> CropArrays:
+    """Crop every annotated particle of every image with the shared crop function and `spec`.
 
-    Which particles: `croppable_particles`. Images without phase maps give phases = 255
+    Which particles: `croppable_particles` with `select`. Images without phase maps give phases = 255
     (the phase loss ignores them).
     """
     s = spec.size
     images, masks, phases, labels, pxs, cpxs, groups = [], [], [], [], [], [], []
-    for g, item, inst, p, box in croppable_particles(items, spec, detector):
+    for g, item, inst, p, box in croppable_particles(items, select, detector):
         pid = int(p.particle_id)
         px = item.image.pixel_size_um
-        crop = crop_particle(item.image.pixels, inst, pid, s, spec.margin, item.phases, bbox=box)
+        crop = crop_particle(item.image.pixels, inst, pid, spec, item.phases, bbox=box)
         images.append(crop.image.astype(np.float16))
         masks.append(crop.mask.astype(np.uint8))
         phases.append(crop.phases if crop.phases is not None else np.full((s, s), IGNORE_PHASE, np.uint8))
@@ -360,7 +357,7 @@ class ParticleDataModule(L.LightningDataModule):
         Dataset folder or COCO json; None for the cached synthetic set.
     format : str
         `read_dataset` format ("auto" detects it).
-    crop, synth, augment, loader : CropSpec, SynthSpec, AugmentSpec, LoaderSpec or dict
+    crop, select, synth, augment, loader : CropSpec, ParticleSelection, SynthSpec, AugmentSpec, LoaderSpec or dict
         A dict (the Hydra config's section) is read with `fracscope.settings.settings_from_config`:
         an unknown key fails.
     """
@@ -370,6 +367,7 @@ class ParticleDataModule(L.LightningDataModule):
         path: str | None = None,
         format: str = "auto",
         crop: CropSpec | dict | None = None,
+        select: ParticleSelection | dict | None = None,
         synth: SynthSpec | dict | None = None,
         augment: AugmentSpec | dict | None = None,
         loader: LoaderSpec | dict | None = None,
@@ -378,6 +376,9 @@ class ParticleDataModule(L.LightningDataModule):
         self.path = str(path) if path else None
         self.format = format
         self.crop = settings_from_config(CropSpec, crop, "the data config's crop section")
+        if self.crop.size % CROP_SIZE_MULTIPLE:
+            raise ValueError(f"crop size must be a positive multiple of {CROP_SIZE_MULTIPLE}, got {self.crop.size}")
+        self.select = settings_from_config(ParticleSelection, select, "the data config's select section")
         self.synth = settings_from_config(SynthSpec, synth, "the data config's synth section")
         self.augment = settings_from_config(AugmentSpec, augment, "the data config's augment section")
         lo = settings_from_config(LoaderSpec, loader, "the data config's loader section")
@@ -393,7 +394,7 @@ class ParticleDataModule(L.LightningDataModule):
         return cache_root() / f"synth-{self.synth.key()}"
 
     def _crop_cache_path(self, root: Path) -> Path:
-        k = json.dumps([CROP_CACHE_VERSION, asdict(self.crop)], sort_keys=True)
+        k = json.dumps([CROP_CACHE_VERSION, asdict(self.crop), asdict(self.select)], sort_keys=True)
         return root / f"crops-{hashlib.sha1(k.encode()).hexdigest()[:12]}.npz"
 
     def _load_synth(self) -> CropArrays:
@@ -413,7 +414,7 @@ class ParticleDataModule(L.LightningDataModule):
                 os.replace(tmp, root)
             except OSError:  # another rank got there first
                 pass
-        arrays = crops_from_items(items, self.crop)
+        arrays = crops_from_items(items, self.crop, select=self.select)
         arrays.save(cache)
         return arrays
 
@@ -431,7 +432,7 @@ class ParticleDataModule(L.LightningDataModule):
         else:
             from fracscope.data import read_dataset
 
-            self.arrays = crops_from_items(read_dataset(self.path, format=self.format), self.crop)
+            self.arrays = crops_from_items(read_dataset(self.path, format=self.format), self.crop, select=self.select)
         self.train_idx, self.val_idx = split_indices(self.arrays.group, self.val_fraction, self.seed)
 
     # -------------------------------------------------------------- loaders
@@ -477,12 +478,8 @@ class ParticleDataModule(L.LightningDataModule):
             synth_version = SYNTH_VERSION
         counts = np.bincount(a.label[a.label >= 0], minlength=len(CLASS_NAMES))
         return {
-            "crop_size": self.crop.size,
-            "margin": self.crop.margin,
+            **self.crop.to_fields(),  # crop_size, margin, normalisation: ModelMetadata reads these
             "in_channels": 2,
-            "normalisation": {"method": "percentile", "low_pct": NORM_PERCENTILES[0], "high_pct": NORM_PERCENTILES[1],
-                              "over": "crop window, before resizing (fracscope.crop.normalize_intensity)"},
-            "norm_percentiles": list(NORM_PERCENTILES),
             "class_names": list(CLASS_NAMES),
             "phase_names": list(PHASE_NAMES),
             "pixel_size_range_um": [float(px.min()), float(px.max())] if px.size else None,

@@ -33,15 +33,10 @@ import torch
 from scipy import ndimage as ndi
 from torch.utils.data import DataLoader, Dataset
 
+from fracscope.crop import NORM_PERCENTILES
 from fracscope.data.datamodule import LoaderSpec, cache_root, split_indices
-from fracscope.detect.learned import (
-    DEFAULT_WORKING_PIXEL_SIZE_UM,
-    NORM_PERCENTILES,
-    normalise_image,
-    resize_nearest,
-    to_working_scale,
-    working_shape,
-)
+from fracscope.detect.learned import normalise_image, resize_nearest, to_working_scale, working_shape
+from fracscope.model_file import DEFAULT_WORKING_PIXEL_SIZE_UM
 from fracscope.detect.postprocess import maps_from_labels
 from fracscope.settings import settings_from_config
 from fracscope.synth.config import SynthConfig

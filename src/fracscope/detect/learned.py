@@ -1,7 +1,7 @@
 """The learned particle detector: a U-Net's foreground and distance maps, then a seeded watershed.
 
 The network (`fracscope.models.detector_net.DetectorNet`, exported by
-`fracscope.detect.export_detector`) works at one fixed *working* pixel size (default
+`fracscope.export`) works at one fixed *working* pixel size (default
 0.15 µm/px, where a 5-15 µm secondary particle is 33-100 px across and a whole SEM
 page fits the network at once). `LearnedDetector.detect`:
 
@@ -21,7 +21,7 @@ page fits the network at once). `LearnedDetector.detect`:
 Everything the detector needs to use a model file correctly (working pixel size,
 normalisation, padding multiple, post-processing settings, provenance) travels in the
 ONNX ``metadata_props`` under the key ``fracscope_detector`` as JSON
-(`DetectorMetadata`). The classifier's key ``fracscope`` is deliberately not used: a
+(`fracscope.model_file.DetectorMetadata`). The classifier's key ``fracscope`` is deliberately not used: a
 detector file is then refused by `fracscope.runtime.OnnxBackend` and vice versa.
 
 Big mosaics: give ``tile_px`` (full-resolution pixels) and images larger than that are
@@ -32,142 +32,24 @@ run through `fracscope.detect.detect_tiled`, or wrap the detector in a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from skimage.segmentation import relabel_sequential
 
-from fracscope.crop import normalize_intensity
+from fracscope.crop import NORM_PERCENTILES, normalize_intensity
 from fracscope.detect.base import Detector
-from fracscope.detect.postprocess import PostprocessParams, grow_labels, labels_from_maps, mean_per_label
-from fracscope.onnx_metadata import dataclass_from_json, read_props, write_prop
-from fracscope.ort_options import session_options
+from fracscope.detect.postprocess import grow_labels, labels_from_maps, mean_per_label
+from fracscope.model_file import DETECTOR_INPUT_NAME, DETECTOR_OUTPUT_NAMES, DetectorMetadata, open_onnx_session
 from fracscope.types import SEMImage
 
-DETECTOR_METADATA_KEY = "fracscope_detector"
-DETECTOR_SCHEMA_VERSION = 1
-DETECTOR_INPUT_NAME = "image"
-DETECTOR_OUTPUT_NAMES: tuple[str, str] = ("foreground_prob", "distance")
-DEFAULT_WORKING_PIXEL_SIZE_UM = 0.15
-NORM_PERCENTILES: tuple[float, float] = (0.5, 99.5)
-PAD_MULTIPLE = 32
 # Pixel size assumed for images without one (typical SEM cross-section at ~50 nm/px).
 FALLBACK_PIXEL_SIZE_UM = 0.05
-
-
-class DetectorMetadataError(ValueError):
-    """A model file carries no, or invalid, detector metadata."""
-
-
-@dataclass(frozen=True)
-class DetectorMetadata:
-    """What a learned-detector model file says about itself.
-
-    Attributes
-    ----------
-    working_pixel_size_um:
-        Pixel size (µm) the network was trained at; inputs are resampled to it.
-    normalisation:
-        How the input was normalised, e.g. ``{"method": "percentile", "low_pct": 0.5,
-        "high_pct": 99.5, "over": "whole image at working scale"}``.
-    postprocess:
-        `PostprocessParams` fields for `labels_from_maps` (areas in working pixels).
-    pad_multiple:
-        Input height and width must be multiples of this (the encoder's stride).
-    encoder, in_channels:
-        Architecture facts.
-    input_name, output_names:
-        Graph names.
-    training_data, synth_version, metrics:
-        Provenance and best validation metrics.
-    precision, fracscope_version, export_date, schema_version:
-        Filled at export.
-    extra:
-        Other plain-typed facts (augmentation, tile size, ...).
-    """
-
-    working_pixel_size_um: float = DEFAULT_WORKING_PIXEL_SIZE_UM
-    normalisation: dict[str, Any] = field(
-        default_factory=lambda: {
-            "method": "percentile",
-            "low_pct": NORM_PERCENTILES[0],
-            "high_pct": NORM_PERCENTILES[1],
-            "over": "whole image at working scale",
-        }
-    )
-    postprocess: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(PostprocessParams()))
-    pad_multiple: int = PAD_MULTIPLE
-    encoder: str = ""
-    in_channels: int = 1
-    input_name: str = DETECTOR_INPUT_NAME
-    output_names: tuple[str, ...] = DETECTOR_OUTPUT_NAMES
-    training_data: str = ""
-    synth_version: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    precision: str = "fp32"
-    fracscope_version: str = ""
-    export_date: str = ""
-    schema_version: int = DETECTOR_SCHEMA_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "output_names", tuple(str(n) for n in self.output_names))
-        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
-        if not float(self.working_pixel_size_um) > 0:
-            raise DetectorMetadataError(f"working_pixel_size_um must be > 0, got {self.working_pixel_size_um}")
-        if int(self.pad_multiple) < 1:
-            raise DetectorMetadataError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
-        if self.schema_version > DETECTOR_SCHEMA_VERSION:
-            raise DetectorMetadataError(
-                f"detector metadata schema {self.schema_version} is newer than this fracscope understands "
-                f"({DETECTOR_SCHEMA_VERSION}); upgrade fracscope"
-            )
-        self.postprocess_params()  # unknown keys fail here, not at the first image
-
-    def postprocess_params(self) -> PostprocessParams:
-        """The stored post-processing settings as `PostprocessParams`."""
-        known = {f.name for f in dataclasses.fields(PostprocessParams)}
-        unknown = set(self.postprocess) - known
-        if unknown:
-            raise DetectorMetadataError(f"unknown post-processing settings {sorted(unknown)}")
-        return PostprocessParams(**self.postprocess)
-
-    def to_json(self) -> str:
-        """Serialise to a JSON string (sorted keys, plain types)."""
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> DetectorMetadata:
-        """Parse `to_json` output; unknown keys go to ``extra`` (forward compatibility)."""
-        return dataclass_from_json(cls, text, DetectorMetadataError, "detector metadata")
-
-
-def write_detector_metadata(path: str | Path, metadata: DetectorMetadata) -> None:
-    """Store `metadata` (replacing any previous one) in the ONNX file at `path`, in place."""
-    write_prop(path, DETECTOR_METADATA_KEY, metadata.to_json())
-
-
-def read_detector_metadata(path: str | Path) -> DetectorMetadata:
-    """Read `DetectorMetadata` from an ONNX file.
-
-    Raises
-    ------
-    DetectorMetadataError
-        When the file has no detector metadata (e.g. a particle classifier file).
-    """
-    props = read_props(path)
-    if DETECTOR_METADATA_KEY not in props:
-        raise DetectorMetadataError(
-            f"{path} has no '{DETECTOR_METADATA_KEY}' metadata: not a fracscope detector file "
-            "(export one with `python -m fracscope.detect.export_detector`)"
-        )
-    return DetectorMetadata.from_json(props[DETECTOR_METADATA_KEY])
 
 
 # ------------------------------------------------------------------------------ scale helpers
@@ -238,7 +120,7 @@ class LearnedDetection:
 
 
 class LearnedDetector(Detector):
-    """Particle detector from an exported U-Net (`fracscope.detect.export_detector`).
+    """Particle detector from an exported U-Net (`fracscope.export`).
 
     Parameters
     ----------
@@ -297,8 +179,7 @@ class LearnedDetector(Detector):
         self.model_path = Path(resolve_detector(model_path))
         if not self.model_path.is_file():
             raise FileNotFoundError(f"detector model not found: {self.model_path}")
-        self.metadata = read_detector_metadata(self.model_path)
-        self._session = _onnx_session(self.model_path, device, threads)
+        self._session, self.metadata = open_onnx_session(self.model_path, DetectorMetadata, device, threads)
         self.device = device
         self.working_pixel_size_um = float(working_pixel_size_um or self.metadata.working_pixel_size_um)
         overrides = dict(postprocess or {})
@@ -314,9 +195,7 @@ class LearnedDetector(Detector):
             min_area = math.ceil(math.pi * (float(min_diameter_um) / self.working_pixel_size_um / 2) ** 2)
             params = dataclasses.replace(params, min_area_px=max(params.min_area_px, min_area))
         self.params = params
-        norm = self.metadata.normalisation
-        self.percentiles = (float(norm.get("low_pct", NORM_PERCENTILES[0])),
-                            float(norm.get("high_pct", NORM_PERCENTILES[1])))
+        self.percentiles = self.metadata.percentiles
         self.refine_boundary = bool(refine_boundary)
         self.tile_px = int(tile_px) if tile_px else None
         self.fallback_pixel_size_um = float(fallback_pixel_size_um)
@@ -390,27 +269,3 @@ class _Untiled(Detector):
 
     def detect(self, image: SEMImage) -> np.ndarray:
         return self.inner.detect_with_scores(image).labels
-
-
-def _onnx_session(path: Path, device: str, threads: int | None) -> Any:
-    """An onnxruntime session for the detector graph, checked for the expected names."""
-    import onnxruntime as ort
-
-    kind, _, index = device.partition(":")
-    if kind not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if kind == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError("device=cuda needs onnxruntime-gpu")
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": int(index or 0)}))
-    opts = session_options(threads)
-    session = ort.InferenceSession(str(path), opts, providers=providers)
-    names_in = [i.name for i in session.get_inputs()]
-    names_out = [o.name for o in session.get_outputs()]
-    if names_in != [DETECTOR_INPUT_NAME] or names_out != list(DETECTOR_OUTPUT_NAMES):
-        raise DetectorMetadataError(
-            f"{path}: expected input {DETECTOR_INPUT_NAME!r} and outputs {DETECTOR_OUTPUT_NAMES}, "
-            f"found {names_in} -> {names_out}"
-        )
-    return session

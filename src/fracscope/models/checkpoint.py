@@ -1,50 +1,71 @@
-"""Loading trained weights: whole checkpoints for inference, state dicts for fine-tuning.
+"""Rebuilding trained networks: whole checkpoints for inference and export, state dicts for fine-tuning.
 
-Checkpoints hold only plain types (hparams are dicts/lists/str/float), so they load
-with ``torch.load(..., weights_only=True)``.
+Checkpoints hold only plain types (hparams are dicts/lists/str/float), so they load with
+`fracscope.model_file.load_checkpoint_dict` (``torch.load(..., weights_only=True)``).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fracscope.models.unet import NetConfig, ParticleNet
+from fracscope.model_file import (
+    MetadataError,
+    ModelMetadata,
+    checkpoint_kind,
+    load_checkpoint_dict,
+    read_metadata,
+)
 
 
-@dataclass
-class LoadedModel:
-    """A network rebuilt from a checkpoint with the facts stored beside it.
+def load_network(path: str | Path, kind: type | None = None) -> tuple[torch.nn.Module, Any]:
+    """Rebuild the bare network of a fracscope checkpoint (eval mode, CPU) and its metadata.
 
-    config: crop_size, margin, normalisation, class/phase names, pixel-size range,
-    pore polarities, synth_version, training_data, best_metrics (see ParticleModule).
+    The architecture comes from ``hyper_parameters["net"]``, the weights from the ``net.``
+    entries of ``state_dict``; no LightningModule is instantiated.
+
+    Parameters
+    ----------
+    kind : type, optional
+        `ModelMetadata` (particle network, ``x -> (class_logits, phase_logits)``) or
+        `DetectorMetadata` (``x -> (N, 2, H, W)``); None: what the checkpoint holds
+        (`fracscope.model_file.checkpoint_kind`). A mismatch is an error.
+
+    Returns
+    -------
+    (network, ModelMetadata or DetectorMetadata)
+
+    Raises
+    ------
+    ValueError
+        When the file is not a checkpoint of that kind or its weights do not fit.
     """
-
-    net: ParticleNet
-    config: dict[str, Any]
-    path: Path
-
-
-def load_checkpoint_dict(path: str | Path) -> dict[str, Any]:
-    """`torch.load` with ``weights_only=True`` on CPU."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
-
-
-def load_model(path: str | Path) -> LoadedModel:
-    """Rebuild the network of a fracscope Lightning checkpoint (eval mode, CPU)."""
     ckpt = load_checkpoint_dict(path)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "net" not in hp:
-        raise ValueError(f"{path}: not a fracscope training checkpoint (no 'net' hyperparameters)")
-    net_cfg = {k: v for k, v in hp["net"].items() if k != "channels_last"}
-    net = ParticleNet(NetConfig.from_dict(net_cfg))
-    net.load_state_dict(net_state_dict(ckpt))
-    net.eval()
-    return LoadedModel(net=net, config=dict(hp.get("config") or {}), path=Path(path))
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "state_dict" not in ckpt or not isinstance(hparams.get("net"), dict):
+        raise ValueError(f"{path}: not a fracscope training checkpoint (no 'state_dict' or no 'net' "
+                         f"hyperparameters; keys: {sorted(hparams)})")
+    found = checkpoint_kind(hparams)
+    if kind is not None and kind is not found:
+        raise ValueError(f"{path} holds a {found.KIND} checkpoint, not a {kind.KIND} one")
+    net_cfg = {k: v for k, v in hparams["net"].items() if k != "channels_last"}
+    if found is ModelMetadata:
+        from fracscope.models.unet import build_model
+
+        network = build_model(net_cfg)
+    else:
+        from fracscope.models.detector_net import build_detector_net
+
+        network = build_detector_net(net_cfg)
+    try:
+        network.load_state_dict(net_state_dict(ckpt), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit the network described by its hyperparameters: {err}") from err
+    network.eval()
+    return network, found.from_hparams(hparams)
 
 
 def net_state_dict(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -66,14 +87,12 @@ class InitReport:
 
 def _source_of_onnx(path: Path) -> Path:
     """The training checkpoint an exported ONNX model came from (its metadata must say)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    meta = json.loads(props.get("fracscope", "{}"))
-    extra = meta.get("extra", {}) if isinstance(meta, dict) else {}
+    try:
+        extra = read_metadata(path, ModelMetadata).extra  # unknown top-level keys land in extra too
+    except MetadataError:
+        extra = {}
     for key in ("source_checkpoint", "checkpoint", "checkpoint_path"):
-        cand = meta.get(key) or extra.get(key)
+        cand = extra.get(key)
         if cand:
             cand = Path(cand)
             if not cand.is_absolute():

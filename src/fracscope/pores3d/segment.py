@@ -251,7 +251,8 @@ class ModelVoids:
     Parameters
     ----------
     backend : fracscope.runtime.Backend
-        Or any object with ``metadata`` (crop_size, margin) and ``predict_batched``.
+        Or any object with a `ModelMetadata` ``metadata`` (its ``crop_spec`` is applied) and
+        ``predict_batched``.
     batch_size : int
     pore_weight : float, optional
         Factor on the pore probability after the paste-back, as in the 2-D pipeline. None: the
@@ -275,7 +276,7 @@ class ModelVoids:
             sizes[0] = 0
             own = (lab == int(np.argmax(sizes))).astype(np.uint32)
             box = ndi.find_objects(own)[0]
-            crop = crop_particle(block[i], own, 1, size=meta.crop_size, margin=meta.margin, bbox=box)
+            crop = crop_particle(block[i], own, 1, meta.crop_spec, bbox=box)
             jobs.append((i, own.astype(bool), box, crop))
         if not jobs:
             return

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.crop import CropSpec
 from fracscope.data.formats.classnames import canonical_class_name, is_class_name
 from fracscope.data.formats.raster import (
     pick_pixel_size,
@@ -124,7 +125,7 @@ def _read_crop(img_path: Path, folder: Path, cls: str, override_px: float | None
     )
 
 
-def write_class_folders(out_dir: Path, items: Iterable[AnnotatedImage], margin: float = 0.15) -> Path:
+def write_class_folders(out_dir: Path, items: Iterable[AnnotatedImage], margin: float = CropSpec.margin) -> Path:
     """File particles as crops under <class>/ with `_mask.png` and `_phases.png` beside them.
 
     An item with exactly one particle is written whole under its own stem (it is

@@ -1,0 +1,3 @@
+from fracscope.export.cli import main
+
+raise SystemExit(main())
