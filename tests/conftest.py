@@ -1,12 +1,40 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression
 
 # albumentations checks the network for updates at import; tests never touch the network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The training stack (torch, lightning, albumentations) is optional at inference: tests that need it
+# carry the `train` marker, and `pytest -m "not train"` runs the rest without it installed.
+TRAIN_MODULE = re.compile(r"^pytestmark = .*pytest\.mark\.train\b", re.M)
+#: Fixtures that build their model with torch; a test that uses one needs the training stack.
+TORCH_FIXTURES = {"random_onnx_model"}
+
+
+def _deselects_train(config) -> bool:
+    expr = config.getoption("markexpr")
+    return bool(expr) and not Expression.compile(expr).evaluate(lambda name: name == "train")
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """Under ``-m "not train"`` a module marked `train` as a whole is not even imported (it imports torch)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and _deselects_train(config):
+        return bool(TRAIN_MODULE.search(collection_path.read_text())) or None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark `train` the tests that use a torch-built fixture, before `-m` deselects."""
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)
 
 
 @pytest.fixture(scope="module")

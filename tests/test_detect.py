@@ -120,7 +120,7 @@ def _check_field(images_gt, detector):
 
 
 def _synth_fields(n_particles, **overrides):
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     cfg = synth.load_config("gp", overrides=[f"{k}={v}" for k, v in overrides.items()])
     return [(it.image, it.instances.astype(np.int64)) for it in synth.generate_electrode(cfg, n_particles, seed=0)]
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fracscope.data.datamodule import CropSpec, crops_from_items
 from fracscope.evaluate import native_truth
 from fracscope.types import AnnotatedImage, ParticleAnnotation, Phase, SEMImage
+
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
 
 
 def _two_particle_image() -> AnnotatedImage:

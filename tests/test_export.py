@@ -22,6 +22,8 @@ from fracscope.export import (
 )
 from fracscope.runtime import OnnxBackend, TorchBackend
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 S = 32  # small crops keep the suite fast; the I/O contract is size-independent
 
 

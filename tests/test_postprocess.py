@@ -145,7 +145,7 @@ def test_exactly_one_second_map_required():
 
 
 def test_round_trip_on_synthetic_electrode_fields_keeps_broken_particles_whole():
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     cfg = synth.load_config(preset="p", overrides=["electrode.field_px=[384,512]", "damage=[0.2,0.3,0.5]"])
     tp = fp = fn = 0
     n_broken = 0

@@ -18,6 +18,8 @@ from fracscope.runtime import (
 )
 from test_export import S, make_metadata, make_net
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory):
@@ -119,8 +121,8 @@ def test_torch_backend_cuda_without_gpu_is_clear():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    L = pytest.importorskip("lightning")
-    models = pytest.importorskip("fracscope.models")
+    import lightning as L
+    from fracscope import models
     import torch
 
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ torch.set_num_threads(2)
 
 
 # Every test here shares one synthetic cache (the smoke set is generated once); see conftest.
-pytestmark = pytest.mark.usefixtures("synth_cache")
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("synth_cache")]
 
 
 def compose_cfg(out: Path, *overrides: str):
