@@ -66,10 +66,3 @@ def random_onnx_model(tmp_path_factory) -> Path:
     export_onnx(net, path, meta, crop_size=64)
     return path
 
-
-def compose_infer(*overrides: str):
-    """The `infer.py` config with overrides, composed the way Hydra does."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="infer", overrides=list(overrides))

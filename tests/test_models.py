@@ -15,7 +15,7 @@ from fracscope.models import (
     combine_class_with_topology,
     encoder_names,
 )
-from fracscope.models.scores import ClassScores, IoUAccumulator, cohen_kappa, confusion_matrix, porosity_errors_pp
+from fracscope.scores import ClassScores, IoUAccumulator, cohen_kappa, confusion_matrix, porosity_errors_pp
 from fracscope.types import Phase
 
 pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)

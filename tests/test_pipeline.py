@@ -1,6 +1,7 @@
 """Bulk inference plumbing: read → detect → crop → model → measure → report."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +9,10 @@ import pandas as pd
 import pytest
 import tifffile
 
-from conftest import compose_infer
+from fracscope.cli import compose
 from fracscope.pipeline import run
+
+compose_infer = partial(compose, "infer")
 
 # What the shipped model must do on fresh synthetic fields (docs/BENCHMARKS.md has the held-out numbers):
 F1_MIN = 0.90  # classical detection at IoU 0.5 (issue target)

@@ -93,6 +93,16 @@ def usage_errors(prog: str, debug: bool | None = None) -> Iterator[None]:
         fail(prog, one_line(exc))
 
 
+def compose(config_name: str, *overrides: str, config_dir: Path = CONF_DIR):
+    """``config_dir/config_name.yaml`` with command-line overrides, composed as the command composes it
+    (for code that calls a command's ``run(cfg)`` directly: tests, bench/)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))
+
+
 def run_hydra_app(prog: str, task: Callable[[Any], Any], config_name: str, config_dir: Path = CONF_DIR) -> Any:
     """Run `task(cfg)` as a Hydra app on ``config_dir/config_name.yaml`` and the command line.
 

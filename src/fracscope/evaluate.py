@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 
 from fracscope.data.datamodule import CropArrays, CropSpec, croppable_particles, crops_from_items  # noqa: E402
 from fracscope.models.plots import GalleryItem, plot_confusion, plot_contact_sheet  # noqa: E402
-from fracscope.models.scores import (  # noqa: E402
+from fracscope.scores import (  # noqa: E402
     IGNORE_PHASE,
     ClassScores,
     IoUAccumulator,

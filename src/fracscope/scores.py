@@ -1,4 +1,4 @@
-"""Numpy scores shared by training, evaluation and the accuracy benchmark.
+"""Numpy scores shared by training, evaluation and the accuracy benchmark (no torch needed).
 
 Porosity always goes through `fracscope.measure.porosity_pct` (Eq. 1).
 """
