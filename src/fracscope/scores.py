@@ -106,6 +106,11 @@ class ClassScores:
     names: tuple[str, ...] = CLASS_NAMES
     extra: dict = field(default_factory=dict)
 
+    @classmethod
+    def from_labels(cls, true: np.ndarray, pred: np.ndarray) -> ClassScores:
+        """Scores of predicted class indices against the true ones (CLASS_NAMES order)."""
+        return cls(confusion_matrix(true, pred))
+
     @property
     def accuracy(self) -> float:
         t = self.confusion.sum()
