@@ -7,8 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-# src/fracscope/synth/config.py -> repository root / conf / synth
-CONF_DIR: Path = Path(__file__).resolve().parents[3] / "conf" / "synth"
+from fracscope import assets
+
+CONF_DIR: Path = assets.CONF_DIR / "synth"
 
 #: The generator's config type: the composed OmegaConf node of conf/synth/config.yaml.
 SynthConfig = DictConfig
