@@ -14,9 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fracscope.assets import CONF_DIR
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: argparse's status for a usage mistake.
 USAGE_STATUS = 2
@@ -93,7 +96,7 @@ def usage_errors(prog: str, debug: bool | None = None) -> Iterator[None]:
         fail(prog, one_line(exc))
 
 
-def compose(config_name: str, *overrides: str, config_dir: Path = CONF_DIR):
+def compose(config_name: str, *overrides: str, config_dir: Path = CONF_DIR) -> DictConfig:
     """``config_dir/config_name.yaml`` with command-line overrides, composed as the command composes it
     (for code that calls a command's ``run(cfg)`` directly: tests, bench/)."""
     from hydra import compose as hydra_compose
@@ -103,7 +106,7 @@ def compose(config_name: str, *overrides: str, config_dir: Path = CONF_DIR):
         return hydra_compose(config_name=config_name, overrides=list(overrides))
 
 
-def run_hydra_app(prog: str, task: Callable[[Any], Any], config_name: str, config_dir: Path = CONF_DIR) -> Any:
+def run_hydra_app(prog: str, task: Callable[[DictConfig], Any], config_name: str, config_dir: Path = CONF_DIR) -> Any:
     """Run `task(cfg)` as a Hydra app on ``config_dir/config_name.yaml`` and the command line.
 
     Hydra prints its own composition errors (several lines, exit 1) unless ``HYDRA_FULL_ERROR``
