@@ -1,3 +1,4 @@
+import itertools
 import os
 import re
 from pathlib import Path
@@ -18,8 +19,17 @@ TORCH_FIXTURES = {"random_onnx_model"}
 
 
 def _deselects_train(config) -> bool:
+    """True when the ``-m`` expression is false for every test marked `train`, whatever its other markers."""
     expr = config.getoption("markexpr")
-    return bool(expr) and not Expression.compile(expr).evaluate(lambda name: name == "train")
+    if not expr:
+        return False
+    compiled = Expression.compile(expr)
+    others = sorted(set(re.findall(r"[\w.-]+", expr)) - {"and", "or", "not", "train"})
+    return not any(
+        compiled.evaluate(lambda name, on=on: name == "train" or name in on)
+        for k in range(len(others) + 1)
+        for on in map(set, itertools.combinations(others, k))
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config):
