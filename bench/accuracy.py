@@ -37,14 +37,11 @@ QUICK = [
 
 
 def train(quick: bool, out: Path) -> Path:
-    from hydra import compose, initialize_config_dir
-
+    from fracscope.cli import compose
     from fracscope.models.train import run
 
     overrides = ["experiment=default", f"paths.output_dir={out}", "threads=2", *(QUICK if quick else [])]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    result = run(cfg)
+    result = run(compose("train", *overrides))
     ckpt = result.best_checkpoint or result.last_checkpoint
     if ckpt is None:
         raise RuntimeError("training wrote no checkpoint")

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -28,11 +27,11 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="train.yaml overrides (default: experiment=default)")
     args = ap.parse_args()
 
-    from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=default", *args.overrides])
+    from fracscope.cli import compose
+
+    cfg = compose("train", "experiment=default", *args.overrides)
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup("fit")

@@ -25,7 +25,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 
-from pipeline_accuracy import macro_f1  # noqa: E402  (bench/ is on the path when run as a script)
+from fracscope.scores import ClassScores  # noqa: E402
 
 TRANSFORMS = {
     "flip_h": lambda x: x[..., ::-1],
@@ -64,7 +64,7 @@ def main() -> None:
     base = [p.argmax(1) for p in probs[first]["plain"]]
 
     def report(label: str, preds: list[np.ndarray], share: float | None = None) -> None:
-        scores = [macro_f1(t, p)[0] for t, p in zip(truth, preds)]
+        scores = [ClassScores.from_labels(t, p).macro_f1 for t, p in zip(truth, preds)]
         fixed = sum(int(np.sum((b != t) & (p == t))) for t, b, p in zip(truth, base, preds))
         broke = sum(int(np.sum((b == t) & (p != t))) for t, b, p in zip(truth, base, preds))
         extra = f"; extra model passes on {100 * share:.0f} % of crops" if share is not None else ""

@@ -19,14 +19,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from pipeline_accuracy import electrode_fields  # noqa: E402
 
 from fracscope.detect import match_instances  # noqa: E402

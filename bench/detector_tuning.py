@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
 import numpy as np
+from detection import evaluate_image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from detection import evaluate_image  # noqa: E402
-
-from fracscope.detect.learned import LearnedDetector, resize_nearest  # noqa: E402
-from fracscope.detect.postprocess import labels_from_maps  # noqa: E402
+from fracscope.detect.learned import LearnedDetector, resize_nearest
+from fracscope.detect.postprocess import labels_from_maps
 
 FOREGROUND = (0.4, 0.5, 0.6)
 SEED = (0.3, 0.4, 0.5, 0.6, 0.7)

@@ -35,10 +35,11 @@ import pandas as pd  # noqa: E402
 import tifffile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
+from fracscope.cli import compose  # noqa: E402
 from fracscope.detect import match_instances  # noqa: E402
 from fracscope.io import write_image_tiff  # noqa: E402
+from fracscope.scores import ClassScores  # noqa: E402
 from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
@@ -79,17 +80,6 @@ def tuning_config(preset: str):
                    imaging=replace(cfg.imaging, randomize=randomize))
 
 
-def macro_f1(true: np.ndarray, pred: np.ndarray) -> tuple[float, list[float]]:
-    f1s, recalls = [], []
-    for k in range(len(CLASS_NAMES)):
-        tp = np.sum((pred == k) & (true == k))
-        fp = np.sum((pred == k) & (true != k))
-        fn = np.sum((pred != k) & (true == k))
-        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
-        recalls.append(tp / max(tp + fn, 1))
-    return float(np.mean(f1s)), [float(r) for r in recalls]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # 2,000 (the paper's count, ~700 whole matched sections): with 600 (~226) macro-F1 moved by ±0.02-0.03.
@@ -111,8 +101,6 @@ def main() -> None:
     if args.tuning_seed is not None and args.tuning_seed in (0, 9001):
         ap.error("--tuning-seed must differ from the training (0) and held-out (9001) seeds")
 
-    from conftest import compose_infer
-
     from fracscope.pipeline import run
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_pipeacc_"))
@@ -124,7 +112,7 @@ def main() -> None:
     if args.model:
         overrides.append(f"model_path={args.model}")
     overrides += args.set
-    cfg = compose_infer(*overrides)
+    cfg = compose("infer", *overrides)
     outcome = run(cfg)
     table = pd.read_csv(work / "out" / "particles.csv")
 
@@ -165,7 +153,8 @@ def main() -> None:
     judged = pairs[pairs["judged"]]
     precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     f1 = 2 * precision * recall / max(precision + recall, 1e-9)
-    mf1, recalls = macro_f1(judged["true_class"].to_numpy(), judged["pred_class"].to_numpy())
+    classes = ClassScores.from_labels(judged["true_class"].to_numpy(), judged["pred_class"].to_numpy())
+    mf1, recalls = classes.macro_f1, classes.recall
     true_frac = np.bincount(judged["true_class"], minlength=3) / max(len(judged), 1)
     pred_frac = np.bincount(judged["pred_class"], minlength=3) / max(len(judged), 1)
     err = judged["pred_porosity"] - judged["true_porosity"]

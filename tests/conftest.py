@@ -1,12 +1,50 @@
+import itertools
 import os
+import re
 from pathlib import Path
 
 import pytest
+from _pytest.mark.expression import Expression
 
 # albumentations checks the network for updates at import; tests never touch the network.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The training stack (torch, lightning, albumentations) is optional at inference: tests that need it
+# carry the `train` marker, and `pytest -m "not train"` runs the rest without it installed.
+TRAIN_MODULE = re.compile(r"^pytestmark = .*pytest\.mark\.train\b", re.M)
+#: Fixtures that build their model with torch; a test that uses one needs the training stack.
+TORCH_FIXTURES = {"random_onnx_model"}
+
+
+def _deselects_train(config) -> bool:
+    """True when the ``-m`` expression is false for every test marked `train`, whatever its other markers."""
+    expr = config.getoption("markexpr")
+    if not expr:
+        return False
+    compiled = Expression.compile(expr)
+    others = sorted(set(re.findall(r"[\w.-]+", expr)) - {"and", "or", "not", "train"})
+    return not any(
+        compiled.evaluate(lambda name, on=on: name == "train" or name in on)
+        for k in range(len(others) + 1)
+        for on in map(set, itertools.combinations(others, k))
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config):
+    """Under ``-m "not train"`` a module marked `train` as a whole is not even imported (it imports torch)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") and _deselects_train(config):
+        return bool(TRAIN_MODULE.search(collection_path.read_text())) or None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark `train` the tests that use a torch-built fixture, before `-m` deselects."""
+    for item in items:
+        if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +77,3 @@ def random_onnx_model(tmp_path_factory) -> Path:
     export_onnx(net, path, meta, crop_size=64)
     return path
 
-
-def compose_infer(*overrides: str):
-    """The `infer.py` config with overrides, composed the way Hydra does."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="infer", overrides=list(overrides))

@@ -18,10 +18,7 @@ from fracscope.crop import (
 from fracscope.measure import count_fragments
 from fracscope.types import Phase
 
-
-def _disc(shape, centre, radius):
-    rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+from scenes import disc
 
 
 @pytest.fixture
@@ -31,7 +28,7 @@ def scene():
     rng = np.random.default_rng(0)
     inst = np.zeros(shape, np.uint32)
     for pid, c, r in ((1, (70, 60), 20), (2, (70, 99), 19), (3, (5, 4), 14)):
-        inst[_disc(shape, c, r) & (inst == 0)] = pid
+        inst[disc(shape, c, r) & (inst == 0)] = pid
     phases = (inst > 0).astype(np.uint8)
     phases[(rng.random(shape) < 0.04) & (inst > 0)] = Phase.PORE
     pixels = (np.array([50, 190, 20, 10])[phases] + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
@@ -147,7 +144,7 @@ def test_crop_normalisation_robust_to_saturated_pixels(scene):
 def test_paste_back_round_trips_a_smooth_map(size, radius, centre):
     """A smooth map sampled at crop pixel centres (documented geometry) comes back on the source grid."""
     shape = (160, 200)
-    inst = _disc(shape, centre, radius).astype(np.uint32)
+    inst = disc(shape, centre, radius).astype(np.uint32)
     crop = crop_particle(np.zeros(shape, np.float32), inst, 1, CropSpec(size=size))
 
     def field(r, c):  # two channels, smooth on the scale of the particle

@@ -13,6 +13,8 @@ from fracscope.data.augment import AugmentSpec, CropAugmenter, invert_pores, per
 from fracscope.data.datamodule import ParticleDataModule, SynthSpec, split_indices
 from fracscope.types import CLASS_NAMES, Phase
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 torch.set_num_threads(2)
 SIZE = 64
 

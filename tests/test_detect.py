@@ -12,15 +12,9 @@ from fracscope.detect import ClassicalDetector, build_detector, match_instances
 from fracscope.settings import SettingsError
 from fracscope.types import SEMImage
 
+from scenes import lumpy_disc
+
 PIXEL_UM = 0.05
-
-
-def _lumpy_disc(shape, cy, cx, r, rng):
-    """Boolean mask of a disc whose radius wobbles with a few low harmonics."""
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    theta = np.arctan2(yy - cy, xx - cx)
-    wobble = sum(rng.uniform(0.01, 0.04) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (3, 5, 8))
-    return np.hypot(yy - cy, xx - cx) <= r * (1 + wobble)
 
 
 def _crack(shape, cy, cx, r, rng, width_px):
@@ -59,7 +53,7 @@ def make_field(seed, shape=(600, 800), n=24, bright_pores=False, crack_width_px=
     dark = np.zeros(shape, bool)
     bright = np.zeros(shape, bool)
     for i, ((cy, cx), r) in enumerate(zip(centres, radii, strict=True), start=1):
-        m = _lumpy_disc(shape, cy, cx, r, rng) & (gt == 0)
+        m = lumpy_disc(shape, cy, cx, r, rng) & (gt == 0)
         gt[m] = i
         solid[m] = rng.uniform(0.7, 0.85)
         pores = np.zeros(shape, bool)
@@ -121,7 +115,7 @@ def _check_field(images_gt, detector):
 
 
 def _synth_fields(n_particles, **overrides):
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     cfg = synth.load_config("gp", overrides=[f"{k}={v}" for k, v in overrides.items()])
     return [(it.image, it.instances.astype(np.int64)) for it in synth.generate_electrode(cfg, n_particles, seed=0)]
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fracscope.crop import CropSpec
 from fracscope.data.datamodule import crops_from_items
 from fracscope.evaluate import native_truth
 from fracscope.types import AnnotatedImage, ParticleAnnotation, Phase, SEMImage
+
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
 
 
 def _two_particle_image() -> AnnotatedImage:

@@ -15,6 +15,8 @@ from fracscope.export import ExportParityError, ParityTolerance, export_onnx, pa
 from fracscope.model_file import MetadataError, ModelMetadata, read_metadata
 from fracscope.runtime import OnnxBackend, TorchBackend
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 S = 32  # small crops keep the suite fast; the I/O contract is size-independent
 
 

@@ -18,10 +18,7 @@ from fracscope.data.formats.label_csv import write_label_csv
 from fracscope.measure import measure_particle
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, Phase, SEMImage
 
-
-def _disc(shape, centre, radius):
-    rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+from scenes import disc
 
 
 def make_item(
@@ -35,7 +32,7 @@ def make_item(
     radii = [16, 14, 12][:n]
     ids = [3, 7, 12][:n]  # non-contiguous ids on purpose
     for pid, c, r in zip(ids, centres, radii):
-        d = _disc(shape, c, r) & (instances == 0)
+        d = disc(shape, c, r) & (instances == 0)
         instances[d] = pid
         phases[d] = Phase.SOLID
     pores = (rng.random(shape) < 0.05) & (instances > 0)
@@ -218,7 +215,7 @@ def test_class_name_spellings():
 def _single(stem, cls, dtype, with_mask, seed):
     """A one-particle crop, as the synth 'crops' kind makes."""
     shape = (48, 52)
-    inst = _disc(shape, (24, 26), 15).astype(np.uint32)
+    inst = disc(shape, (24, 26), 15).astype(np.uint32)
     phases = inst.astype(np.uint8)
     phases[20:23, 20:24] = Phase.PORE
     pixels = (np.array([30, 200, 15, 5])[phases] * (257 if dtype == np.uint16 else 1)).astype(dtype)
@@ -267,9 +264,9 @@ def test_class_folders_cut_from_field_and_alias_folders(tmp_path):
     (hand / "Mildly Damaged" / "masks").mkdir(parents=True)
     img = np.full((20, 20), 100, np.uint8)
     cv2.imwrite(str(hand / "Mildly Damaged" / "p1.png"), img)
-    cv2.imwrite(str(hand / "Mildly Damaged" / "masks" / "p1.png"), (_disc((20, 20), (10, 10), 6) * 255).astype(np.uint8))
+    cv2.imwrite(str(hand / "Mildly Damaged" / "masks" / "p1.png"), (disc((20, 20), (10, 10), 6) * 255).astype(np.uint8))
     got = read_dataset(hand)[0]
-    assert got.particles[0].class_name == "mildly_damaged" and got.instances.sum() == _disc((20, 20), (10, 10), 6).sum()
+    assert got.particles[0].class_name == "mildly_damaged" and got.instances.sum() == disc((20, 20), (10, 10), 6).sum()
     assert got.image.pixel_size_um is None
     assert read_dataset(hand, pixel_size_um=0.1)[0].image.pixel_size_source == "override"
 

@@ -17,6 +17,8 @@ from fracscope.models.checkpoint import load_network
 from fracscope.models.detector_net import DetectorNet, DetectorNetConfig, DetectorProbabilities
 from fracscope.types import SEMImage
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = DetectorNetConfig(encoder="resnet18", decoder_channels=(16, 16, 8, 8, 8))
 

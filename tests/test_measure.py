@@ -16,10 +16,7 @@ from fracscope.measure import (
 )
 from fracscope.types import Phase
 
-
-def disc(shape, center, radius):
-    rr, cc = np.mgrid[: shape[0], : shape[1]]
-    return (rr - center[0]) ** 2 + (cc - center[1]) ** 2 <= radius**2
+from scenes import disc
 
 
 def test_porosity_counts_pores_over_the_filled_mask():

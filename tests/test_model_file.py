@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import shutil
 import subprocess
@@ -144,57 +143,3 @@ def test_the_stored_normalisation_is_the_one_applied_at_inference(random_onnx_mo
     item = AnnotatedImage(image, "constructed", inst, None, [ParticleAnnotation(1, "intact", {})])
     evaluate.evaluate_items([item], other)
     assert seen == [b.metadata.crop_spec]
-
-
-# ---------------------------------------------------------------- no import cycles in this part
-
-
-def _imports(path: Path, module: str) -> set[str]:
-    """fracscope modules `path` imports anywhere (deferred imports included), as dotted names."""
-    found = set()
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}
-    return {n for n in found if n == "fracscope" or n.startswith("fracscope.")}
-
-
-def test_model_file_export_and_runtime_are_in_no_import_cycle():
-    modules = {}
-    for path in (SRC / "fracscope").rglob("*.py"):
-        parts = path.relative_to(SRC).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        modules[name] = path
-    graph = {}
-    for name, path in modules.items():
-        targets = set()
-        for imp in _imports(path, name):
-            while imp and imp not in modules:  # `from pkg import name` → pkg
-                imp = imp.rpartition(".")[0]
-            if imp and imp != name:
-                targets.add(imp)
-        graph[name] = targets
-
-    def reaches(start: str, goal: str) -> bool:
-        seen, todo = set(), [start]
-        while todo:
-            node = todo.pop()
-            if node == goal:
-                return True
-            if node not in seen:
-                seen.add(node)
-                todo.extend(graph.get(node, ()))
-        return False
-
-    mine = [m for m in graph if m in ("fracscope.model_file", "fracscope.runtime", "fracscope.crop",
-                                      "fracscope.locate", "fracscope.evaluate", "fracscope.models.checkpoint")
-            or m.startswith("fracscope.export")]
-    assert "fracscope.export.cli" in mine
-    cycles = [(m, t) for m in mine for t in graph[m] if reaches(t, m)]
-    assert cycles == []

@@ -15,8 +15,10 @@ from fracscope.models import (
     combine_class_with_topology,
     encoder_names,
 )
-from fracscope.models.scores import ClassScores, IoUAccumulator, cohen_kappa, confusion_matrix, porosity_errors_pp
+from fracscope.scores import ClassScores, IoUAccumulator, cohen_kappa, confusion_matrix, porosity_errors_pp
 from fracscope.types import Phase
+
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
 
 torch.set_num_threads(2)
 
@@ -47,7 +49,7 @@ def test_unknown_encoder_lists_valid_names() -> None:
 
 
 def test_onnx_export_matches_torch(tmp_path) -> None:
-    ort = pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
     net = build_model(NetConfig(encoder="resnet18", decoder_channels=(32, 16, 16, 8, 8))).eval()
     x = torch.rand(2, 2, 64, 64)
     path = tmp_path / "m.onnx"
@@ -101,7 +103,7 @@ def test_scores() -> None:
 
 def _synthetic_batch(n: int = 8, size: int = 64):
     """Real synthetic crops (fracscope.synth) through the shared crop function."""
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     from fracscope.crop import CropSpec, crop_particle
     from fracscope.types import CLASS_NAMES
 

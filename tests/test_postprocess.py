@@ -9,14 +9,11 @@ from scipy import ndimage as ndi
 from fracscope.detect import match_instances
 from fracscope.detect.postprocess import PostprocessParams, labels_from_maps, maps_from_labels
 
+from scenes import lumpy_disc
+
 
 def lumpy(shape, cy, cx, r, seed):
-    """Boolean disc whose radius wobbles with a few low harmonics."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    theta = np.arctan2(yy - cy, xx - cx)
-    wobble = sum(rng.uniform(0.02, 0.06) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
-    return np.hypot(yy - cy, xx - cx) <= r * (1 + wobble)
+    return lumpy_disc(shape, cy, cx, r, np.random.default_rng(seed), amplitude=(0.02, 0.06), harmonics=(2, 3, 5))
 
 
 def scene():
@@ -145,7 +142,7 @@ def test_exactly_one_second_map_required():
 
 
 def test_round_trip_on_synthetic_electrode_fields_keeps_broken_particles_whole():
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     cfg = synth.load_config(preset="p", overrides=["electrode.field_px=[384,512]", "damage=[0.2,0.3,0.5]"])
     tp = fp = fn = 0
     n_broken = 0

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 REPO = Path(__file__).resolve().parents[1]
 SMALL_DATA = [
     "data.synth.presets=[gp]",

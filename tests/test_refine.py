@@ -4,23 +4,20 @@ import pytest
 from fracscope.refine import RIM_TRIM_PHASES, most_likely_one_of, trim_rim
 from fracscope.types import Phase
 
-
-def disk(shape, centre, radius):
-    rr, cc = np.mgrid[: shape[0], : shape[1]]
-    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+from scenes import disc
 
 
 def test_a_dilated_mask_is_trimmed_back_to_the_particle():
-    particle = disk((60, 60), (30, 30), 20)
-    mask = disk((60, 60), (30, 30), 24)
+    particle = disc((60, 60), (30, 30), 20)
+    mask = disc((60, 60), (30, 30), 24)
     trimmed = trim_rim(mask, ~particle)
     np.testing.assert_array_equal(trimmed, particle)
 
 
 def test_background_inside_the_particle_is_not_rim():
-    particle = disk((60, 60), (30, 30), 20)
-    lake = disk((60, 60), (30, 30), 6)  # a large pore the model calls background
-    mask = disk((60, 60), (30, 30), 24)
+    particle = disc((60, 60), (30, 30), 20)
+    lake = disc((60, 60), (30, 30), 6)  # a large pore the model calls background
+    mask = disc((60, 60), (30, 30), 24)
     trimmed = trim_rim(mask, ~particle | lake)
     np.testing.assert_array_equal(trimmed, particle)
 
@@ -34,16 +31,16 @@ def test_background_reaching_in_from_the_edge_is_trimmed_along_its_whole_path():
 
 
 def test_nothing_to_trim_keeps_the_mask_and_shapes_must_agree():
-    mask = disk((30, 30), (15, 15), 10)
+    mask = disc((30, 30), (15, 15), 10)
     np.testing.assert_array_equal(trim_rim(mask, np.zeros_like(mask)), mask)
     with pytest.raises(ValueError, match="differ in shape"):
         trim_rim(mask, np.zeros((3, 3), bool))
 
 
 def test_background_around_a_hole_in_the_mask_is_not_rim():
-    particle = disk((60, 60), (30, 30), 20)
-    hole = disk((60, 60), (30, 30), 3)  # the detector left a pore out of the mask
-    halo = disk((60, 60), (30, 30), 6) & ~hole
+    particle = disc((60, 60), (30, 30), 20)
+    hole = disc((60, 60), (30, 30), 3)  # the detector left a pore out of the mask
+    halo = disc((60, 60), (30, 30), 6) & ~hole
     trimmed = trim_rim(particle & ~hole, halo)
     np.testing.assert_array_equal(trimmed, particle & ~hole)
 

@@ -19,12 +19,9 @@ from fracscope.report.overlay import CLASS_RGB, render_overlay
 from fracscope.report.tables import KEY_COLUMNS, measurement_columns
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
 
+from scenes import disc
+
 H, W = 60, 90
-
-
-def _disc(center: tuple[int, int], radius: float, shape=(H, W)) -> np.ndarray:
-    rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return (rr - center[0]) ** 2 + (cc - center[1]) ** 2 <= radius**2
 
 
 def _particle(pid, cls, mask, phases, px, border=False, small=False, low=False) -> ParticleResult:
@@ -61,7 +58,7 @@ def _image(stem: str, group: str, classes: list[str], px: float | None = 0.05, p
     parts = []
     for i, cls in enumerate(classes):
         center = (30, 15 + 30 * i) if not (border_last and i == len(classes) - 1) else (5, 15 + 30 * i)
-        m = _disc(center, 12)
+        m = disc((H, W), center, 12)
         inst[m] = i + 1
         phases[m] = Phase.SOLID
         phases[m & (np.arange(W)[None, :] % 5 == 0) & (np.arange(H)[:, None] % 4 == 0)] = Phase.PORE
@@ -285,7 +282,7 @@ def test_inner_edges_equals_find_boundaries():
     labels = np.zeros((40, 50), np.uint32)
     for pid in range(1, 8):
         r, c = rng.integers(5, 35), rng.integers(5, 45)
-        labels[_disc((r, c), rng.integers(3, 9), labels.shape)] = pid
+        labels[disc(labels.shape, (r, c), rng.integers(3, 9))] = pid
     np.testing.assert_array_equal(inner_edges(labels), find_boundaries(labels, connectivity=1, mode="inner"))
 
 

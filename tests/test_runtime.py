@@ -13,6 +13,8 @@ from fracscope.model_file import BackendUnavailableError, sha256_of
 from fracscope.runtime import OnnxBackend, TorchBackend, load_backend
 from test_export import S, make_metadata, make_net
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch)
+
 
 @pytest.fixture(scope="module")
 def onnx_path(tmp_path_factory):
@@ -114,8 +116,8 @@ def test_torch_backend_cuda_without_gpu_is_clear():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    L = pytest.importorskip("lightning")
-    models = pytest.importorskip("fracscope.models")
+    import lightning as L
+    from fracscope import models
     import torch
 
     torch.manual_seed(0)

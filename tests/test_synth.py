@@ -198,7 +198,6 @@ def test_imaging_randomisation_rejects_unknown_or_empty_ranges():
 
 
 def test_cli_writes_dataset(tmp_path):
-    pytest.importorskip("fracscope.data")
     out = tmp_path / "ds"
     cmd = [sys.executable, "-m", "fracscope.synth", f"output={out}", "kind=crops", "n=3", "seed=4", "preset=p",
            "crops.pixel_size_um=[0.09,0.09]", "imaging.noise_sd=0.05"]

@@ -213,7 +213,7 @@ def test_memmap_input_passes_pixel_size_and_bounded_tiles(tmp_path):
 
 
 def test_classical_detector_tiled_matches_untiled_on_synthetic_field():
-    synth = pytest.importorskip("fracscope.synth")
+    from fracscope import synth
     cfg = synth.load_config(preset="gp", overrides=["electrode.pixel_size_um=0.1", "electrode.field_px=[560,800]"])
     item = synth.make_field(cfg, 0, 0)
     det = ClassicalDetector()

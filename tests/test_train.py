@@ -1,16 +1,21 @@
-"""Training through Hydra: fast_dev_run, resume, init_from, checkpoint contents, DDP on CPU."""
+"""Training through Hydra: fast_dev_run, checkpoint contents, resume, init_from, evaluation, DDP on CPU.
+
+Resume, init_from and evaluation each start from one module-scoped trained checkpoint, as separate
+tests: one failure does not hide the others.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
+from fracscope.cli import compose
 from fracscope.models.checkpoint import init_weights_from, load_network
 from fracscope.models.train import run
 
@@ -21,12 +26,11 @@ torch.set_num_threads(2)
 
 
 # Every test here shares one synthetic cache (the smoke set is generated once); see conftest.
-pytestmark = pytest.mark.usefixtures("synth_cache")
+pytestmark = [pytest.mark.train, pytest.mark.usefixtures("synth_cache")]
 
 
 def compose_cfg(out: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("train", overrides=[*SMOKE, f"paths.output_dir={out}", *overrides])
+    return compose("train", *SMOKE, f"paths.output_dir={out}", *overrides)
 
 
 def test_fast_dev_run_writes_run_dir(tmp_path) -> None:
@@ -37,12 +41,19 @@ def test_fast_dev_run_writes_run_dir(tmp_path) -> None:
     assert "val/loss" in result.final_metrics
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synth_cache):
+    """One epoch of the smoke model: the checkpoint that resume, init_from and evaluation start from."""
+    out = tmp_path_factory.mktemp("trained")
+    result = run(compose_cfg(out, "model=cosine", "trainer.max_epochs=1"))
+    assert result.best_checkpoint is not None and result.last_checkpoint is not None
+    return result
+
+
 @pytest.mark.slow
-def test_checkpoint_resume_and_init_from(tmp_path) -> None:
-    first = run(compose_cfg(tmp_path / "a", "model=cosine", "trainer.max_epochs=1"))
-    assert first.best_checkpoint is not None and first.last_checkpoint is not None
-    assert (tmp_path / "a" / "metrics.csv").exists()
-    ckpt = torch.load(first.best_checkpoint, map_location="cpu", weights_only=True)  # plain hparams
+def test_training_writes_a_self_describing_checkpoint(trained) -> None:
+    assert (trained.output_dir / "metrics.csv").exists()
+    ckpt = torch.load(trained.best_checkpoint, map_location="cpu", weights_only=True)  # plain hparams
     cfg = ckpt["hyper_parameters"]["config"]
     for key in ("crop_size", "margin", "normalisation", "class_names", "phase_names", "pixel_size_range_um",
                 "pore_polarities", "synth_version", "training_data", "encoder", "in_channels", "best_metrics"):
@@ -51,30 +62,40 @@ def test_checkpoint_resume_and_init_from(tmp_path) -> None:
     assert cfg["pore_polarities"] == ["dark", "bright"]
     assert "val/macro_f1" in cfg["best_metrics"]
 
-    # Resume: continues from the stored step instead of starting again.
-    steps_first = ckpt["global_step"]
-    resumed = run(compose_cfg(tmp_path / "a", "model=cosine", "trainer.max_epochs=2", f"ckpt_path={first.last_checkpoint}"))
-    last = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)
-    assert last["epoch"] > ckpt["epoch"] and last["global_step"] == 2 * steps_first
 
-    # init_from: the new network starts from the checkpoint's weights.
-    loaded, _ = load_network(first.best_checkpoint)
-    fresh, _ = load_network(first.best_checkpoint)
+@pytest.mark.slow
+def test_resume_continues_from_the_stored_step(trained, tmp_path) -> None:
+    # A copy of the run: resuming rewrites its checkpoints, which the other tests read.
+    run_dir = shutil.copytree(trained.output_dir, tmp_path / "run")
+    last_ckpt = run_dir / trained.last_checkpoint.relative_to(trained.output_dir)
+    first = torch.load(last_ckpt, map_location="cpu", weights_only=True)
+    resumed = run(compose_cfg(run_dir, "model=cosine", "trainer.max_epochs=2", f"ckpt_path={last_ckpt}"))
+    last = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)
+    assert last["epoch"] > first["epoch"] and last["global_step"] == 2 * first["global_step"]
+
+
+@pytest.mark.slow
+def test_init_from_starts_from_the_checkpoints_weights(trained, tmp_path) -> None:
+    loaded, _ = load_network(trained.best_checkpoint)
+    fresh, _ = load_network(trained.best_checkpoint)
     for p in fresh.parameters():
         torch.nn.init.zeros_(p)
-    rep = init_weights_from(fresh, first.best_checkpoint)
+    rep = init_weights_from(fresh, trained.best_checkpoint)
     assert rep.loaded > 0 and not rep.skipped
     for (k, a), b in zip(loaded.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), k
-    tuned = run(compose_cfg(tmp_path / "b", "trainer.fast_dev_run=true", f"init_from={first.best_checkpoint}"))
+    tuned = run(compose_cfg(tmp_path, "trainer.fast_dev_run=true", f"init_from={trained.best_checkpoint}"))
     assert tuned.final_metrics
 
-    # Evaluation of the checkpoint on annotated images: metrics, kappa and a contact sheet.
+
+@pytest.mark.slow
+def test_evaluation_of_the_checkpoint(trained, tmp_path) -> None:
+    """Metrics, kappa and a contact sheet of the checkpoint on annotated images."""
     from fracscope.evaluate import evaluate_items
     from fracscope.synth import generate_crops, load_config
 
     items = list(generate_crops(load_config("p"), 4, seed=11))
-    rep = evaluate_items(items, first.best_checkpoint, tmp_path / "eval")
+    rep = evaluate_items(items, trained.best_checkpoint, tmp_path / "eval")
     assert rep.metrics["n_particles"] == 4 and "head_kappa" in rep.metrics and "otsu_porosity_mae_pp" in rep.metrics
     assert (tmp_path / "eval" / "misclassified.png").exists() and (tmp_path / "eval" / "particles.csv").exists()
 

@@ -1,4 +1,4 @@
-"""Where the built-in sample data and the shipped default model live."""
+"""Where the built-in sample data, the shipped default model and the Hydra configs live."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 DEFAULT_MODEL = REPO_ROOT / "models" / "fracscope_default.onnx"
 DEFAULT_DETECTOR = REPO_ROOT / "models" / "fracscope_detector.onnx"
+#: The Hydra config tree of every command (conf/infer.yaml, conf/train.yaml, conf/synth/, ...).
+CONF_DIR = REPO_ROOT / "conf"
 
 
 def resolve_input(value: str | None) -> str:

@@ -1,4 +1,4 @@
-"""Score a trained model on an annotated set: ``python -m fracscope.evaluate data=DIR model_path=M``.
+"""Score a trained model on an annotated set: ``fracscope-evaluate dataset=DIR model_path=M``.
 
 Particles are cropped with the shared crop function with the crop spec the model file (or
 checkpoint) stores, and run through `fracscope.runtime.load_backend`; metrics are computed on the crop grid: accuracy, macro-F1, per-class recall and
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np  # noqa: E402
 from fracscope.crop import CropSpec  # noqa: E402
 from fracscope.data.datamodule import CropArrays, croppable_particles, crops_from_items  # noqa: E402
 from fracscope.models.plots import GalleryItem, plot_confusion, plot_contact_sheet  # noqa: E402
-from fracscope.models.scores import (  # noqa: E402
+from fracscope.scores import (  # noqa: E402
     IGNORE_PHASE,
     ClassScores,
     IoUAccumulator,
@@ -230,28 +229,23 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:32s} {v:8.4f}" for k, v in metrics.items())
 
 
-def _main() -> None:
-    import hydra
-    from omegaconf import DictConfig
+def evaluate(cfg) -> None:
+    """Score the model of `cfg` on its annotated dataset and print the metrics (``fracscope-evaluate``)."""
+    from fracscope.data import read_dataset
 
-    conf_dir = str(Path(__file__).resolve().parents[2] / "conf")
-    # `data` is also the training config group in conf/, where Hydra would read data=PATH as a
-    # group choice; the eval config calls the key `dataset` and data= is accepted as its alias.
-    sys.argv = [("dataset=" + a[5:]) if a.startswith("data=") else a for a in sys.argv]
+    settings = EvalSettings.from_config(cfg)
+    items = read_dataset(settings.dataset, format=settings.format)
+    report = evaluate_items(items, settings.model_path, settings.output_dir, settings.batch_size,
+                            settings.min_pore_px)
+    print(format_metrics(report.metrics))
+    print(f"outputs in {settings.output_dir}")
 
-    @hydra.main(version_base="1.3", config_path=conf_dir, config_name="eval")
-    def main(cfg: DictConfig) -> None:
-        from fracscope.data import read_dataset
 
-        settings = EvalSettings.from_config(cfg)
-        items = read_dataset(settings.dataset, format=settings.format)
-        report = evaluate_items(items, settings.model_path, settings.output_dir, settings.batch_size,
-                                settings.min_pore_px)
-        print(format_metrics(report.metrics))
-        print(f"outputs in {settings.output_dir}")
+def main() -> None:
+    from fracscope.cli import run_hydra_app
 
-    main()
+    run_hydra_app("fracscope-evaluate", evaluate, "eval")
 
 
 if __name__ == "__main__":
-    _main()
+    main()

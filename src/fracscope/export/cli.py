@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from fracscope.cli import ArgumentParser, usage_errors
 from fracscope.export import export_checkpoint, load_calibration, set_pore_weight, set_postprocess
 from fracscope.model_file import DETECTOR_METADATA_KEY, read_props
 
@@ -26,7 +27,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fracscope.export", description=DESCRIPTION,
+    parser = ArgumentParser(prog="fracscope-export", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path, help="training .ckpt (or an exported .onnx to re-set in place)")
     parser.add_argument("out", type=Path, nargs="?", default=None, help="destination .onnx file")
@@ -47,9 +48,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the export CLI; returns the exit status (usage errors exit with status 2)."""
+    """Run the export CLI; returns the exit status (usage errors: one line, status 2)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    with usage_errors(parser.prog):  # a wrong file or an option of the other kind
+        return _export(parser, args)
+
+
+def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     post = {k: v for k, v in (("foreground_threshold", args.foreground_threshold),
                                ("seed_threshold", args.seed_threshold),
                                ("min_score", args.min_score)) if v is not None}
@@ -68,11 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out is None:
         parser.error("give the destination .onnx file")
     calib = load_calibration(args.calibration, args.calibration_limit) if args.calibration else None
-    try:
-        report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib,
-                                   opset=args.opset, pore_weight=args.pore_weight, postprocess=post)
-    except (FileNotFoundError, ValueError) as err:  # a wrong file or an option of the other kind
-        parser.error(str(err))
+    report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib,
+                               opset=args.opset, pore_weight=args.pore_weight, postprocess=post)
     print(report.summary())
     print(f"sha256 {report.sha256}")
     return 0

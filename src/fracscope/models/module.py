@@ -33,7 +33,7 @@ from torchmetrics.classification import (
 )
 
 from fracscope.models.plots import GalleryItem, plot_confusion, plot_gallery
-from fracscope.models.scores import IGNORE_CLASS, IGNORE_PHASE, ClassScores, confusion_matrix, porosity_errors_pp
+from fracscope.scores import IGNORE_CLASS, IGNORE_PHASE, ClassScores, confusion_matrix, porosity_errors_pp
 from fracscope.classify import combine_class_with_topology
 from fracscope.models.unet import NetConfig, ParticleNet
 from fracscope.settings import check_keys

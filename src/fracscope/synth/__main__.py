@@ -1,4 +1,4 @@
-"""CLI: ``python -m fracscope.synth output=DIR kind=crops|electrode n=200 seed=0 preset=gp|p``.
+"""CLI: ``fracscope-synth output=DIR kind=crops|electrode n=200 seed=0 preset=gp|p`` (or ``python -m fracscope.synth``).
 
 Any key of conf/synth/config.yaml can be overridden (``imaging.noise_sd=0.05``); the
 frozen held-out set is ``--config-name heldout``.
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
+from fracscope.cli import run_hydra_app
 from fracscope.settings import SettingsError
 from fracscope.synth.config import CONF_DIR, SynthConfig
 from fracscope.synth.generate import SYNTH_VERSION, generate_crops, generate_electrode
@@ -49,10 +49,12 @@ def run(cfg: DictConfig | SynthConfig) -> Path:
     return path
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
-def main(cfg: DictConfig) -> None:
-    path = run(cfg)
-    print(f"wrote {path}")
+def synth(cfg: DictConfig) -> None:
+    print(f"wrote {run(cfg)}")
+
+
+def main() -> None:
+    run_hydra_app("fracscope-synth", synth, "config", CONF_DIR)
 
 
 if __name__ == "__main__":

@@ -15,11 +15,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from fracscope import assets
 from fracscope.settings import SettingsError, settings_from_config
 from fracscope.synth.imaging import ImagingConfig
 
-# src/fracscope/synth/config.py -> repository root / conf / synth
-CONF_DIR: Path = Path(__file__).resolve().parents[3] / "conf" / "synth"
+CONF_DIR: Path = assets.CONF_DIR / "synth"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Numpy scores shared by training, evaluation and the accuracy benchmark.
+"""Numpy scores shared by training, evaluation and the accuracy benchmark (no torch needed).
 
 Porosity always goes through `fracscope.measure.porosity_pct` (Eq. 1).
 """
@@ -105,6 +105,11 @@ class ClassScores:
     confusion: np.ndarray
     names: tuple[str, ...] = CLASS_NAMES
     extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_labels(cls, true: np.ndarray, pred: np.ndarray) -> ClassScores:
+        """Scores of predicted class indices against the true ones (CLASS_NAMES order)."""
+        return cls(confusion_matrix(true, pred))
 
     @property
     def accuracy(self) -> float:
