@@ -62,7 +62,7 @@ def test_help_says_what_the_command_does(command, says) -> None:
         (["infer.py", "detect=nope"], "(options: classical, learned, tiled)"),
         (["infer.py", "input=["], "fracscope-infer: error: cannot parse 'input=['"),
         pytest.param(["-m", "fracscope.evaluate", "model_path=m.onnx"],
-                     "fracscope-evaluate: error: Missing mandatory value: dataset", marks=pytest.mark.train),
+                     "fracscope-evaluate: error: missing value for 'dataset' in the evaluate config", marks=pytest.mark.train),
     ],
 )
 def test_a_usage_mistake_is_one_line_and_status_2(command, message) -> None:

@@ -1,6 +1,5 @@
 """Tests of fracscope.phases: the one step from crop-grid phase probabilities to phase codes on the image grid."""
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +9,8 @@ import tifffile
 import fracscope.phases
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops
 from fracscope.phases import check_polarity, resolve_pore_weight  # the model file's rules
+from fracscope.cli import compose
+from fracscope.model_file import ModelMetadata
 from fracscope.types import ParticleCrop, Phase
 
 S = 32  # crop side
@@ -121,7 +122,7 @@ def test_polarity_check_names_the_way_out():
 class _Backend:
     """Stands in for a model: every crop pixel solid 0.55, pore 0.45."""
 
-    metadata = SimpleNamespace(crop_size=S, margin=0.15, pore_weight=1.0, pore_polarities=("dark",))
+    metadata = ModelMetadata(crop_size=S, pore_polarities=("dark",))
 
     def predict_batched(self, x, batch_size):
         assert x.dtype == np.float32 and x.shape[1:] == (2, S, S)  # image and mask channels
@@ -137,7 +138,7 @@ def test_predict_crops_of_no_crops_has_the_right_shapes():
 
 def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     """Both callers reach the paste-back only through `phases_on_image_grid`, with the same rule."""
-    from fracscope.crop import crop_particles, paste_back
+    from fracscope.crop import CropSpec, crop_particles, paste_back
     from fracscope.locate import LocatedParticles
     from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
     from fracscope.pores3d.segment import ModelVoids
@@ -156,7 +157,7 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
 
     # infer: one particle, the model's near-tie made pore by the weight
     instances = disc.astype(np.uint32)
-    crops = crop_particles(pixels, instances, size=S, margin=0.15)
+    crops = crop_particles(pixels, instances, CropSpec(size=S))
     classes, probs = predict_crops(_Backend(), crops, 8)
     located = LocatedParticles(SEMImage(pixels, 0.05), instances, crops, {}, None)
     result = measure_particles(Predicted(located, "f", "all", classes, probs, 1.3), AnalysisSettings(), StageTimes())
@@ -180,10 +181,8 @@ def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path,
     monkeypatch.setattr(fracscope.runtime, "load_backend", lambda *args, **kwargs: _Backend())
     stack = tmp_path / "s.tif"
     tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "pores3d.yaml")
-    cfg.pop("hydra")
-    cfg.merge_with({"input": str(stack), "output": str(tmp_path / "out"), "voxel_size_um": [0.02, 0.01, 0.01],
-                    "segment": {"method": "model", "model_path": str(stack)}})
+    cfg = compose("pores3d", f"input={stack}", f"output={tmp_path / 'out'}", "voxel_size_um=[0.02,0.01,0.01]",
+                  "segment.method=model", f"segment.model_path={stack}")
     with pytest.raises(SettingsError, match=r"'bright'.*segment\.method=otsu"):
         run(OmegaConf.merge(cfg, {"segment": {"pore_polarity": "bright"}}))
     with pytest.raises(SettingsError, match="pore_weight must be positive"):

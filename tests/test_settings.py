@@ -11,7 +11,8 @@ from typing import Literal
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_infer
+from conftest import REPO
+from fracscope.cli import compose
 from fracscope.settings import SettingsError, check_keys, settings_from_config
 
 
@@ -98,19 +99,19 @@ def test_infer_config_is_read_once_into_picklable_run_settings():
     from fracscope.pipeline import AnalysisSettings, RunSettings
     from fracscope.report import ReportOptions
 
-    s = RunSettings.from_config(compose_infer("batch_size=8", "trim_rim=false", "report.n_boot=10"))
+    s = RunSettings.from_config(compose("infer", "batch_size=8", "trim_rim=false", "report.n_boot=10"))
     assert s.analysis == dataclasses.replace(AnalysisSettings(), batch_size=8, trim_rim="none")
     assert s.report == dataclasses.replace(ReportOptions(), n_boot=10)
     assert s.detect["_target_"] == "fracscope.detect.learned.LearnedDetector" and isinstance(s.detect, dict)
     assert pickle.loads(pickle.dumps(s)) == s  # it travels to the detect workers
     # The YAML documents the code's defaults.
-    assert RunSettings.from_config(compose_infer()).analysis == AnalysisSettings()
+    assert RunSettings.from_config(compose("infer")).analysis == AnalysisSettings()
 
 
 def test_infer_refuses_a_misspelt_key_that_hydra_would_let_through(tmp_path):
     from fracscope.pipeline import run
 
-    cfg = compose_infer("+pixel_sise_um=0.05", f"output={tmp_path / 'out'}")
+    cfg = compose("infer", "+pixel_sise_um=0.05", f"output={tmp_path / 'out'}")
     with pytest.raises(SettingsError, match=r"^unknown key 'pixel_sise_um' in the infer config; valid keys: "
                                             r"input, output, .*pixel_size_um"):
         run(cfg)
@@ -129,7 +130,7 @@ def test_infer_groups_refuse_unknown_keys(overrides, message):
     from fracscope.pipeline import RunSettings
 
     with pytest.raises(SettingsError, match=message):
-        RunSettings.from_config(compose_infer(*overrides))
+        RunSettings.from_config(compose("infer", *overrides))
 
 
 def test_detector_receivers_refuse_unknown_keys():
@@ -152,13 +153,6 @@ def test_report_options_refuse_unknown_keys():
 
 
 # ---------------------------------------------------------------- pores3d, train, evaluate
-def _compose(name: str, *overrides: str):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
-
-
 @pytest.mark.parametrize("override", ["+align.enabeld=true", "+segment.batch=4", "+memory.chunk=1", "+outputs.plot=false",
                                       "+voxel=1"])
 def test_pores3d_config_refuses_unknown_keys(override):
@@ -166,15 +160,15 @@ def test_pores3d_config_refuses_unknown_keys(override):
 
     key = override[1:].split("=")[0]
     with pytest.raises(SettingsError, match=f"unknown key '{key}' in the pores3d config"):
-        Settings.from_cfg(_compose("pores3d", override))
+        Settings.from_cfg(compose("pores3d", override))
     with pytest.raises(SettingsError, match=f"unknown key '{key}'"):
-        run(_compose("pores3d", "input=x.tif", override))
+        run(compose("pores3d", "input=x.tif", override))
 
 
 def test_pores3d_config_sections_reach_the_settings():
     from fracscope.pores3d.run import Pores3DConfig
 
-    config = Pores3DConfig.from_config(_compose("pores3d", "input=s.tif", "voxel_size_um=[0.02,0.01,0.01]",
+    config = Pores3DConfig.from_config(compose("pores3d", "input=s.tif", "voxel_size_um=[0.02,0.01,0.01]",
                                                 "segment.batch_size=4", "outputs.label_compression=none",
                                                 "memory.chunk_mb=8", "segment.method=local"))
     assert config.voxel_size_um == (0.02, 0.01, 0.01) and config.segment.batch_size == 4
@@ -186,16 +180,16 @@ def test_train_and_evaluate_configs_refuse_unknown_keys():
     from fracscope.evaluate import EvalSettings
     from fracscope.models.train import TrainSettings
 
-    train = TrainSettings.from_config(_compose("train", "paths.output_dir=/tmp/x", "threads=2"))
+    train = TrainSettings.from_config(compose("train", "paths.output_dir=/tmp/x", "threads=2"))
     assert train.threads == 2 and train.paths.output_dir == "/tmp/x"
     with pytest.raises(SettingsError, match="unknown key 'sede' in the train config"):
-        TrainSettings.from_config(_compose("train", "paths.output_dir=/tmp/x", "+sede=1"))
-    ev = EvalSettings.from_config(_compose("eval", "dataset=d", "model_path=m.onnx", "output_dir=o", "batch_size=4"))
+        TrainSettings.from_config(compose("train", "paths.output_dir=/tmp/x", "+sede=1"))
+    ev = EvalSettings.from_config(compose("eval", "dataset=d", "model_path=m.onnx", "output_dir=o", "batch_size=4"))
     assert ev == EvalSettings("d", "m.onnx", "o", batch_size=4)
     with pytest.raises(SettingsError, match="unknown key 'batch' in the evaluate config"):
-        EvalSettings.from_config(_compose("eval", "dataset=d", "model_path=m", "output_dir=o", "+batch=4"))
+        EvalSettings.from_config(compose("eval", "dataset=d", "model_path=m", "output_dir=o", "+batch=4"))
     with pytest.raises(SettingsError, match="missing value for 'dataset' in the evaluate config"):
-        EvalSettings.from_config(_compose("eval", "model_path=m", "output_dir=o"))
+        EvalSettings.from_config(compose("eval", "model_path=m", "output_dir=o"))
 
 
 def test_training_receivers_refuse_unknown_keys():

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, TypeVar
 import fracscope
 from fracscope.crop import NORM_PERCENTILES, CropSpec
 from fracscope.detect.postprocess import PostprocessParams
+from fracscope.settings import SettingsError, settings_from_config
 from fracscope.types import CLASS_NAMES, PHASE_NAMES
 
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
@@ -304,11 +305,10 @@ class DetectorMetadata:
 
     def postprocess_params(self) -> PostprocessParams:
         """The stored post-processing settings as `PostprocessParams`."""
-        known = {f.name for f in dataclasses.fields(PostprocessParams)}
-        unknown = set(self.postprocess) - known
-        if unknown:
-            raise MetadataError(f"unknown post-processing settings {sorted(unknown)}")
-        return PostprocessParams(**self.postprocess)
+        try:
+            return settings_from_config(PostprocessParams, self.postprocess, "the detector file's postprocess settings")
+        except SettingsError as err:  # a model file that does not fit this fracscope
+            raise MetadataError(str(err)) from None
 
     def to_json(self) -> str:
         """Serialise to a JSON string (sorted keys, plain types)."""
