@@ -41,6 +41,9 @@ from fracscope.phases import (
 )
 from fracscope.refine import RIM_TRIM_PHASES
 from fracscope.report import ReportOptions, ReportWriter
+from fracscope.report.lock import OutputLock
+from fracscope.report.resume import RunLog
+from fracscope.report.tables import done_images, source_identity
 from fracscope.runtime import Backend, load_backend
 from fracscope.settings import settings_from_config
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
@@ -85,7 +88,10 @@ class RunSettings:
     pixel_size_um: float | None = None  # overrides every tag in the files
     crop_data_bar: bool = False
     groups_csv: str | None = None
-    resume: bool = False
+    # true: skip images done in output/ (same resolved path, size and mtime), refused when the
+    # settings that change results differ from the earlier run's; "force": go on anyway.
+    resume: bool | str = field(default=False, metadata={"convert": lambda v: _resume_mode(v)})
+    force_unlock: bool = False  # take over a lock another host holds on output/
     progress: bool = False  # a progress bar even when stderr is not a terminal
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings, metadata={"flatten": True})
     detect: Mapping[str, Any] = field(default_factory=lambda: {"name": "learned"})
@@ -103,6 +109,24 @@ class RunSettings:
         settings = settings_from_config(cls, cfg, "the infer config")
         detector_factory(settings.detect, "the infer config's detect group")
         return settings
+
+    def result_settings(self, model_sha256: str) -> dict[str, Any]:
+        """The settings that change results: a resume must match the earlier run's (runs.jsonl)."""
+        a = self.analysis
+        return {
+            "model_sha256": model_sha256,
+            "detect": dict(self.detect),
+            "segmenter": a.segmenter,
+            "classify": a.classify,
+            "pixel_size_um": self.pixel_size_um,
+            "crop_data_bar": self.crop_data_bar,
+            "pore_polarity": a.pore_polarity,
+            "pore_weight": a.pore_weight,
+            "trim_rim": a.trim_rim,
+            "low_confidence": a.low_confidence,
+            "min_judge_diameter_um": a.min_judge_diameter_um,
+            "min_judge_diameter_px": a.min_judge_diameter_px,
+        }
 
 
 @dataclass
@@ -259,6 +283,13 @@ def input_root(spec: str) -> Path | None:
     return path.parent
 
 
+def _resume_mode(value: object) -> bool | str:
+    """infer.py's `resume`: true, false or "force"."""
+    if isinstance(value, bool) or value == "force":
+        return value  # type: ignore[return-value]
+    raise ValueError(f"resume must be true, false or force, got {value!r}")
+
+
 def _rim_trim_mode(value: object) -> str:
     """infer.py's `trim_rim` as a `RIM_TRIM_PHASES` key (true = background, the default; false = none)."""
     if isinstance(value, bool):
@@ -285,8 +316,14 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
     """Analyse every image under `cfg.input` and write the report into `cfg.output`.
 
     `cfg` is the composed `infer` config, read once into `RunSettings` here (or those settings).
+    One run at a time per output folder: its lock is held until the run ends.
     """
     run_settings = cfg if isinstance(cfg, RunSettings) else RunSettings.from_config(cfg)
+    with OutputLock(run_settings.output, force_unlock=run_settings.force_unlock):
+        return _run(cfg, run_settings)
+
+
+def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome:
     settings = run_settings.analysis
     if settings.segmenter not in ("model", "threshold"):
         raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
@@ -313,8 +350,16 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
     }
     # The config as given is stored verbatim in the provenance; the settings come from run_settings.
     config = dataclasses.asdict(cfg) if isinstance(cfg, RunSettings) else cfg
-    writer = ReportWriter(output, config, provenance, resume=run_settings.resume, options=run_settings.report)
-    done = writer.done_images() if run_settings.resume else set()
+    resume = bool(run_settings.resume)
+    run_log = RunLog(
+        output,
+        run_settings.result_settings(backend.sha256),
+        run_settings.resume,
+        provenance["command"],
+        has_results=resume and bool(done_images(output)),
+    )
+    writer = ReportWriter(output, config, provenance, resume=resume, options=run_settings.report, run_log=run_log)
+    done = writer.done_sources() if resume else {}
     times = StageTimes()
     skipped: list[SEMImage] = []
     t_start = time.perf_counter()
@@ -324,7 +369,11 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
         crop_bar=run_settings.crop_data_bar,
         n_threads=run_settings.decode_threads,
     )
-    todo = (item for item in _timed(sources, times, "decode") if not _already_done(item, done, skipped))
+    todo = (
+        todo_item
+        for item in _timed(sources, times, "decode")
+        if (todo_item := _not_done(item, done, skipped)) is not None
+    )
     located_stream = locate_ahead(
         todo,
         run_settings.detect,
@@ -369,6 +418,10 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
     out_queue.drain()
     n_images, n_particles = out_queue.n_images, out_queue.n_particles
     n_skipped = len(skipped)
+    if writer.nothing_new():  # a resume with nothing left to do: every output stays as it was
+        writer.close_unchanged()
+        log.info("nothing left to do in %s: %d image(s) already done", output, n_skipped)
+        return RunOutcome(0, 0, [], times.seconds, time.perf_counter() - t_start)
     t = time.perf_counter()
     writer.close()
     times.add("write", t)
@@ -449,11 +502,23 @@ def _timed(iterable, times: StageTimes, stage: str):
         yield item
 
 
-def _already_done(item, done: set, skipped: list) -> bool:
-    if isinstance(item, ReadFailure) or (str(item.source), item.page) not in done:
-        return False
+def _not_done(item, done: dict, skipped: list):
+    """`item` when it is still to do; None when a resumed run did it (same resolved path, size and
+    mtime); a `ReadFailure` when the file changed since it was done (its rows are not replaced)."""
+    if isinstance(item, ReadFailure) or not done:
+        return item
+    path, size, mtime = source_identity(item.source)
+    earlier = done.get((path, item.page))
+    if earlier is None:
+        return item
+    if earlier != (size, mtime):
+        return ReadFailure(
+            str(item.source),
+            f"changed since an earlier run processed it (size {earlier[0]} -> {size} bytes or mtime); "
+            "not processed again: use a new output= to analyse it",
+        )
     skipped.append(item)
-    return True
+    return None
 
 
 def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:

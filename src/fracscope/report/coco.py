@@ -119,17 +119,25 @@ def _filter_partial(path: Path, done: set[tuple[str, int]]) -> None:
         return
     tmp = path.with_suffix(".tmp")
     seen = set()
+    changed = False  # whether the kept lines differ from the file
     with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
         for line in src:
             try:
                 rec = json.loads(line)
                 key = (rec["image"]["source"], int(rec["image"]["page"]))
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                changed = True
                 continue  # a line cut short by a crash
             if key in done and key not in seen:
                 seen.add(key)
                 dst.write(line if line.endswith("\n") else line + "\n")
-    os.replace(tmp, path)
+                changed |= not line.endswith("\n")
+            else:
+                changed = True
+    if changed:
+        os.replace(tmp, path)
+    else:  # nothing to drop: the file stays as it was (a resume with nothing to do changes no file)
+        tmp.unlink()
 
 
 class CocoWriter:
@@ -146,6 +154,10 @@ class CocoWriter:
         """Append one image's record (one JSON line, flushed)."""
         self._file.write(json.dumps(image_record(result)) + "\n")
         self._file.flush()
+
+    def close_file(self) -> None:
+        """Close the partial file, writing nothing more."""
+        self._file.close()
 
     def close(self, info: dict | None = None) -> Path:
         """Write predictions_coco.json (images, annotations, categories).

@@ -58,11 +58,16 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "n_too_small",
     "n_low_confidence",
     *(f"n_{name}" for name in CLASS_NAMES),
+    # The resume key: the same file named another way (relative, absolute, a link) is the same
+    # image, and a file changed since (size or mtime) is not.
+    "source_path",
+    "source_size_bytes",
+    "source_mtime_ns",
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
-_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error"}
-_INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
+_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "source_path"}
+_INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px", "source_size_bytes", "source_mtime_ns"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
 _BOOL_COLUMNS = {"low_confidence", "touches_border", "too_small"}
@@ -86,6 +91,19 @@ def image_key(result: ImageResult) -> tuple[str, int]:
     """(image, page) identifying an image page: the source path as given, or the stem."""
     source = str(result.image.source) if result.image.source else ""
     return (source or result.stem, int(result.image.page))
+
+
+def source_identity(source: str | os.PathLike | None) -> tuple[str, int | None, int | None]:
+    """(resolved path, size in bytes, mtime in ns) of an input file; size and mtime are None
+    when it cannot be stat'ed (an in-memory image)."""
+    if not source:
+        return "", None, None
+    path = Path(source).resolve()
+    try:
+        st = path.stat()
+    except OSError:
+        return str(path), None, None
+    return str(path), st.st_size, st.st_mtime_ns
 
 
 def length_unit(pixel_size_um: float | None) -> str:
@@ -157,6 +175,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
     }
     for name in CLASS_NAMES:
         row[f"n_{name}"] = sum(p.class_name == name for p in parts)
+    row["source_path"], row["source_size_bytes"], row["source_mtime_ns"] = source_identity(result.image.source)
     return row
 
 
@@ -194,6 +213,21 @@ def done_images(output_dir: str | os.PathLike) -> set[tuple[str, int]]:
             done.add((row["image"], int(row["page"])))
         except (KeyError, ValueError):
             continue  # a line cut short by a crash
+    return done
+
+
+def done_sources(output_dir: str | os.PathLike) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+    """(resolved path, page) -> (size, mtime_ns) of the image pages a previous run finished, from images.csv."""
+    path = Path(output_dir) / IMAGES_CSV
+    if not path.exists():
+        return {}
+    done = {}
+    for row in iter_csv_rows(path):
+        try:
+            size, mtime = row.get("source_size_bytes", ""), row.get("source_mtime_ns", "")
+            done[(row["source_path"], int(row["page"]))] = (int(size) if size else None, int(mtime) if mtime else None)
+        except (KeyError, ValueError):
+            continue  # an older images.csv, or a line cut short
     return done
 
 
@@ -284,6 +318,7 @@ class ParticleTableWriter:
         self.particles_path = self.output_dir / PARTICLES_CSV
         self.images_path = self.output_dir / IMAGES_CSV
         self.done: set[tuple[str, int]] = done_images(self.output_dir) if resume else set()
+        self.done_sources = done_sources(self.output_dir) if resume else {}
         if resume:
             _keep_done_rows(self.particles_path, self.done)
             _keep_done_rows(self.images_path, self.done)
@@ -303,8 +338,16 @@ class ParticleTableWriter:
 
     def commit(self, result: ImageResult) -> None:
         """Record the image in images.csv: from now on it counts as done."""
-        self._images.append([image_row(result)])
+        row = image_row(result)
+        self._images.append([row])
         self.done.add(image_key(result))
+        self.done_sources[(row["source_path"], row["page"])] = (row["source_size_bytes"], row["source_mtime_ns"])
+
+    def close_files(self) -> None:
+        """Close the CSVs, writing nothing more."""
+        self._images.close()
+        if self._particles is not None:
+            self._particles.close()
 
     def close(self) -> Path:
         """Close the CSVs and write particles.parquet; returns its path."""
@@ -327,6 +370,10 @@ class ErrorTableWriter:
     def add(self, source: str, page: int, message: str) -> None:
         """Record a failure."""
         self._csv.append([{"image": source, "page": int(page), "error": message}])
+
+    def close_file(self) -> None:
+        """Close errors.csv, writing nothing more."""
+        self._csv.close()
 
     def close(self, done: set[tuple[str, int]]) -> list[dict[str, object]]:
         """Close, drop failures that later succeeded (resume) and duplicates; return the rest."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -13,8 +14,10 @@ from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
 from fracscope.report.overlay import write_overlay
 from fracscope.report.plots import write_plots
+from fracscope.report.resume import RunLog
 from fracscope.report.review import ReviewSampler, write_low_confidence
 from fracscope.report.summary import (
+    SUMMARY_JSON,
     Summary,
     build_summary,
     make_provenance,
@@ -69,6 +72,9 @@ class ReportWriter:
         already done (`done`) are skipped by `add`.
     options : ReportOptions, optional
         What the report counts and writes (the caller's, read from its config once).
+    run_log : RunLog, optional
+        The run's line of runs.jsonl: written before the run's first output, and every
+        run of the folder is listed in the provenance (`runs`).
 
     Examples
     --------
@@ -86,6 +92,7 @@ class ReportWriter:
         provenance: Mapping | None,
         resume: bool = False,
         options: ReportOptions | None = None,
+        run_log: RunLog | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +110,9 @@ class ReportWriter:
         )
         self._failures: list[tuple[str, int, str]] = []
         self._closed = False
+        self._resume = resume
+        self._run_log = run_log
+        self._n_added = 0
 
     @property
     def done(self) -> set[tuple[str, int]]:
@@ -110,8 +120,16 @@ class ReportWriter:
         return self._tables.done
 
     def done_images(self) -> set[tuple[str, int]]:
-        """A copy of `done`: the (image, page) pairs to skip on resume."""
+        """A copy of `done`: the (image, page) pairs as the runs named them."""
         return set(self._tables.done)
+
+    def done_sources(self) -> dict[tuple[str, int], tuple[int | None, int | None]]:
+        """A copy of the resume keys: (resolved path, page) -> (size, mtime_ns) of the images done."""
+        return dict(self._tables.done_sources)
+
+    def _record_run(self) -> None:
+        if self._run_log is not None:
+            self._run_log.record_once()
 
     @property
     def failures(self) -> list[tuple[str, int, str]]:
@@ -128,6 +146,8 @@ class ReportWriter:
         if key in self._tables.done:
             warnings.warn(f"{key} is already in the report; skipped", stacklevel=2)
             return False
+        self._record_run()
+        self._n_added += 1
         opts = self.options
         if opts.write_instances:
             write_instances(result, self.output_dir)
@@ -144,6 +164,7 @@ class ReportWriter:
 
     def add_failure(self, source: str, page: int, message: str) -> None:
         """Record a file or page that could not be processed (errors.csv)."""
+        self._record_run()
         self._errors.add(str(source), int(page), str(message))
         self._failures.append((str(source), int(page), str(message)))
 
@@ -152,6 +173,9 @@ class ReportWriter:
         if self._closed:
             raise RuntimeError("ReportWriter is already closed")
         self._closed = True
+        self._record_run()
+        if self._run_log is not None:
+            self.provenance["runs"] = self._run_log.runs
         out = self.output_dir
         self._tables.close()
         failed = self._errors.close(self._tables.done)
@@ -171,6 +195,27 @@ class ReportWriter:
             info = {k: self.provenance[k] for k in keys if k in self.provenance}
             self._coco.close({"description": "fracscope predictions", **info})
         return summary
+
+    def nothing_new(self) -> bool:
+        """True for a resume that wrote nothing when the folder's summary covers its every run:
+        then `close_unchanged` leaves every output as it was."""
+        if not self._resume or self._n_added or self._failures or self._run_log is None:
+            return False
+        try:
+            recorded = json.loads((self.output_dir / SUMMARY_JSON).read_text(encoding="utf-8"))["provenance"]["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # no summary of the last run (killed before its close): close writes it
+        return self._run_log.finished_earlier(recorded)
+
+    def close_unchanged(self) -> None:
+        """Close the open tables without writing anything (after `nothing_new`)."""
+        if self._closed:
+            raise RuntimeError("ReportWriter is already closed")
+        self._closed = True
+        self._tables.close_files()
+        self._errors.close_file()
+        if self._coco is not None:
+            self._coco.close_file()
 
 
 __all__ = ["INSTANCES_DIR", "ReportWriter", "image_key", "write_instances"]
