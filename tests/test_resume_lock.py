@@ -124,3 +124,17 @@ def test_another_hosts_lock_needs_force_unlock(tmp_path, images):
     with OutputLock(out, force_unlock=True) as lock:
         assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid() == lock.owner["pid"]
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_file_changed_since_it_was_done_keeps_its_rows_with_a_warning(tmp_path, images, caplog):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = folder / "f0.tif"
+    image.write_bytes(images[0].read_bytes())
+    out = tmp_path / "out"
+    _infer(out, folder)
+    st = image.stat()
+    os.utime(image, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = _infer(out, folder, "resume=true")
+    assert again.n_images == 0 and "changed since an earlier run" in caplog.text
+    assert len(pd.read_csv(out / "images.csv")) == 1

@@ -503,8 +503,11 @@ def _timed(iterable, times: StageTimes, stage: str):
 
 
 def _not_done(item, done: dict, skipped: list):
-    """`item` when it is still to do; None when a resumed run did it (same resolved path, size and
-    mtime); a `ReadFailure` when the file changed since it was done (its rows are not replaced)."""
+    """`item` when it is still to do; None when a resumed run did it (same resolved path, page).
+
+    A file changed since (size or mtime) keeps its earlier results, with a warning: analysing it
+    again would put two versions of one image in the tables.
+    """
     if isinstance(item, ReadFailure) or not done:
         return item
     path, size, mtime = source_identity(item.source)
@@ -512,10 +515,10 @@ def _not_done(item, done: dict, skipped: list):
     if earlier is None:
         return item
     if earlier != (size, mtime):
-        return ReadFailure(
-            str(item.source),
-            f"changed since an earlier run processed it (size {earlier[0]} -> {size} bytes or mtime); "
-            "not processed again: use a new output= to analyse it",
+        log.warning(
+            "%s changed since an earlier run analysed it (size or mtime); its earlier results are kept: "
+            "use another output= to analyse it again",
+            item.source,
         )
     skipped.append(item)
     return None

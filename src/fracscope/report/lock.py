@@ -124,7 +124,8 @@ class OutputLock:
             log.warning("taking over the lock of %s (%s): %s", self.folder, _describe(owner), why)
             self.path.unlink(missing_ok=True)
         if not self._create():  # another run took it in the meantime
-            raise UsageError(f"output {self.folder} is in use by another fracscope run ({_describe(self._read_owner() or {})})")
+            owner = self._read_owner() or {}
+            raise UsageError(f"output {self.folder} is in use by another fracscope run ({_describe(owner)})")
 
     def release(self) -> None:
         """Remove the lock if it is still ours; remove the folder too if this run created it and left it empty."""

@@ -66,8 +66,8 @@ IMAGE_COLUMNS: tuple[str, ...] = (
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
-_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "source_path"}
-_INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px", "source_size_bytes", "source_mtime_ns"} | {
+_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error"}
+_INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
 _BOOL_COLUMNS = {"low_confidence", "touches_border", "too_small"}
