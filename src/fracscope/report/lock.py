@@ -122,10 +122,28 @@ class OutputLock:
                 )
             why = "its process is not running" if same_host else "force_unlock=true"
             log.warning("taking over the lock of %s (%s): %s", self.folder, _describe(owner), why)
-            self.path.unlink(missing_ok=True)
+            self._remove_stale(owner)
         if not self._create():  # another run took it in the meantime
             owner = self._read_owner() or {}
             raise UsageError(f"output {self.folder} is in use by another fracscope run ({_describe(owner)})")
+
+    def _remove_stale(self, owner: dict) -> None:
+        """Remove the lock of `owner`, and only that one: two runs taking over one stale lock at once
+        must not remove each other's new lock (rename is atomic; whoever moved another's lock puts it back)."""
+        moved = self.path.with_name(f"{LOCK_FILE}.{self.owner['token']}")
+        try:
+            os.rename(self.path, moved)
+        except FileNotFoundError:
+            return  # another run removed it first; `_create` decides who gets the folder
+        try:
+            if json.loads(moved.read_text(encoding="utf-8")) != owner:
+                try:
+                    os.link(moved, self.path)  # a fresh lock: back where it was
+                except FileExistsError:
+                    pass
+        except (OSError, ValueError):
+            pass
+        moved.unlink(missing_ok=True)
 
     def release(self) -> None:
         """Remove the lock if it is still ours; remove the folder too if this run created it and left it empty."""

@@ -113,6 +113,8 @@ class ReportWriter:
         self._resume = resume
         self._run_log = run_log
         self._n_added = 0
+        if not resume:  # the tables were just started afresh: so is runs.jsonl
+            self._record_run()
 
     @property
     def done(self) -> set[tuple[str, int]]:
