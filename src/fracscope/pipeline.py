@@ -331,8 +331,7 @@ def _check_groups(group_map: dict[str, str], found: FoundFiles, root: Path | Non
     message = f"groups_csv {settings.groups_csv} does not match the inputs: {mismatch.describe()}"
     if settings.groups_csv_strict:
         raise UsageError(f"{message} (groups_csv_strict=false runs anyway; unlisted files take their folder's group)")
-    log.warning(message)
-    print(f"warning: {message}", file=sys.stderr)
+    log.warning(message)  # on stderr too: infer.py's console handler (conf/infer.yaml)
 
 
 def _log_settings(cfg: DictConfig | RunSettings) -> None:

@@ -65,7 +65,7 @@ class GroupMismatch:
     """How a groups CSV and the input files disagree."""
 
     unknown_rows: list[str]  # `file` values of the CSV that name no input file
-    unmapped_files: list[Path]  # input files that no row names (they fall back to their sub-folder)
+    unmapped_files: list[str]  # input files that no row names, relative to the input folder (they keep their sub-folder's group)
 
     def __bool__(self) -> bool:
         return bool(self.unknown_rows or self.unmapped_files)
@@ -90,9 +90,10 @@ def match_group_map(mapping: dict[str, str], files: list[Path], root: str | Path
     used: set[str] = set()
     unmapped = []
     for f in files:
-        key = next((k for k in _row_keys(Path(f), root) if k in mapping), None)
+        keys = _row_keys(Path(f), root)
+        key = next((k for k in keys if k in mapping), None)
         if key is None:
-            unmapped.append(Path(f))
+            unmapped.append(keys[0])
         else:
             used.add(key)
     return GroupMismatch([name for name in mapping if name not in used], unmapped)
