@@ -406,7 +406,7 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
     # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)
     for item in _timed(located_stream, times, "wait"):
-        progress.skip(len(skipped) - progress.n_resumed)
+        progress.skip(len(skipped) - progress.n_resumed)  # images resume passed over since the last one
         if isinstance(item, ReadFailure):
             log.error("could not read %s: %s", item.source, item.error)
             out_queue.failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
@@ -448,6 +448,10 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
         _searched(input_spec), skipped_types, len(writer.done),
     )
     _write_timings(output, outcome, n_skipped)
+    log.info(
+        "done: %d particles in %d images, %d failed, %.1f s%s",
+        n_particles, n_images, len(outcome.failures), wall, f"; {outcome.skipped_note()}" if skipped_types else "",
+    )
     return outcome
 
 
