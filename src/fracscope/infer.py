@@ -7,19 +7,27 @@ from __future__ import annotations
 
 import sys
 
-from fracscope.cli import run_hydra_app
+from fracscope.cli import fail, run_hydra_app
 
 PROG = "fracscope-infer"
 
 
 def infer(cfg) -> None:
-    """Run the pipeline on `cfg`, print a summary; failed files give a non-zero exit status."""
+    """Run the pipeline on `cfg`, print a summary; failed files give exit status 1, all failed 2 (one line)."""
     from fracscope.pipeline import run
 
     outcome = run(cfg)
+    if outcome.all_failed:  # nothing to report: one line, as for a usage mistake
+        fail(
+            PROG,
+            f"all {len(outcome.failures)} input image(s) failed ({outcome.searched}); "
+            f"the reasons are in {cfg.output}/errors.csv",
+        )
+    skipped = outcome.skipped_note()
     print(
         f"{outcome.n_particles} particles in {outcome.n_images} images, {outcome.wall_s:.1f} s "
         f"({outcome.n_particles / max(outcome.wall_s, 1e-9):.1f} particles/s) -> {cfg.output}"
+        + (f"; {skipped}, see errors.csv" if skipped else "")
     )
     if outcome.failures:
         print(f"{len(outcome.failures)} file(s) failed:", file=sys.stderr)

@@ -11,7 +11,7 @@ import logging
 import resource
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +19,19 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
-from omegaconf import DictConfig
-from tqdm import tqdm
+from omegaconf import DictConfig, OmegaConf
 
 from fracscope import __version__
 from fracscope.detect import Detector, detector_factory
 from fracscope.assets import resolve_input, resolve_model
-from fracscope.io import ReadFailure, iter_images
+from fracscope.cli import UsageError
+from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
-from fracscope.io.groups import group_for, load_group_map
+from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
+from fracscope.progress import RunProgress
 from fracscope.phases import (
     CropPhases,
     PhaseRule,
@@ -88,11 +89,12 @@ class RunSettings:
     pixel_size_um: float | None = None  # overrides every tag in the files
     crop_data_bar: bool = False
     groups_csv: str | None = None
+    groups_csv_strict: bool = True  # a groups_csv that misses inputs or names unknown files stops the run
     # true: skip images done in output/ (same resolved path, size and mtime), refused when the
     # settings that change results differ from the earlier run's; "force": go on anyway.
     resume: bool | str = field(default=False, metadata={"convert": lambda v: _resume_mode(v)})
     force_unlock: bool = False  # take over a lock another host holds on output/
-    progress: bool = False  # a progress bar even when stderr is not a terminal
+    progress: bool = True  # stderr: a bar on a terminal, else a line per image (the log has the lines anyway)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings, metadata={"flatten": True})
     detect: Mapping[str, Any] = field(default_factory=lambda: {"name": "learned"})
     report: ReportOptions = ReportOptions()
@@ -306,10 +308,70 @@ class RunOutcome:
     failures: list[tuple[str, int, str]]
     seconds: dict[str, float]
     wall_s: float
+    searched: str = ""  # what was searched for input images, for messages
+    skipped_types: dict[str, int] = field(default_factory=dict)  # unsupported files passed over, by extension
+    n_images_total: int = 0  # images in the output folder after the run (resumed runs' included)
+
+    @property
+    def all_failed(self) -> bool:
+        """Every image failed: no image in the outputs, at least one failure."""
+        return bool(self.failures) and self.n_images_total == 0
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failures else 0
+        """0: all done; 1: some images failed; 2: every image failed (nothing to report)."""
+        return 2 if self.all_failed else 1 if self.failures else 0
+
+    def skipped_note(self) -> str:
+        """``3 files skipped (2 .bmp, 1 .dm4)``, or "" when none was."""
+        if not self.skipped_types:
+            return ""
+        counts = ", ".join(f"{n} {ext}" for ext, n in sorted(self.skipped_types.items(), key=lambda kv: (-kv[1], kv[0])))
+        return f"{sum(self.skipped_types.values())} files skipped ({counts})"
+
+
+def _extension(path: Path) -> str:
+    return path.suffix.lower() or "(no extension)"
+
+
+def _searched(input_spec: str) -> str:
+    """What `find_image_files` looked for, in words, for one-line messages."""
+    path = Path(input_spec)
+    wanted = "/".join(sorted(SUPPORTED_SUFFIXES))
+    if path.is_dir():
+        return f"{wanted} files under {input_spec}"
+    if any(ch in input_spec for ch in "*?["):
+        return f"{wanted} files matching {input_spec}"
+    return input_spec
+
+
+def _check_found(found: FoundFiles, input_spec: str) -> None:
+    """No input images is a usage mistake, said in one line, before any output is written."""
+    if found.files:
+        return
+    others = Counter(_extension(f) for f in found.unsupported)
+    seen = f"; found only {', '.join(f'{n} {ext}' for ext, n in others.most_common())}" if others else ""
+    raise UsageError(f"no input images: nothing found for {_searched(input_spec)}{seen}")
+
+
+def _check_groups(group_map: dict[str, str], found: FoundFiles, root: Path | None, settings: RunSettings) -> None:
+    """A groups CSV that names unknown files, or misses inputs, stops the run unless groups_csv_strict=false."""
+    mismatch = match_group_map(group_map, found.files, root)
+    if not mismatch:
+        return
+    message = f"groups_csv {settings.groups_csv} does not match the inputs: {mismatch.describe()}"
+    if settings.groups_csv_strict:
+        raise UsageError(f"{message} (groups_csv_strict=false runs anyway; unlisted files take their folder's group)")
+    log.warning(message)  # on stderr too: infer.py's console handler (conf/infer.yaml)
+
+
+def _log_settings(cfg: DictConfig | RunSettings) -> None:
+    """The run's settings, one block at the top of infer.log."""
+    if isinstance(cfg, RunSettings):
+        text = json.dumps(dataclasses.asdict(cfg), indent=2, default=str)
+    else:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    log.info("settings:\n%s", text.rstrip())
 
 
 def run(cfg: DictConfig | RunSettings) -> RunOutcome:
@@ -338,7 +400,12 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
     root = input_root(input_spec)
+    found = find_image_files(input_spec)
+    _check_found(found, input_spec)
     group_map = load_group_map(run_settings.groups_csv) if run_settings.groups_csv else None
+    if group_map is not None:
+        _check_groups(group_map, found, root, run_settings)
+    _log_settings(cfg)
     output = Path(run_settings.output)
     provenance = {
         "fracscope_version": __version__,
@@ -360,11 +427,13 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     )
     writer = ReportWriter(output, config, provenance, resume=resume, options=run_settings.report, run_log=run_log)
     done = writer.done_sources() if resume else {}
+    for path in found.unsupported:
+        writer.add_skipped(str(path), f"unsupported format {_extension(path)}")
     times = StageTimes()
     skipped: list[SEMImage] = []
     t_start = time.perf_counter()
     sources = iter_images(
-        input_spec,
+        found.files,
         pixel_size_um=run_settings.pixel_size_um,
         crop_bar=run_settings.crop_data_bar,
         n_threads=run_settings.decode_threads,
@@ -380,21 +449,22 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         backend.metadata.crop_spec,
         workers=run_settings.detect_workers,
     )
-    n_images = n_particles = 0
     warned_scale = False
-    progress = tqdm(unit="img", disable=not sys.stderr.isatty() and not run_settings.progress)
+    progress = RunProgress(len(found.files), enabled=run_settings.progress)
     # One writer thread, in input order: image i is measured and written while the model runs
     # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)
     for item in _timed(located_stream, times, "wait"):
-        progress.update()
+        progress.skip(len(skipped) - progress.n_resumed)  # images resume passed over since the last one
         if isinstance(item, ReadFailure):
             log.error("could not read %s: %s", item.source, item.error)
             out_queue.failure(str(item.source), 0, item.error)  # a file that cannot be opened fails whole
+            progress.step(str(item.source), out_queue.n_particles, "failed")
             continue
         if isinstance(item, LocateFailure):
             log.error("detection failed on %s page %d: %s", item.image.source, item.image.page, item.error)
             out_queue.failure(str(item.image.source), item.image.page, item.error)
+            progress.step(_page_name(item.image), out_queue.n_particles, "failed")
             continue
         image = item.image
         if image.pixel_size_um is None and not warned_scale:
@@ -409,11 +479,10 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)
             out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
+            progress.step(_page_name(image), out_queue.n_particles, "failed")
             continue
         out_queue.add(predicted, settings)
-        n_images, n_particles = out_queue.n_images, out_queue.n_particles
-        elapsed = time.perf_counter() - t_start
-        progress.set_postfix(particles=n_particles, per_s=f"{n_particles / max(elapsed, 1e-9):.1f}")
+        progress.step(_page_name(image), out_queue.n_particles)
     progress.close()
     out_queue.drain()
     n_images, n_particles = out_queue.n_images, out_queue.n_particles
@@ -426,8 +495,16 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     writer.close()
     times.add("write", t)
     wall = time.perf_counter() - t_start
-    outcome = RunOutcome(n_images, n_particles, list(writer.failures), times.seconds, wall)
+    skipped_types = dict(Counter(_extension(f) for f in found.unsupported))
+    outcome = RunOutcome(
+        n_images, n_particles, list(writer.failures), times.seconds, wall,
+        _searched(input_spec), skipped_types, len(writer.done),
+    )
     _write_timings(output, outcome, n_skipped)
+    log.info(
+        "done: %d particles in %d images, %d failed, %.1f s%s",
+        n_particles, n_images, len(outcome.failures), wall, f"; {outcome.skipped_note()}" if skipped_types else "",
+    )
     return outcome
 
 
@@ -487,6 +564,10 @@ class _WriteQueue:
             self.writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             return None
         return len(result.particles)
+
+
+def _page_name(image: SEMImage) -> str:
+    return f"{image.source} page {image.page}" if image.n_pages > 1 else str(image.source)
 
 
 def _timed(iterable, times: StageTimes, stage: str):

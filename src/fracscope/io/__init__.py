@@ -14,7 +14,9 @@ from fracscope.io.pixel_size import PixelSize
 from fracscope.io.prefetch import prefetch
 from fracscope.io.read import (
     SUPPORTED_SUFFIXES,
+    FoundFiles,
     ReadOptions,
+    find_image_files,
     group_of,
     iter_images,
     list_image_files,
@@ -29,12 +31,14 @@ from fracscope.types import ReadFailure
 
 __all__ = [
     "SUPPORTED_SUFFIXES",
+    "FoundFiles",
     "PixelSize",
     "ReadFailure",
     "ReadOptions",
     "SEMTags",
     "crop_data_bar",
     "find_data_bar",
+    "find_image_files",
     "group_of",
     "iter_images",
     "list_image_files",

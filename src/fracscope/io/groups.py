@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 from fracscope.io.read import group_of
@@ -37,17 +38,62 @@ def load_group_map(csv_path: str | Path) -> dict[str, str]:
     return out
 
 
+def _row_keys(source: Path, root: str | Path | None) -> list[str]:
+    """The CSV `file` values that name `source`, in order of precedence: relative path, file name."""
+    keys = []
+    if root is not None:
+        try:
+            keys.append(source.resolve().relative_to(Path(root).resolve()).as_posix())
+        except ValueError:
+            pass
+    keys.append(source.name)
+    return keys
+
+
 def group_for(source: str | Path, root: str | Path | None, mapping: dict[str, str] | None) -> str:
     """Group of one file: the mapping CSV wins (relative path, then file name), else its sub-folder."""
     source = Path(source)
     if mapping:
-        if root is not None:
-            try:
-                rel = source.resolve().relative_to(Path(root).resolve()).as_posix()
-                if rel in mapping:
-                    return mapping[rel]
-            except ValueError:
-                pass
-        if source.name in mapping:
-            return mapping[source.name]
+        for key in _row_keys(source, root):
+            if key in mapping:
+                return mapping[key]
     return group_of(source, root) if root is not None else ""
+
+
+@dataclass(frozen=True)
+class GroupMismatch:
+    """How a groups CSV and the input files disagree."""
+
+    unknown_rows: list[str]  # `file` values of the CSV that name no input file
+    unmapped_files: list[str]  # input files that no row names, relative to the input folder (they keep their sub-folder's group)
+
+    def __bool__(self) -> bool:
+        return bool(self.unknown_rows or self.unmapped_files)
+
+    def describe(self, limit: int = 5) -> str:
+        """One line: both lists, each cut to `limit` names."""
+
+        def names(items: list) -> str:
+            shown = ", ".join(str(i) for i in items[:limit])
+            return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+        parts = []
+        if self.unknown_rows:
+            parts.append(f"{len(self.unknown_rows)} row(s) match no input file: {names(self.unknown_rows)}")
+        if self.unmapped_files:
+            parts.append(f"{len(self.unmapped_files)} input file(s) have no row: {names(self.unmapped_files)}")
+        return "; ".join(parts)
+
+
+def match_group_map(mapping: dict[str, str], files: list[Path], root: str | Path | None) -> GroupMismatch:
+    """Which rows of `mapping` name none of `files`, and which of `files` no row names (as `group_for` looks)."""
+    used: set[str] = set()
+    unmapped = []
+    for f in files:
+        keys = _row_keys(Path(f), root)
+        key = next((k for k in keys if k in mapping), None)
+        if key is None:
+            unmapped.append(keys[0])
+        else:
+            used.add(key)
+    return GroupMismatch([name for name in mapping if name not in used], unmapped)

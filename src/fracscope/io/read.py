@@ -219,27 +219,48 @@ def _has_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
-def list_image_files(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
+@dataclass(frozen=True)
+class FoundFiles:
+    """What `find_image_files` found: the files to read, and the files of other types it passed over."""
+
+    files: list[Path]
+    unsupported: list[Path]  # found in a folder or by a glob, with a suffix not in SUPPORTED_SUFFIXES
+
+
+def find_image_files(inputs: str | Path | Iterable[str | Path]) -> FoundFiles:
     """Expand inputs into files, deterministic order, no duplicates.
 
     A directory gives its supported files, recursively, sorted by path; a string with
-    ``*?[`` is a (recursive ``**``) glob, sorted; a file is kept as given, whatever its
-    suffix (reading it will report an unsupported type). A list keeps its order.
-    Paths that do not exist are kept, so reading reports them.
+    ``*?[`` is a (recursive ``**``) glob, sorted. Files of other types that a folder or a
+    glob turns up are returned apart, as `unsupported`. A file named as such is kept as
+    given, whatever its suffix (reading it will report an unsupported type). A list keeps
+    its order. Paths that do not exist are kept, so reading reports them.
     """
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     out: list[Path] = []
+    passed_over: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUPPORTED_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.is_file())
         elif isinstance(item, str) and _has_glob(item) and not p.exists():
             found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
         else:
-            found = [p]
-        out.extend(found)
+            out.append(p)
+            continue
+        out.extend(f for f in found if f.suffix.lower() in SUPPORTED_SUFFIXES)
+        passed_over.extend(f for f in found if f.suffix.lower() not in SUPPORTED_SUFFIXES)
+    return FoundFiles(_unique(out), _unique(passed_over))
+
+
+def _unique(paths: list[Path]) -> list[Path]:
     seen: set[Path] = set()
-    return [f for f in out if not (f in seen or seen.add(f))]
+    return [f for f in paths if not (f in seen or seen.add(f))]
+
+
+def list_image_files(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """The files `find_image_files` would read (see there)."""
+    return find_image_files(inputs).files
 
 
 def iter_images(

@@ -25,6 +25,8 @@ PARTICLES_CSV = "particles.csv"
 PARTICLES_PARQUET = "particles.parquet"
 IMAGES_CSV = "images.csv"
 ERRORS_CSV = "errors.csv"
+#: errors.csv rows whose `error` starts with this are files passed over (unsupported type), not failures.
+SKIPPED_PREFIX = "skipped: "
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
 BBOX_COLUMNS: tuple[str, ...] = ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1")
@@ -374,6 +376,10 @@ class ErrorTableWriter:
     def close_file(self) -> None:
         """Close errors.csv, writing nothing more."""
         self._csv.close()
+
+    def add_skipped(self, source: str, reason: str) -> None:
+        """Record a file that was passed over on purpose (e.g. an unsupported type): not a failure."""
+        self.add(source, 0, SKIPPED_PREFIX + reason)
 
     def close(self, done: set[tuple[str, int]]) -> list[dict[str, object]]:
         """Close, drop failures that later succeeded (resume) and duplicates; return the rest."""

@@ -24,7 +24,7 @@ from fracscope.report.summary import (
     scan_particles,
     write_summary_json,
 )
-from fracscope.report.tables import ErrorTableWriter, ParticleTableWriter, image_key
+from fracscope.report.tables import SKIPPED_PREFIX, ErrorTableWriter, ParticleTableWriter, image_key
 from fracscope.types import ImageResult
 
 INSTANCES_DIR = "instances"
@@ -170,6 +170,10 @@ class ReportWriter:
         self._errors.add(str(source), int(page), str(message))
         self._failures.append((str(source), int(page), str(message)))
 
+    def add_skipped(self, source: str, reason: str) -> None:
+        """Record a file that was passed over (errors.csv, error "skipped: <reason>"); not a failure."""
+        self._errors.add_skipped(str(source), reason)
+
     def close(self) -> Summary:
         """Write particles.parquet, summary.json/md, plots, review sheets and COCO."""
         if self._closed:
@@ -180,7 +184,7 @@ class ReportWriter:
             self.provenance["runs"] = self._run_log.runs
         out = self.output_dir
         self._tables.close()
-        failed = self._errors.close(self._tables.done)
+        failed = [r for r in self._errors.close(self._tables.done) if not r["error"].startswith(SKIPPED_PREFIX)]
         self._failures = [(f["image"], f["page"], f["error"]) for f in failed]
         self.provenance["n_failed"] = len(failed)
         scan = scan_particles(out, self.options)
