@@ -132,7 +132,7 @@ class ReportWriter:
         if opts.write_instances:
             write_instances(result, self.output_dir)
         if opts.write_overlays:
-            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids)
+            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids, opts)
         if opts.write_review:
             self._review.add(result)
         self._tables.write_particles(result)
