@@ -69,6 +69,8 @@ class ReportWriter:
         already done (`done`) are skipped by `add`.
     options : ReportOptions, optional
         What the report counts and writes (the caller's, read from its config once).
+    input_root : path, optional
+        The input folder; COCO `file_name`s are image paths relative to it (file names without it).
 
     Examples
     --------
@@ -86,6 +88,7 @@ class ReportWriter:
         provenance: Mapping | None,
         resume: bool = False,
         options: ReportOptions | None = None,
+        input_root: str | os.PathLike | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,9 @@ class ReportWriter:
         self.provenance = make_provenance(self.config, dict(provenance or {}))
         self._tables = ParticleTableWriter(self.output_dir, resume)
         self._errors = ErrorTableWriter(self.output_dir, resume)
-        self._coco = CocoWriter(self.output_dir, resume, self._tables.done) if self.options.write_coco else None
+        self._coco = (
+            CocoWriter(self.output_dir, resume, self._tables.done, input_root) if self.options.write_coco else None
+        )
         self._review = ReviewSampler(
             self.options.review_per_class,
             self.options.seed,
