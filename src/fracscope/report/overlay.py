@@ -112,10 +112,9 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(a.dtype)
 
 
-def dashes(shape: tuple[int, int], dash_px: int) -> np.ndarray:
-    """0/1 per pixel in diagonal bands `dash_px` wide: an outline drawn through it alternates."""
-    rr, cc = np.ogrid[: shape[0], : shape[1]]
-    return ((rr + cc) // dash_px) % 2
+def dashes(rows: np.ndarray, cols: np.ndarray, dash_px: int) -> np.ndarray:
+    """0/1 for pixels in diagonal bands `dash_px` wide: an outline drawn through them alternates."""
+    return ((rows + cols) // dash_px) % 2
 
 
 def uncounted_text(options: ReportOptions) -> str | None:
@@ -153,7 +152,8 @@ def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> I
             if rgb is None:  # the uncounted style: a dashed outline, no fill
                 ring = np.ones((sw + 1, sw + 1), bool)
                 ring[scale:-scale, scale:-scale] = False
-                dash = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(ring.shape, UNCOUNTED_DASH_PX * scale)]
+                rr, cc = np.indices(ring.shape)
+                dash = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rr, cc, UNCOUNTED_DASH_PX * scale)]
                 out.paste(Image.fromarray(dash, "RGB"), (int(x), int(y)), Image.fromarray(ring.astype(np.uint8) * 255, "L"))
             else:
                 draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
@@ -197,9 +197,9 @@ def render_overlay(
     counted_lut = np.zeros(int(labels.max(initial=0)) + 1, bool)
     counted_ids = np.array([p.particle_id for p in counted], dtype=np.int64)
     counted_lut[counted_ids[counted_ids < counted_lut.size]] = True
-    inside = counted_lut[labels]  # pores and cracks are tinted in counted sections only
     for code, color, alpha in ((Phase.PORE, PORE_RGB, PORE_ALPHA), (Phase.CRACK, CRACK_RGB, CRACK_ALPHA)):
-        sel = inside & (phases == code)
+        sel = phases == code
+        sel[sel] = counted_lut[labels[sel]]  # tinted in counted sections only
         # Blend only the selected pixels; the rest of the image stays uint8.
         tint = (1 - alpha) * out[sel].astype(np.float32) + alpha * np.asarray(color, np.float32)
         out[sel] = tint.astype(np.uint8)
@@ -222,7 +222,9 @@ def render_overlay(
     solid = is_counted[slot]
     drawn[solid] = colours[slot[solid]]
     dashed = ~solid
-    drawn[dashed] = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(labels.shape, UNCOUNTED_DASH_PX)[edge][dashed]]
+    if dashed.any():
+        rows, cols = np.nonzero(edge)
+        drawn[dashed] = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rows[dashed], cols[dashed], UNCOUNTED_DASH_PX)]
     out[edge] = drawn
 
     img = Image.fromarray(out, "RGB")
