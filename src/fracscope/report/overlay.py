@@ -1,7 +1,7 @@
 """Overlay PNGs: the SEM image with particle outlines by class, pores and cracks tinted.
 
 Sections the class fractions do not count (too small, cut by the border: `ReportOptions.counts`)
-get one neutral style instead: a thin dashed outline, no tint and no id.
+get one neutral style instead: a dashed black-and-white outline, no tint and no id.
 
 Everything is array arithmetic on the (downsampled) label and phase maps; text and
 the legend are drawn with Pillow. About 0.3 s for a 2048 × 1536 image, PNG
@@ -154,7 +154,8 @@ def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> I
                 ring[scale:-scale, scale:-scale] = False
                 rr, cc = np.indices(ring.shape)
                 dash = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rr, cc, UNCOUNTED_DASH_PX * scale)]
-                out.paste(Image.fromarray(dash, "RGB"), (int(x), int(y)), Image.fromarray(ring.astype(np.uint8) * 255, "L"))
+                ring_mask = Image.fromarray(ring.astype(np.uint8) * 255, "L")
+                out.paste(Image.fromarray(dash, "RGB"), (int(x), int(y)), ring_mask)
             else:
                 draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
             draw.text((x + sw + pad, y + sw / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
@@ -193,7 +194,8 @@ def render_overlay(
     out = np.repeat(gray[..., None], 3, axis=2)
 
     # Per label value (ids are the label values of the particles): counted or not.
-    counted = [p for p in result.particles if options.counts(p.touches_border, p.too_small)]
+    is_counted = np.array([options.counts(p.touches_border, p.too_small) for p in result.particles], bool)
+    counted = [p for p, c in zip(result.particles, is_counted) if c]
     counted_lut = np.zeros(int(labels.max(initial=0)) + 1, bool)
     counted_ids = np.array([p.particle_id for p in counted], dtype=np.int64)
     counted_lut[counted_ids[counted_ids < counted_lut.size]] = True
@@ -208,7 +210,6 @@ def render_overlay(
     # labels without a ParticleResult are outlined in white.
     ids = np.array([p.particle_id for p in result.particles], dtype=np.int64)
     colours = np.array([CLASS_RGB.get(p.class_name, (255, 255, 255)) for p in result.particles], np.uint8)
-    is_counted = np.array([options.counts(p.touches_border, p.too_small) for p in result.particles], bool)
     order = np.argsort(ids)
     ids, colours = ids[order], np.vstack([colours.reshape(-1, 3)[order], [[255, 255, 255]]]).astype(np.uint8)
     is_counted = np.append(is_counted[order], True)  # labels without a ParticleResult: white, 2 px
