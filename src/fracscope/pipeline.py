@@ -25,7 +25,7 @@ from fracscope import __version__
 from fracscope.detect import Detector, detector_factory
 from fracscope.assets import resolve_input, resolve_model
 from fracscope.cli import UsageError
-from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images
+from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images, relative_source
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.measure import measure_particle
@@ -157,6 +157,15 @@ def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> 
     return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
 
 
+def _mask_box(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(row0, col0, row1, col1), end-exclusive, of a window's mask in image pixels; None when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not rows.size:
+        return None
+    return (origin[0] + int(rows[0]), origin[1] + int(cols[0]), origin[0] + int(rows[-1]) + 1,
+            origin[1] + int(cols[-1]) + 1)
+
+
 @dataclass
 class Predicted:
     """One image's particles after the model: what `measure_particles` turns into results."""
@@ -228,9 +237,9 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                 class_name=CLASS_NAMES[class_index],
                 probs=tuple(float(p) for p in probs),
                 low_confidence=bool(np.max(probs) < settings.low_confidence),
-                touches_border=_touches_border((r0, c0, r1, c1), instances.shape),
+                touches_border=_touches_border((r0, c0, r1, c1), instances.shape),  # as detected: cut is cut
                 too_small=bool(too_small),
-                bbox=(r0, c0, r1, c1),
+                bbox=_mask_box(own, (r0, c0)) or (r0, c0, r1, c1),  # the measured (trimmed) section's box
                 measurements=m,
                 crop=crop if settings.keep_crops else None,
             )
@@ -263,11 +272,7 @@ def image_stem(image: SEMImage, root: Path | None) -> str:
     name in different group folders never overwrite each other; pages of a multi-page file
     get _p000, _p001, ...
     """
-    source = Path(image.source)
-    try:
-        rel = source.resolve().relative_to(root.resolve()).with_suffix("") if root else Path(source.stem)
-    except ValueError:
-        rel = Path(source.stem)
+    rel = relative_source(image.source, root).with_suffix("")
     stem = "__".join(rel.parts)
     return f"{stem}_p{image.page:03d}" if image.n_pages > 1 else stem
 
@@ -425,7 +430,8 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         provenance["command"],
         has_results=resume and bool(done_images(output)),
     )
-    writer = ReportWriter(output, config, provenance, resume=resume, options=run_settings.report, run_log=run_log)
+    writer = ReportWriter(output, config, provenance, resume=resume, options=run_settings.report, run_log=run_log,
+                          input_root=root)
     done = writer.done_sources() if resume else {}
     for path in found.unsupported:
         writer.add_skipped(str(path), f"unsupported format {_extension(path)}")

@@ -23,6 +23,7 @@ from fracscope.io.read import (
     load_file,
     read_image_pages,
     read_pixel_size,
+    relative_source,
     to_grey,
 )
 from fracscope.io.tagged import SEMTags, write_sem_tiff
@@ -42,6 +43,7 @@ __all__ = [
     "group_of",
     "iter_images",
     "list_image_files",
+    "relative_source",
     "load_file",
     "open_label_memmap",
     "prefetch",

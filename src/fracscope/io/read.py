@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import tifffile
@@ -299,10 +299,17 @@ def iter_images(
             yield from pages
 
 
+def relative_source(path: str | Path, root: str | Path | None) -> PurePosixPath:
+    """`path` below the input folder `root` (both resolved); its file name alone without a root or outside it."""
+    if root is not None:
+        try:
+            return PurePosixPath(Path(path).resolve().relative_to(Path(root).resolve()).as_posix())
+        except ValueError:
+            pass
+    return PurePosixPath(Path(path).name)
+
+
 def group_of(path: str | Path, root: str | Path) -> str:
     """Sample group of `path`: its first folder below `root` ('' at top level or outside root)."""
-    try:
-        rel = Path(path).resolve().relative_to(Path(root).resolve())
-    except ValueError:
-        return ""
+    rel = relative_source(path, root)
     return rel.parts[0] if len(rel.parts) > 1 else ""

@@ -16,6 +16,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from scipy import ndimage as ndi
 
+from fracscope.io.read import relative_source
 from fracscope.report.tables import PROB_COLUMNS, image_key
 from fracscope.types import CLASS_NAMES, ImageResult
 
@@ -61,15 +62,25 @@ def strip_rle(strip: np.ndarray, col0: int, width: int) -> dict:
     return {"size": [h, width], "counts": rle["counts"].decode("ascii")}
 
 
-def image_record(result: ImageResult) -> dict:
+def file_name(result: ImageResult, input_root: str | os.PathLike | None) -> str:
+    """COCO `file_name`: the image's path relative to the input folder, so that importing the
+    source folder into CVAT or Labelme matches it. A page of a multi-page file gets its
+    stem's page tag (`A/f.tif` page 1 -> `A/f_p001.tif`): a name of its own, never the
+    whole file's, whose other pages would take its annotations."""
+    rel = relative_source(result.image.source, input_root)
+    if result.image.n_pages > 1:
+        rel = rel.with_name(f"{rel.stem}{result.stem[result.stem.rfind('_p'):]}{rel.suffix}")
+    return rel.as_posix()
+
+
+def image_record(result: ImageResult, input_root: str | os.PathLike | None = None) -> dict:
     """COCO image entry (without id) and its annotations (without ids) for one image."""
     image, page = image_key(result)
     labels = result.instances
     h, w = labels.shape[:2]
-    same_stem = Path(image).stem == result.stem
     record = {
         "image": {
-            "file_name": Path(image).name if same_stem else f"{result.stem}.tif",
+            "file_name": file_name(result, input_root),
             "width": int(w),
             "height": int(h),
             "source": image,
@@ -143,8 +154,10 @@ def _filter_partial(path: Path, done: set[tuple[str, int]]) -> None:
 class CocoWriter:
     """Streams COCO records per image and assembles predictions_coco.json at close."""
 
-    def __init__(self, output_dir: str | os.PathLike, resume: bool = False, done: set[tuple[str, int]] = frozenset()):
+    def __init__(self, output_dir: str | os.PathLike, resume: bool = False, done: set[tuple[str, int]] = frozenset(),
+                 input_root: str | os.PathLike | None = None):
         self.output_dir = Path(output_dir)
+        self.input_root = input_root
         self.partial = self.output_dir / COCO_PARTIAL
         if resume:
             _filter_partial(self.partial, set(done))
@@ -152,7 +165,7 @@ class CocoWriter:
 
     def add(self, result: ImageResult) -> None:
         """Append one image's record (one JSON line, flushed)."""
-        self._file.write(json.dumps(image_record(result)) + "\n")
+        self._file.write(json.dumps(image_record(result, self.input_root)) + "\n")
         self._file.flush()
 
     def close_file(self) -> None:

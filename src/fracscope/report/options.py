@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from fracscope.settings import settings_from_config
 
 #: Equivalent-diameter bins in µm: secondary particles are 5-15 µm (D50 10-12 µm);
@@ -44,6 +46,16 @@ class ReportOptions:
     write_coco: bool = True
     write_plots: bool = True
     write_review: bool = True
+
+    def counts(self, touches_border, too_small):
+        """Whether particles with these flags are in the class fractions: the one rule that the
+        summary, the review sheets and the overlays apply.
+
+        Takes bools or boolean arrays (elementwise); returns a bool or a boolean array.
+        """
+        border_ok = np.logical_or(self.count_border_particles, np.logical_not(touches_border))
+        small_ok = np.logical_or(self.count_too_small, np.logical_not(too_small))
+        return np.logical_and(border_ok, small_ok)
 
     @classmethod
     def from_config(cls, config: Mapping | None) -> ReportOptions:

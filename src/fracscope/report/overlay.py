@@ -1,5 +1,8 @@
 """Overlay PNGs: the SEM image with particle outlines by class, pores and cracks tinted.
 
+Sections the class fractions do not count (too small, cut by the border: `ReportOptions.counts`)
+get one neutral style instead: a dashed black-and-white outline, no tint and no id.
+
 Everything is array arithmetic on the (downsampled) label and phase maps; text and
 the legend are drawn with Pillow. About 0.3 s for a 2048 × 1536 image, PNG
 writing included.
@@ -16,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fracscope.report.options import ReportOptions
 from fracscope.types import CLASS_NAMES, ImageResult, Phase
 
 OVERLAYS_DIR = "overlays"
@@ -28,6 +32,10 @@ PORE_RGB = (0, 230, 255)
 CRACK_RGB = (255, 0, 255)
 PORE_ALPHA = 0.55
 CRACK_ALPHA = 0.8
+#: Uncounted sections: an outline in dashes of alternating white and black, readable on the bright
+#: particles and the dark matrix alike, and unlike any class colour.
+UNCOUNTED_RGB = ((255, 255, 255), (0, 0, 0))
+UNCOUNTED_DASH_PX = 4
 
 
 def normalise_to_uint8(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
@@ -104,9 +112,23 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(a.dtype)
 
 
-def _with_legend(img: Image.Image, font, scale: int) -> Image.Image:
+def dashes(rows: np.ndarray, cols: np.ndarray, dash_px: int) -> np.ndarray:
+    """0/1 for pixels in diagonal bands `dash_px` wide: an outline drawn through them alternates."""
+    return ((rows + cols) // dash_px) % 2
+
+
+def uncounted_text(options: ReportOptions) -> str | None:
+    """The legend entry of the sections the class fractions leave out (None when all count)."""
+    reasons = [r for r, counted in (("too small", options.count_too_small),
+                                    ("cut by the border", options.count_border_particles)) if not counted]
+    return f"not counted: {' or '.join(reasons)}" if reasons else None
+
+
+def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> Image.Image:
     """The image with a legend strip added below it, so the legend never hides particles."""
     items = [(CLASS_RGB[c], c.replace("_", " ")) for c in CLASS_NAMES] + [(PORE_RGB, "pore"), (CRACK_RGB, "crack")]
+    if uncounted:
+        items.append((None, uncounted))
     probe = ImageDraw.Draw(img)
     pad, sw = 4 * scale, 10 * scale
     widths = [sw + pad + probe.textlength(t, font=font) + 3 * pad for _, t in items]
@@ -127,12 +149,22 @@ def _with_legend(img: Image.Image, font, scale: int) -> Image.Image:
     for i, line in enumerate(lines):
         y = img.height + pad + i * line_h
         for (rgb, text), x in line:
-            draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
+            if rgb is None:  # the uncounted style: a dashed outline, no fill
+                ring = np.ones((sw + 1, sw + 1), bool)
+                ring[scale:-scale, scale:-scale] = False
+                rr, cc = np.indices(ring.shape)
+                dash = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rr, cc, UNCOUNTED_DASH_PX * scale)]
+                ring_mask = Image.fromarray(ring.astype(np.uint8) * 255, "L")
+                out.paste(Image.fromarray(dash, "RGB"), (int(x), int(y)), ring_mask)
+            else:
+                draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
             draw.text((x + sw + pad, y + sw / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
     return out
 
 
-def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = True) -> np.ndarray:
+def render_overlay(
+    result: ImageResult, max_px: int = 2048, show_ids: bool = True, options: ReportOptions | None = None
+) -> np.ndarray:
     """The overlay of one image as an RGB uint8 array.
 
     Parameters
@@ -143,7 +175,10 @@ def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = Tru
         Longest side of the output; larger images are downsampled by an integer
         factor (block mean for the image, nearest for the maps).
     show_ids : bool
-        Write each particle's id at its bbox centre ("?" appended when low confidence).
+        Write each counted particle's id at its bbox centre ("?" appended when low confidence).
+    options : ReportOptions, optional
+        Which particles the class fractions count (default: neither border-cut nor too-small
+        ones); the others are drawn in the neutral uncounted style.
 
     Returns
     -------
@@ -151,15 +186,22 @@ def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = Tru
         The (downsampled) image; a legend strip is appended below it (and the
         canvas widened on the right for images narrower than a legend entry).
     """
+    options = options or ReportOptions()
     f = _downsample_factor(result.instances.shape, max_px)
     gray = _block_mean(normalise_to_uint8(result.image.pixels), f)
     labels = result.instances[::f, ::f][: gray.shape[0], : gray.shape[1]]
     phases = result.phases[::f, ::f][: gray.shape[0], : gray.shape[1]]
     out = np.repeat(gray[..., None], 3, axis=2)
 
-    inside = labels > 0
+    # Per label value (ids are the label values of the particles): counted or not.
+    is_counted = np.array([options.counts(p.touches_border, p.too_small) for p in result.particles], bool)
+    counted = [p for p, c in zip(result.particles, is_counted) if c]
+    counted_lut = np.zeros(int(labels.max(initial=0)) + 1, bool)
+    counted_ids = np.array([p.particle_id for p in counted], dtype=np.int64)
+    counted_lut[counted_ids[counted_ids < counted_lut.size]] = True
     for code, color, alpha in ((Phase.PORE, PORE_RGB, PORE_ALPHA), (Phase.CRACK, CRACK_RGB, CRACK_ALPHA)):
-        sel = inside & (phases == code)
+        sel = phases == code
+        sel[sel] = counted_lut[labels[sel]]  # tinted in counted sections only
         # Blend only the selected pixels; the rest of the image stays uint8.
         tint = (1 - alpha) * out[sel].astype(np.float32) + alpha * np.asarray(color, np.float32)
         out[sel] = tint.astype(np.uint8)
@@ -170,19 +212,28 @@ def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = Tru
     colours = np.array([CLASS_RGB.get(p.class_name, (255, 255, 255)) for p in result.particles], np.uint8)
     order = np.argsort(ids)
     ids, colours = ids[order], np.vstack([colours.reshape(-1, 3)[order], [[255, 255, 255]]]).astype(np.uint8)
-    # Two pixels wide so outlines read at any zoom.
+    is_counted = np.append(is_counted[order], True)  # labels without a ParticleResult: white, 2 px
+    # Two pixels wide so outlines read at any zoom; uncounted sections are dashed.
     edge = inner_edges(labels, width=2)
     values = labels[edge].astype(np.int64)
     pos = np.searchsorted(ids, values).clip(0, max(len(ids) - 1, 0))
     found = (ids[pos] == values) if len(ids) else np.zeros(values.shape, bool)
-    out[edge] = colours[np.where(found, pos, len(ids))]
+    slot = np.where(found, pos, len(ids))
+    drawn = out[edge]
+    solid = is_counted[slot]
+    drawn[solid] = colours[slot[solid]]
+    dashed = ~solid
+    if dashed.any():
+        rows, cols = np.nonzero(edge)
+        drawn[dashed] = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rows[dashed], cols[dashed], UNCOUNTED_DASH_PX)]
+    out[edge] = drawn
 
     img = Image.fromarray(out, "RGB")
     draw = ImageDraw.Draw(img, "RGBA")
     scale = max(1, round(max(out.shape[:2]) / 1000))
     font = ImageFont.load_default(size=11 * scale)
     if show_ids:
-        for p in result.particles:
+        for p in counted:
             r = (p.bbox[0] + p.bbox[2]) / 2 / f
             c = (p.bbox[1] + p.bbox[3]) / 2 / f
             text = f"{p.particle_id}{'?' if p.low_confidence else ''}"
@@ -195,15 +246,19 @@ def render_overlay(result: ImageResult, max_px: int = 2048, show_ids: bool = Tru
                 stroke_width=max(1, scale),
                 stroke_fill=(0, 0, 0, 255),
             )
-    return np.asarray(_with_legend(img, font, scale))
+    return np.asarray(_with_legend(img, font, scale, uncounted_text(options)))
 
 
 def write_overlay(
-    result: ImageResult, output_dir: str | os.PathLike, max_px: int = 2048, show_ids: bool = True
+    result: ImageResult,
+    output_dir: str | os.PathLike,
+    max_px: int = 2048,
+    show_ids: bool = True,
+    options: ReportOptions | None = None,
 ) -> Path:
     """Write `overlays/<stem>.png`; returns its path."""
     out = Path(output_dir) / OVERLAYS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.stem}.png"
-    write_png(path, render_overlay(result, max_px, show_ids))
+    write_png(path, render_overlay(result, max_px, show_ids, options))
     return path

@@ -16,6 +16,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 from skimage.segmentation import find_boundaries
 
+from fracscope.report.options import ReportOptions
 from fracscope.report.overlay import CLASS_RGB, normalise_to_uint8
 from fracscope.report.tables import PARTICLES_CSV, PROB_COLUMNS
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult
@@ -86,6 +87,7 @@ class ReviewSampler:
         self.per_class = per_class
         self.include_border = include_border
         self.include_too_small = include_too_small
+        self._counting = ReportOptions(count_border_particles=include_border, count_too_small=include_too_small)
         self._rng = np.random.default_rng(seed)
         self.seen: dict[str, int] = {c: 0 for c in CLASS_NAMES}
         self.tiles: dict[str, list[ReviewTile]] = {c: [] for c in CLASS_NAMES}
@@ -95,7 +97,7 @@ class ReviewSampler:
         for p in result.particles:
             if p.crop is None or p.class_name not in self.seen:
                 continue
-            if (p.touches_border and not self.include_border) or (p.too_small and not self.include_too_small):
+            if not self._counting.counts(p.touches_border, p.too_small):
                 continue
             self.seen[p.class_name] += 1
             n, tiles = self.seen[p.class_name], self.tiles[p.class_name]

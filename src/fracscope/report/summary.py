@@ -113,7 +113,7 @@ def scan_particles(output_dir: str | os.PathLike, options: ReportOptions, chunks
             border = chunk["touches_border"].to_numpy() == "True"
             small = chunk["too_small"].to_numpy() == "True"
             lowc = chunk["low_confidence"].to_numpy() == "True"
-            counted = (options.count_border_particles | ~border) & (options.count_too_small | ~small)
+            counted = options.counts(border, small)
             np.add.at(counts, (row[counted], cls[counted]), 1)
             np.add.at(per_image["det"], row, 1)
             np.add.at(per_image["border"], row[border], 1)

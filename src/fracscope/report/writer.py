@@ -75,6 +75,8 @@ class ReportWriter:
     run_log : RunLog, optional
         The run's line of runs.jsonl: written before the run's first output, and every
         run of the folder is listed in the provenance (`runs`).
+    input_root : path, optional
+        The input folder; COCO `file_name`s are image paths relative to it (file names without it).
 
     Examples
     --------
@@ -93,6 +95,7 @@ class ReportWriter:
         resume: bool = False,
         options: ReportOptions | None = None,
         run_log: RunLog | None = None,
+        input_root: str | os.PathLike | None = None,
     ):
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +104,9 @@ class ReportWriter:
         self.provenance = make_provenance(self.config, dict(provenance or {}))
         self._tables = ParticleTableWriter(self.output_dir, resume)
         self._errors = ErrorTableWriter(self.output_dir, resume)
-        self._coco = CocoWriter(self.output_dir, resume, self._tables.done) if self.options.write_coco else None
+        self._coco = (
+            CocoWriter(self.output_dir, resume, self._tables.done, input_root) if self.options.write_coco else None
+        )
         self._review = ReviewSampler(
             self.options.review_per_class,
             self.options.seed,
@@ -154,7 +159,7 @@ class ReportWriter:
         if opts.write_instances:
             write_instances(result, self.output_dir)
         if opts.write_overlays:
-            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids)
+            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids, opts)
         if opts.write_review:
             self._review.add(result)
         self._tables.write_particles(result)
