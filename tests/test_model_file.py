@@ -74,7 +74,7 @@ def test_from_hparams_reads_what_the_training_code_writes():
 
 
 def test_detector_metadata_errors_are_metadata_errors():
-    with pytest.raises(MetadataError, match="post-processing"):
+    with pytest.raises(MetadataError, match="unknown key 'no_such_setting' in the detector file's postprocess"):
         DetectorMetadata(postprocess={"no_such_setting": 1})
     with pytest.raises(MetadataError, match="not valid JSON"):
         DetectorMetadata.from_json("{")
