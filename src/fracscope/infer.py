@@ -37,8 +37,12 @@ def infer(cfg) -> None:
         raise SystemExit(outcome.exit_code)
 
 
+def _how_to_go_on(cfg) -> str:
+    return f"the images done so far are kept in {cfg.output}; to go on, run the same command with resume=true"
+
+
 def main() -> None:
-    run_hydra_app(PROG, infer, "infer")
+    run_hydra_app(PROG, infer, "infer", on_interrupt=_how_to_go_on)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ process runs the model on the current one, so detection and the network share th
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -16,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from fracscope.child_process import die_with_parent, sigint_ignored
 from fracscope.crop import CropSpec, crop_particles
 from fracscope.detect import Detector, build_detector
 from fracscope.io import ReadFailure
@@ -63,8 +66,12 @@ def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec):
 _worker_args: tuple[Detector, CropSpec] | None = None
 
 
-def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec) -> None:
+def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec, parent_pid: int) -> None:
     global _worker_args
+    die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down
+    # (`sigint_ignored` covers the start when the pool is used from the main thread).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_args = (build_detector(detect_cfg), crop_spec)
 
 
@@ -94,10 +101,14 @@ def locate_ahead(
     depth = workers + 1
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(dict(detect_cfg), crop_spec)) as pool:
+                             initargs=(dict(detect_cfg), crop_spec, os.getpid())) as pool:
         pending: deque[Future | ReadFailure] = deque()
         for item in images:
-            pending.append(item if isinstance(item, ReadFailure) else pool.submit(_locate_in_worker, item))
+            if isinstance(item, ReadFailure):
+                pending.append(item)
+            else:
+                with sigint_ignored():  # a submit may start a worker
+                    pending.append(pool.submit(_locate_in_worker, item))
             while len(pending) > depth:
                 yield _resolved(pending.popleft())
         while pending:

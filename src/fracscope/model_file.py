@@ -522,7 +522,7 @@ def open_onnx_session(path: str | Path, kind: type[M], device: str = "cpu",
 
     Raises
     ------
-    ValueError (bad device), MetadataError, BackendUnavailableError
+    ValueError (bad device, a file onnxruntime cannot load), MetadataError, BackendUnavailableError
     """
     import onnxruntime as ort
 
@@ -544,7 +544,8 @@ def open_onnx_session(path: str | Path, kind: type[M], device: str = "cpu",
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         if device_kind == "cuda":
             raise BackendUnavailableError(f"onnxruntime-gpu is installed but CUDA failed to initialise: {err}") from err
-        raise
+        # Not an ONNX file, a truncated one, or a graph this onnxruntime cannot run: the user's file.
+        raise ValueError(f"{path} is not a model onnxruntime can load") from err
     if device_kind == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise BackendUnavailableError(
             "onnxruntime-gpu is installed but CUDA failed to initialise (check the NVIDIA driver and "

@@ -126,8 +126,10 @@ class SynthSpec:
             return
         import multiprocessing as mp
 
+        from fracscope.child_process import die_with_parent
+
         # fork, as fracscope.synth.generate_electrode does: the children only run numpy/scipy.
-        with mp.get_context("fork").Pool(workers) as pool:
+        with mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             for items in pool.imap(_synth_call, calls):
                 yield from items
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -278,8 +279,10 @@ def generate_electrode(cfg: SynthConfig, n_particles: int, seed: int, workers: i
         return
     import multiprocessing as mp
 
+    from fracscope.child_process import die_with_parent
+
     ctx = mp.get_context("fork")
-    with ctx.Pool(workers) as pool:
+    with ctx.Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         while total < n_particles:
             # Submit about as many fields as still needed so the workers never wait on a batch.
             per_field = total / index if index else 15.0

@@ -1,0 +1,63 @@
+"""Child processes that die with their parent, whatever killed it.
+
+A worker blocked on its task pipe never sees its parent go (it holds the pipe's other end
+itself), so after a SIGKILL or an OOM kill of the main process it would live on, holding its
+memory. `die_with_parent` is the initializer of every worker pool: on Linux the kernel kills the
+worker when the parent ends (``PR_SET_PDEATHSIG``); elsewhere, and as a second guard, a daemon
+thread polls the parent pid. Children started inside `sigint_ignored` leave Ctrl-C to the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+#: How often the fallback looks at the parent pid.
+POLL_S = 1.0
+
+
+def die_with_parent(parent_pid: int, use_prctl: bool = True) -> None:
+    """End this process as soon as `parent_pid` is no longer its parent.
+
+    Call it first thing in a child (a pool's ``initializer``) with the parent's ``os.getpid()``.
+    On Linux the signal fires when the *thread* that started the child ends: start pools from the
+    thread that uses them (as `fracscope.locate.locate_ahead` does).
+    """
+    if use_prctl and sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl took effect: then it never fires.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), name="die-with-parent", daemon=True).start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(POLL_S)
+    os._exit(1)  # no cleanup: the parent that would receive results is gone
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """Children started inside the block ignore SIGINT from their start on.
+
+    Ctrl-C reaches the terminal's whole process group; a worker still importing would print its
+    own traceback. The parent handles it and ends its workers. A Ctrl-C that arrives inside the
+    block is lost, so keep the block to the process start. Off the main thread it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

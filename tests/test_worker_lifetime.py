@@ -1,0 +1,123 @@
+"""Worker processes die with their parent, whatever killed it (issue 19, case 5)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+
+
+def _alive_children() -> dict[int, list[int]]:
+    """ppid -> pids of the live (not zombie) processes, from /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # the name, in brackets, may hold spaces
+        except (OSError, IndexError):
+            continue  # ended while we read
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return children
+
+
+def _descendants(pid: int) -> set[int]:
+    children = _alive_children()
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    live = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z":
+            live.add(pid)
+    return live
+
+
+def _wait_for(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    return condition()
+
+
+def test_a_sigkilled_run_leaves_no_worker(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["NO_ALBUMENTATIONS_UPDATE"] = "1"
+    # The bundled sample (6 images, about 15 s): the detect worker lives from the first image on.
+    run = subprocess.Popen([sys.executable, "infer.py", f"output={tmp_path / 'out'}", "detect_workers=1"],
+                           cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    seen: set[int] = set()
+    try:
+        def worker_started() -> bool:
+            seen.update(_descendants(run.pid))
+            return any("spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                       for pid in _alive(seen))
+
+        assert _wait_for(worker_started, 90), "the run started no detect worker"
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        _wait_for(lambda: not _alive(seen), 10)
+        assert not _alive(seen), "left alive after the parent's SIGKILL"
+    finally:
+        run.kill()
+        run.wait()
+        for pid in _alive(seen):  # only the processes this run started
+            os.kill(pid, signal.SIGKILL)
+
+
+# A parent that starts one spawn child which watches it with the portable fallback only, prints the
+# child's pid and waits to be killed.
+_PARENT = """
+import multiprocessing as mp, os, sys, time
+from fracscope.child_process import die_with_parent
+
+def child(parent_pid):
+    die_with_parent(parent_pid, use_prctl=False)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    proc = mp.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    proc.start()
+    print(proc.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_the_portable_fallback_ends_a_worker_whose_parent_is_gone(tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT)
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(parent.stdout.readline())
+    try:
+        time.sleep(0.5)  # the child's watcher thread is running
+        assert _alive({child})
+        parent.kill()
+        parent.wait(timeout=10)
+        _wait_for(lambda: not _alive({child}), 10)
+        assert not _alive({child}), "the child outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
+        if _alive({child}):
+            os.kill(child, signal.SIGKILL)
