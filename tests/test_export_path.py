@@ -15,6 +15,8 @@ from fracscope.export.cli import main
 from fracscope.model_file import DetectorMetadata, MetadataError, ModelMetadata, read_metadata
 from fracscope.runtime import OnnxBackend, load_backend
 
+pytestmark = pytest.mark.train  # the whole module needs the training stack (torch, lightning)
+
 SPEC = CropSpec(size=64, margin=0.2, low_pct=1.0, high_pct=99.0)
 
 

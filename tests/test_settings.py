@@ -176,6 +176,7 @@ def test_pores3d_config_sections_reach_the_settings():
     assert s.label_compression is None and s.chunk_mb == 8.0 and s.segment.method == "local"
 
 
+@pytest.mark.train  # imports the training modules (torch, lightning)
 def test_train_and_evaluate_configs_refuse_unknown_keys():
     from fracscope.evaluate import EvalSettings
     from fracscope.models.train import TrainSettings
@@ -192,6 +193,7 @@ def test_train_and_evaluate_configs_refuse_unknown_keys():
         EvalSettings.from_config(compose("eval", "model_path=m", "output_dir=o"))
 
 
+@pytest.mark.train  # imports the training modules (torch, lightning)
 def test_training_receivers_refuse_unknown_keys():
     from fracscope.data.datamodule import LoaderSpec, ParticleDataModule
     from fracscope.data.detector_data import DetectorDataModule
@@ -239,6 +241,7 @@ def test_synth_config_is_typed_and_takes_hydra_overrides():
         load_config("q")
 
 
+@pytest.mark.train  # imports the training modules (torch, lightning)
 def test_synth_config_loads_inside_a_running_hydra_app():
     """What `_outside_hydra_app` was for: the data module reads the synth config while train.py's Hydra is live."""
     from hydra import initialize_config_dir

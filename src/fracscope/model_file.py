@@ -66,6 +66,28 @@ class BackendUnavailableError(RuntimeError):
     """The requested backend/device cannot run here (missing package, provider or GPU)."""
 
 
+#: How to add the training stack (pyproject's ``train`` extra) to a core, inference-only install.
+TRAIN_EXTRA_INSTALL = "pip install -e '.[train]'"
+
+
+class TrainingStackMissingError(BackendUnavailableError, ValueError):
+    """torch/torchvision are not installed (a core install); a ValueError, so a command line says it
+    in one line with exit status 2 (`fracscope.cli.usage_errors`)."""
+
+
+def require_torch(what: str) -> None:
+    """Raise `TrainingStackMissingError` naming `what` and the install command when torch or
+    torchvision cannot be imported; the core install has neither."""
+    try:
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError as err:
+        raise TrainingStackMissingError(
+            f"{what} needs torch, which this install lacks (inference-only core); "
+            f"add the training stack: {TRAIN_EXTRA_INSTALL}"
+        ) from err
+
+
 # --------------------------------------------------------------------------------------------
 # The classifier
 # --------------------------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from fracscope.model_file import (
     INPUT_NAME,
     OUTPUT_NAMES,
     BackendUnavailableError,
+    TRAIN_EXTRA_INSTALL,
     ModelMetadata,
     open_onnx_session,
     parse_device,
+    require_torch,
     sha256_of,
 )
 
@@ -165,10 +167,11 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, ckpt_path: str | Path, device: str = "cpu") -> None:
+        path = _existing(ckpt_path, TORCH_SUFFIXES, "a Lightning checkpoint (.ckpt)")
+        require_torch(f"the torch backend (checkpoint {path})")
         from fracscope.models.checkpoint import load_network
 
-        network, metadata = load_network(_existing(ckpt_path, TORCH_SUFFIXES, "a Lightning checkpoint (.ckpt)"),
-                                         ModelMetadata)
+        network, metadata = load_network(path, ModelMetadata)
         self._setup(network, metadata, device, Path(ckpt_path))
 
     @classmethod
@@ -248,7 +251,8 @@ def load_backend(path: str | Path, backend: str | None = None, device: str = "cp
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend is not None and backend != kind:
-        hint = ("export it first: python -m fracscope.export CKPT OUT.onnx" if backend == "onnx"
+        hint = (f"export it first (export needs the training stack: {TRAIN_EXTRA_INSTALL}): "
+                "python -m fracscope.export CKPT OUT.onnx, or give backend=torch" if backend == "onnx"
                 else "the torch backend needs the training checkpoint (.ckpt), not an exported .onnx")
         raise ValueError(f"backend={backend!r} cannot load {path} ({kind} file); {hint}")
     if kind == "onnx":
