@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fracscope.cli import USAGE_STATUS, UsageError, compose, usage_errors
+from fracscope.cli import USAGE_STATUS, compose, usage_errors
 from fracscope.infer import PROG, infer
 from fracscope.io import write_image_tiff
 from fracscope.pipeline import run
