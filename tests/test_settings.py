@@ -261,3 +261,12 @@ def test_synth_config_loads_inside_a_running_hydra_app():
     assert dark.crops.pixel_size_um == (0.03, 0.15) and field_cfg.electrode.field_px == (64, 96)
     assert field_cfg.electrode.pixel_size_um == 0.1 and dark.imaging.matrix_level == 0.1
     assert all(cfg.imaging.randomize == {"noise_sd": (0.01, 0.05)} for _, cfg, _ in jobs)
+
+
+@pytest.mark.parametrize(("value", "message"), [("0", "must be a positive number"), ("-0.05", "must be a positive number"),
+                                                ("abc", "bad value of 'pixel_size_um'")])
+def test_a_pixel_size_that_is_not_positive_or_not_a_number_is_refused_at_start_up(value, message):
+    from fracscope.pipeline import RunSettings
+
+    with pytest.raises(SettingsError, match=message):
+        RunSettings.from_config(compose("infer", f"pixel_size_um={value}"))

@@ -99,6 +99,11 @@ class RunSettings:
     detect: Mapping[str, Any] = field(default_factory=lambda: {"name": "learned"})
     report: ReportOptions = ReportOptions()
 
+    def __post_init__(self) -> None:
+        # 0 would report every area as 0 µm², a negative size fails on every image: refuse at start-up.
+        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
+            raise ValueError(f"pixel_size_um must be a positive number of µm per pixel, got {self.pixel_size_um}")
+
     @classmethod
     def from_config(cls, cfg: Any) -> RunSettings:
         """From the composed `infer` config (DictConfig or mapping).
