@@ -105,6 +105,20 @@ def test_unsupported_files_are_skipped_rows_counted_in_the_final_line(tmp_path, 
     assert set(errors["error"]) == {"skipped: unsupported format .bmp", "skipped: unsupported format .dm4"}
 
 
+def test_a_resume_with_nothing_to_do_leaves_the_skipped_rows_and_every_file_as_they_were(tmp_path, fields):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "f0.tif").write_bytes((fields / "A" / "f0.tif").read_bytes())
+    (folder / "x.bmp").write_bytes(b"\0")
+    out = tmp_path / "out"
+    run(_cfg(folder, out))
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file() and p.name != "infer.log"}
+    outcome = run(_cfg(folder, out, "resume=true"))
+    assert outcome.n_images == 0
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file() and p.name != "infer.log"}
+    assert after == before  # errors.csv included: its skipped row is not appended a second time
+
+
 # Case 3: groups_csv strict --------------------------------------------------------------------
 
 

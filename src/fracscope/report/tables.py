@@ -367,6 +367,12 @@ class ErrorTableWriter:
 
     def __init__(self, output_dir: str | os.PathLike, resume: bool = False):
         self.path = Path(output_dir) / ERRORS_CSV
+        # A resume lists again the files it skips: those an earlier run listed are not appended twice,
+        # so a resume with nothing to do leaves errors.csv as it was.
+        self._skipped_before = (
+            {r["image"] for r in iter_csv_rows(self.path) if r.get("error", "").startswith(SKIPPED_PREFIX)}
+            if resume and self.path.exists() else set()
+        )
         self._csv = _CsvAppender(self.path, ERROR_COLUMNS, resume)
 
     def add(self, source: str, page: int, message: str) -> None:
@@ -379,7 +385,8 @@ class ErrorTableWriter:
 
     def add_skipped(self, source: str, reason: str) -> None:
         """Record a file that was passed over on purpose (e.g. an unsupported type): not a failure."""
-        self.add(source, 0, SKIPPED_PREFIX + reason)
+        if source not in self._skipped_before:
+            self.add(source, 0, SKIPPED_PREFIX + reason)
 
     def close(self, done: set[tuple[str, int]]) -> list[dict[str, object]]:
         """Close, drop failures that later succeeded (resume) and duplicates; return the rest."""
