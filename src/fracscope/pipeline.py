@@ -28,6 +28,7 @@ from fracscope.cli import UsageError
 from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images, relative_source
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
 from fracscope.io.groups import group_for, load_group_map, match_group_map
+from fracscope.io.read import has_glob
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.classify import class_from_fragments
@@ -289,7 +290,7 @@ def input_root(spec: str) -> Path | None:
         return path
     fixed = []
     for part in path.parts:
-        if any(ch in part for ch in "*?["):
+        if has_glob(part):
             return Path(*fixed) if fixed else Path(".")
         fixed.append(part)
     return path.parent
@@ -336,12 +337,21 @@ class RunOutcome:
         """``3 files skipped (2 .bmp, 1 .dm4)``, or "" when none was."""
         if not self.skipped_types:
             return ""
-        counts = ", ".join(f"{n} {ext}" for ext, n in sorted(self.skipped_types.items(), key=lambda kv: (-kv[1], kv[0])))
-        return f"{sum(self.skipped_types.values())} files skipped ({counts})"
+        return f"{sum(self.skipped_types.values())} files skipped ({_describe_counts(self.skipped_types)})"
 
 
 def _extension(path: Path) -> str:
     return path.suffix.lower() or "(no extension)"
+
+
+def _by_extension(files: list[Path]) -> dict[str, int]:
+    """How many of `files` have each extension."""
+    return dict(Counter(_extension(f) for f in files))
+
+
+def _describe_counts(counts: dict[str, int]) -> str:
+    """``2 .bmp, 1 .dm4``: the most frequent first, ties by name."""
+    return ", ".join(f"{n} {ext}" for ext, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _searched(input_spec: str) -> str:
@@ -350,7 +360,7 @@ def _searched(input_spec: str) -> str:
     wanted = "/".join(sorted(SUPPORTED_SUFFIXES))
     if path.is_dir():
         return f"{wanted} files under {input_spec}"
-    if any(ch in input_spec for ch in "*?["):
+    if has_glob(input_spec):
         return f"{wanted} files matching {input_spec}"
     return input_spec
 
@@ -359,8 +369,8 @@ def _check_found(found: FoundFiles, input_spec: str) -> None:
     """No input images is a usage mistake, said in one line, before any output is written."""
     if found.files:
         return
-    others = Counter(_extension(f) for f in found.unsupported)
-    seen = f"; found only {', '.join(f'{n} {ext}' for ext, n in others.most_common())}" if others else ""
+    others = _by_extension(found.unsupported)
+    seen = f"; found only {_describe_counts(others)}" if others else ""
     raise UsageError(f"no input images: nothing found for {_searched(input_spec)}{seen}")
 
 
@@ -407,7 +417,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     if settings.segmenter == "model":
         check_polarity(backend.metadata, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(run_settings.input)
-    if not any(ch in input_spec for ch in "*?[") and not Path(input_spec).exists():
+    if not has_glob(input_spec) and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
     root = input_root(input_spec)
     found = find_image_files(input_spec)
@@ -506,7 +516,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     writer.close()
     times.add("write", t)
     wall = time.perf_counter() - t_start
-    skipped_types = dict(Counter(_extension(f) for f in found.unsupported))
+    skipped_types = _by_extension(found.unsupported)
     outcome = RunOutcome(
         n_images, n_particles, list(writer.failures), times.seconds, wall,
         _searched(input_spec), skipped_types, len(writer.done),

@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from fracscope.io.read import group_of
+from fracscope.io.read import group_of, relative_source
 
 
 def load_group_map(csv_path: str | Path) -> dict[str, str]:
@@ -40,14 +40,8 @@ def load_group_map(csv_path: str | Path) -> dict[str, str]:
 
 def _row_keys(source: Path, root: str | Path | None) -> list[str]:
     """The CSV `file` values that name `source`, in order of precedence: relative path, file name."""
-    keys = []
-    if root is not None:
-        try:
-            keys.append(source.resolve().relative_to(Path(root).resolve()).as_posix())
-        except ValueError:
-            pass
-    keys.append(source.name)
-    return keys
+    rel = relative_source(source, root).as_posix()  # the file name alone outside (or without) the root
+    return [rel, source.name] if rel != source.name else [source.name]
 
 
 def group_for(source: str | Path, root: str | Path | None, mapping: dict[str, str] | None) -> str:

@@ -215,7 +215,7 @@ def load_file(path: str | Path, options: ReadOptions | None = None) -> list[SEMI
         return [ReadFailure(str(path), f"{type(exc).__name__}: {exc}")]
 
 
-def _has_glob(text: str) -> bool:
+def has_glob(text: str) -> bool:
     return any(c in text for c in "*?[")
 
 
@@ -243,7 +243,7 @@ def find_image_files(inputs: str | Path | Iterable[str | Path]) -> FoundFiles:
         p = Path(item)
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file())
-        elif isinstance(item, str) and _has_glob(item) and not p.exists():
+        elif isinstance(item, str) and has_glob(item) and not p.exists():
             found = sorted(Path(f) for f in glob.glob(item, recursive=True) if Path(f).is_file())
         else:
             out.append(p)

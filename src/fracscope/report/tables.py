@@ -206,31 +206,31 @@ def done_images(output_dir: str | os.PathLike) -> set[tuple[str, int]]:
     The pipeline skips these on resume. Failed images are not done, so they are tried
     again.
     """
+    return read_done(output_dir)[0]
+
+
+def read_done(
+    output_dir: str | os.PathLike,
+) -> tuple[set[tuple[str, int]], dict[tuple[str, int], tuple[int | None, int | None]]]:
+    """From one pass over images.csv: the (image, page) pairs a previous run finished, and the resume
+    keys, (resolved path, page) -> (size, mtime_ns)."""
     path = Path(output_dir) / IMAGES_CSV
+    done: set[tuple[str, int]] = set()
+    sources: dict[tuple[str, int], tuple[int | None, int | None]] = {}
     if not path.exists():
-        return set()
-    done = set()
+        return done, sources
     for row in iter_csv_rows(path):
         try:
-            done.add((row["image"], int(row["page"])))
+            page = int(row["page"])
+            done.add((row["image"], page))
         except (KeyError, ValueError):
             continue  # a line cut short by a crash
-    return done
-
-
-def done_sources(output_dir: str | os.PathLike) -> dict[tuple[str, int], tuple[int | None, int | None]]:
-    """(resolved path, page) -> (size, mtime_ns) of the image pages a previous run finished, from images.csv."""
-    path = Path(output_dir) / IMAGES_CSV
-    if not path.exists():
-        return {}
-    done = {}
-    for row in iter_csv_rows(path):
         try:
             size, mtime = row.get("source_size_bytes", ""), row.get("source_mtime_ns", "")
-            done[(row["source_path"], int(row["page"]))] = (int(size) if size else None, int(mtime) if mtime else None)
+            sources[(row["source_path"], page)] = (int(size) if size else None, int(mtime) if mtime else None)
         except (KeyError, ValueError):
-            continue  # an older images.csv, or a line cut short
-    return done
+            continue  # an older images.csv (no source columns)
+    return done, sources
 
 
 def _keep_done_rows(path: Path, done: set[tuple[str, int]]) -> int:
@@ -319,8 +319,7 @@ class ParticleTableWriter:
         self.resume = resume
         self.particles_path = self.output_dir / PARTICLES_CSV
         self.images_path = self.output_dir / IMAGES_CSV
-        self.done: set[tuple[str, int]] = done_images(self.output_dir) if resume else set()
-        self.done_sources = done_sources(self.output_dir) if resume else {}
+        self.done, self.done_sources = read_done(self.output_dir) if resume else (set(), {})
         if resume:
             _keep_done_rows(self.particles_path, self.done)
             _keep_done_rows(self.images_path, self.done)
