@@ -74,9 +74,15 @@ def test_hydras_hint_for_a_typo_does_not_lead_to_an_ignored_key(tmp_path) -> Non
 
 def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path) -> None:
     out = tmp_path / "out"
-    # The bundled sample (6 images, about 15 s); SIGINT to the group, as a terminal's Ctrl-C.
-    run = subprocess.Popen([sys.executable, "infer.py", f"output={out}"], cwd=REPO, env=_env(), text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # The bundled sample linked 8 times (48 images): on a fast machine the 6 alone can finish between
+    # the first images.csv row and the signal. SIGINT to the group, as a terminal's Ctrl-C.
+    images = tmp_path / "in"
+    images.mkdir()
+    for k in range(8):
+        for f in sorted((REPO / "data" / "sample").rglob("*.tif")):
+            (images / f"{k}_{f.parent.name}_{f.name}").symlink_to(f)
+    run = subprocess.Popen([sys.executable, "infer.py", f"input={images}", f"output={out}"], cwd=REPO, env=_env(),
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 90
         while not (out / "images.csv").exists() and run.poll() is None and time.monotonic() < deadline:
