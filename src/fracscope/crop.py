@@ -171,20 +171,30 @@ def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
 
 
 def resize_phases(phases: np.ndarray, size: int) -> np.ndarray:
-    """Resize a square uint8 phase map to ``size × size``, keeping cracks connected.
+    """Resize a square uint8 phase map to ``size × size``, keeping cracks connected (`resize_phase_map`)."""
+    return resize_phase_map(phases, (size, size))
 
-    Nearest-neighbour sampling, except when shrinking: a foreground crop pixel whose
+
+def resize_phase_map(phases: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a uint8 phase map to `shape` (rows, cols), keeping cracks connected.
+
+    Nearest-neighbour sampling, except when shrinking: a foreground pixel whose
     footprint (the INTER_AREA support) holds any crack pixel becomes crack. A crack
     path that separates the section at the source resolution then still separates it
-    in the crop, so the crop's phases agree with the particle's damage class. The
-    price is that thin cracks cover more crop pixels than their true area.
+    after the resize, so the phases agree with the particle's damage class. The
+    price is that thin cracks cover more pixels than their true area.
     """
-    out = _resize(phases, size, nearest=True)
-    if phases.shape[0] <= size:
+    phases = np.ascontiguousarray(phases)
+    h, w = int(shape[0]), int(shape[1])
+    if phases.shape == (h, w):
+        return phases.copy()
+    # NEAREST_EXACT samples at pixel centres, like LINEAR/AREA; plain NEAREST is offset.
+    out = cv2.resize(phases, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    if phases.shape[0] <= h and phases.shape[1] <= w:
         return out
     crack = (phases == Phase.CRACK).astype(np.float32)
     # INTER_AREA weights are non-negative, so a footprint without crack sums to exactly 0.
-    crack_any = cv2.resize(crack, (size, size), interpolation=cv2.INTER_AREA) > 0
+    crack_any = cv2.resize(crack, (w, h), interpolation=cv2.INTER_AREA) > 0
     out[crack_any & (out > 0)] = Phase.CRACK
     return out
 

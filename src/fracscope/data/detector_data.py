@@ -23,8 +23,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import lightning as L
@@ -61,16 +61,21 @@ class FieldSynthSpec:
     overrides: Sequence[str] = ()
     seed: int = 0
     heldout: bool = False
+    # Domain randomisation: each field draws these imaging parameters uniformly ({} = the preset's fixed look).
+    imaging_ranges: Mapping[str, Sequence[float]] = field(default_factory=dict)
 
     def jobs(self) -> list[SynthConfig]:
         """The generator config of each field group (preset x source pixel size)."""
         from fracscope.synth import load_config, with_overrides
 
         out = []
+        ranges = {str(name): (float(a), float(b)) for name, (a, b) in dict(self.imaging_ranges).items()}
         for preset in self.presets:
             base = load_config(preset, heldout=self.heldout)
             electrode = replace(base.electrode, field_px=(int(self.field_px[0]), int(self.field_px[1])))
             base = replace(base, damage=tuple(float(d) for d in self.damage), electrode=electrode)
+            if ranges:
+                base = replace(base, imaging=replace(base.imaging, randomize={**base.imaging.randomize, **ranges}))
             base = with_overrides(base, self.overrides)  # the user's overrides win over the two above
             out += [replace(base, electrode=replace(base.electrode, pixel_size_um=float(px)))
                     for px in self.source_pixel_sizes_um]
