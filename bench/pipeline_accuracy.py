@@ -84,10 +84,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     # 2,000 (the paper's count, ~700 whole matched sections): with 600 (~226) macro-F1 moved by ±0.02-0.03.
     ap.add_argument("--particles", type=int, default=2000)
-    ap.add_argument("--model", default=None, help="model file (default: the shipped model)")
+    ap.add_argument("--model", default=None, help="crop model file (default: the shipped model)")
+    ap.add_argument("--phase-model", default=None, help="native phase model file (default: the shipped model)")
     ap.add_argument("--detector", default="classical")
-    ap.add_argument("--classify", default="head", choices=["head", "topology"])
-    ap.add_argument("--segmenter", default="model", choices=["model", "threshold"])
+    ap.add_argument("--classify", default="native", choices=["native", "head", "topology"])
+    ap.add_argument("--segmenter", default="model", choices=["model", "crops", "threshold"])
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
     ap.add_argument("--tuning-seed", type=int, default=None,
@@ -111,6 +112,8 @@ def main() -> None:
                  f"classify={args.classify}", f"segmenter={args.segmenter}"]
     if args.model:
         overrides.append(f"model_path={args.model}")
+    if args.phase_model:
+        overrides.append(f"phase_model_path={args.phase_model}")
     overrides += args.set
     cfg = compose("infer", *overrides)
     outcome = run(cfg)
@@ -118,6 +121,7 @@ def main() -> None:
 
     tp = fp = fn = n_true = n_pred = n_true_judgeable = n_pred_of_small = 0
     rows = []
+    pixels = PixelScores()
     for stem, item in truth.items():
         pred = tifffile.imread(work / "out" / "instances" / f"{stem}.tif")
         gt = item.instances
@@ -143,10 +147,18 @@ def main() -> None:
                 "true_diameter_um": a.measurements["eq_diameter_um"],
                 "true_porosity": a.measurements["porosity_pct"],
                 "pred_porosity": r["porosity_pct"],
+                **{f"true_{c}": a.measurements.get(c, np.nan) for c in PROFILE_COLUMNS + ["crack_length_um"]},
+                **{f"pred_{c}": r[c] for c in PROFILE_COLUMNS + FEATURE_COLUMNS if c in r.index},
                 "area_ratio": pred_area[int(p)] / gt_area[int(g)],
                 "judged": (not bool(r["touches_border"])) and (not bool(r["too_small"]))
                 and not a.measurements.get("touches_border", 0),
             })
+        phase_file = work / "out" / "phases" / f"{stem}.tif"
+        if phase_file.exists() and item.phases is not None:
+            judged_ids = [(int(g), int(p)) for g, p in m.pairs
+                          if not bool(by_id.loc[int(p)]["touches_border"]) and not bool(by_id.loc[int(p)]["too_small"])
+                          and not ann[int(g)].measurements.get("touches_border", 0)]
+            pixels.add(gt, item.phases, pred, tifffile.imread(phase_file), judged_ids)
     pairs = pd.DataFrame(rows)
     if args.pairs_csv:
         pairs.to_csv(args.pairs_csv, index=False)
@@ -173,12 +185,96 @@ def main() -> None:
     print("class fractions true vs pred: " + ", ".join(
         f"{n} {100 * t:.1f} % vs {100 * p:.1f} % ({100 * (p - t):+.1f} pp)" for n, t, p in zip(CLASS_NAMES, true_frac, pred_frac)))
     print(f"porosity MAE {err.abs().mean():.3f} pp, bias {err.mean():+.3f} pp (n={len(err)})")
+    preset = judged["image"].str.split("__").str[0]
+    for name in sorted(preset.unique()):
+        sel = judged[preset == name]
+        e = sel["pred_porosity"] - sel["true_porosity"]
+        mean_t, mean_p = sel["true_porosity"].mean(), sel["pred_porosity"].mean()
+        print(f"  {name}: porosity MAE {e.abs().mean():.3f} pp, bias {e.mean():+.3f} pp, mean {mean_p:.2f} % vs true "
+              f"{mean_t:.2f} % ({100 * (mean_p / mean_t - 1):+.1f} %) (n={len(sel)}); class fractions true vs pred: "
+              + ", ".join(f"{n} {100 * t:.1f} vs {100 * q:.1f}" for n, t, q in zip(
+                  CLASS_NAMES, np.bincount(sel["true_class"], minlength=3) / len(sel),
+                  np.bincount(sel["pred_class"], minlength=3) / len(sel))))
+        if f"pred_{PROFILE_COLUMNS[0]}" in sel:
+            print("    radial profile (mean porosity inside f·R, %), true -> pred: " + ", ".join(
+                f"{c.split('_')[1]} {sel['true_' + c].mean():.2f} -> {sel['pred_' + c].mean():.2f}"
+                for c in PROFILE_COLUMNS))
+    if pixels.n_sections:
+        print(pixels.describe())
+    if "pred_crack_length_um" in judged:
+        wide = judged[judged["true_crack_length_um"] > 0]
+        ratio_len = wide["pred_crack_length_um"].sum() / max(wide["true_crack_length_um"].sum(), 1e-9)
+        print(f"crack length, sum predicted / sum true over {len(wide)} cracked sections: {ratio_len:.3f}; "
+              f"median per-section ratio {(wide['pred_crack_length_um'] / wide['true_crack_length_um']).median():.3f}")
     ratio = judged["area_ratio"]
     print(f"mask area / true area on the same sections: mean {ratio.mean():.3f}, median {ratio.median():.3f}")
     if args.save_crops:
         n = save_judged_crops(args.save_crops, cfg, work / "fields", judged)
         print(f"saved the model's input crops of {n} judged sections to {args.save_crops}")
     print("reproduce: python bench/pipeline_accuracy.py " + " ".join(sys.argv[1:]))
+
+
+PROFILE_COLUMNS = [f"porosity_r{f}_pct" for f in (50, 60, 70, 80, 90, 100)]
+FEATURE_COLUMNS = ["eq_diameter_um", "crack_pct", "crack_length_um", "crack_reach_frac", "crack_reaches_surface",
+                   "n_fragments", "crack_splits_section", "longest_crack_frac", "n_cracks", "p_intact",
+                   "p_mildly_damaged", "p_broken"]
+
+
+class PixelScores:
+    """Pore and crack pixel scores on the image grid, inside the true sections of judged matched particles.
+
+    - pore IoU over all pores, and over pores at least 3 px across (true pore components that survive an
+      opening with a 3x3 square, against the predicted pore components that touch them);
+    - pore and crack F1 with a 1-pixel tolerance: a predicted pixel is right when a true one lies within
+      1 px (8-neighbourhood), a true pixel is found when a predicted one lies within 1 px.
+    """
+
+    def __init__(self) -> None:
+        self.n_sections = 0
+        self.c = dict.fromkeys(("pore_i", "pore_u", "big_i", "big_u"), 0)
+        self.tol = {k: [0, 0, 0, 0] for k in ("pore", "crack")}  # pred ok, pred total, true found, true total
+
+    def add(self, gt_instances, gt_phases, pred_instances, pred_phases, pairs) -> None:
+        from scipy import ndimage as ndi
+
+        boxes = ndi.find_objects(gt_instances)
+        square = np.ones((3, 3), bool)
+        for g, _p in pairs:
+            sl = boxes[g - 1]
+            if sl is None:
+                continue
+            region = gt_instances[sl] == g
+            t_ph, p_ph = gt_phases[sl], pred_phases[sl]
+            self.n_sections += 1
+            t_pore, p_pore = region & (t_ph == 2), region & (p_ph == 2)
+            self.c["pore_i"] += int((t_pore & p_pore).sum())
+            self.c["pore_u"] += int((t_pore | p_pore).sum())
+            big = ndi.binary_propagation(ndi.binary_opening(t_pore, square), mask=t_pore)
+            if big.any():
+                lab, _ = ndi.label(p_pore, structure=square)
+                touching = np.unique(lab[big & (lab > 0)])
+                p_big = np.isin(lab, touching[touching > 0])
+                self.c["big_i"] += int((big & p_big).sum())
+                self.c["big_u"] += int((big | p_big).sum())
+            for name, code in (("pore", 2), ("crack", 3)):
+                t, p = region & (t_ph == code), region & (p_ph == code)
+                td, pd_ = ndi.binary_dilation(t, square), ndi.binary_dilation(p, square)
+                acc = self.tol[name]
+                acc[0] += int((p & td).sum())
+                acc[1] += int(p.sum())
+                acc[2] += int((t & pd_).sum())
+                acc[3] += int(t.sum())
+
+    def describe(self) -> str:
+        c = self.c
+        parts = [f"pixels on the image grid over {self.n_sections} judged sections: pore IoU "
+                 f"{c['pore_i'] / max(c['pore_u'], 1):.3f} (all pores), {c['big_i'] / max(c['big_u'], 1):.3f} "
+                 "(pores >= 3 px across)"]
+        for name, (ok, n_pred, found, n_true) in self.tol.items():
+            prec, rec = ok / max(n_pred, 1), found / max(n_true, 1)
+            parts.append(f"{name} F1 (1-px tolerance) {2 * prec * rec / max(prec + rec, 1e-9):.3f} "
+                         f"(precision {prec:.3f}, recall {rec:.3f})")
+        return "; ".join(parts)
 
 
 def save_judged_crops(dest: str, cfg, fields: Path, judged: pd.DataFrame) -> int:

@@ -1,4 +1,8 @@
-"""Decide "broken" from the connectivity of the predicted crack mask (numpy only: inference needs no torch).
+"""Damage classes from crack evidence (numpy only: inference needs no torch).
+
+Two routes live here. The default reads the native-resolution crack measurements
+(`CrackRule`, `CrackClassifier`, bottom of the module). The older one corrects the crop
+model's class head with crack topology (`combine_class_with_topology`):
 
 Broken means the cracks split the section into fragments: a global connectivity
 property a CNN's pooled features may learn poorly. The phase head's crack mask makes
@@ -7,6 +11,10 @@ intact and mildly damaged.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -66,3 +74,133 @@ def class_from_fragments(probs: np.ndarray, n_fragments: int) -> int:
     if n_fragments >= 2:
         return BROKEN
     return MILDLY if probs[MILDLY] + probs[BROKEN] > probs[INTACT] else INTACT
+
+
+# ------------------------------------------------------------------------------------------------
+# Classes from the native-resolution crack measurements (`fracscope.measure`): the default route
+# ------------------------------------------------------------------------------------------------
+
+# Per-particle numbers a class decision may read, all unitless (lengths divided by the diameter), so a
+# rule or classifier means the same at any pixel size and with lengths in px.
+CRACK_FEATURES: tuple[str, ...] = (
+    "crack_pct",
+    "crack_length_per_diameter",
+    "crack_reach_frac",
+    "crack_reaches_surface",
+    "crack_splits_section",
+    "longest_crack_frac",
+    "n_cracks",
+)
+
+
+def crack_features(measurements: Mapping[str, float], names: Sequence[str] = CRACK_FEATURES) -> np.ndarray:
+    """The named features of one particle from its measurement columns (float64)."""
+    m = dict(measurements)
+    diameter = float(m.get("eq_diameter_um", 0.0))
+    m["crack_length_per_diameter"] = float(m.get("crack_length_um", 0.0)) / diameter if diameter > 0 else 0.0
+    try:
+        return np.asarray([float(m[n]) for n in names], np.float64)
+    except KeyError as err:
+        raise KeyError(f"crack feature {err} is not among the measurements {sorted(m)}") from None
+
+
+@dataclass(frozen=True)
+class CrackRule:
+    """The class as a person reads the crack map: a rule on two measurements.
+
+    broken : the cracks split the section into >= 2 fragments (`crack_splits_section`);
+    mildly damaged : otherwise, the longest crack is at least `min_longest_crack_frac` of the
+        section's diameter;
+    intact : otherwise.
+    The probabilities it reports are one-hot.
+    """
+
+    min_longest_crack_frac: float = 0.05
+
+    KIND: ClassVar[str] = "rule"
+
+    def predict_proba(self, features: np.ndarray, names: Sequence[str] = CRACK_FEATURES) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        split = x[:, list(names).index("crack_splits_section")] >= 0.5
+        longest = x[:, list(names).index("longest_crack_frac")]
+        cls = np.where(split, BROKEN, np.where(longest >= self.min_longest_crack_frac, MILDLY, INTACT))
+        return np.eye(len(CLASS_NAMES))[cls]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "min_longest_crack_frac": float(self.min_longest_crack_frac)}
+
+
+@dataclass(frozen=True)
+class CrackClassifier:
+    """Multinomial logistic regression on standardised crack features (numpy only at inference).
+
+    Fitted on tuning fields (`bench/class_routes.py`), stored in the phase model file's
+    ``class_rule``; its probabilities are calibrated on those fields.
+    """
+
+    features: tuple[str, ...]
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[tuple[float, ...], ...]  # (3, F)
+    intercept: tuple[float, ...]  # (3,)
+
+    KIND: ClassVar[str] = "logistic"
+
+    def predict_proba(self, features: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(features, np.float64))
+        if names is not None and tuple(names) != self.features:
+            x = x[:, [list(names).index(n) for n in self.features]]
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        logits = z @ np.asarray(self.coef).T + np.asarray(self.intercept)
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(axis=1, keepdims=True)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, features: Sequence[str] = CRACK_FEATURES,
+            l2: float = 1e-2, class_weight: Sequence[float] | None = None) -> CrackClassifier:
+        """Maximum-likelihood fit with an L2 penalty `l2` (per sample) on the coefficients (L-BFGS)."""
+        from scipy.optimize import minimize
+
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.int64)
+        k, f = len(CLASS_NAMES), x.shape[1]
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale < 1e-9] = 1.0
+        z = (x - mean) / scale
+        onehot = np.eye(k)[y]
+        w_class = np.ones(k) if class_weight is None else np.asarray(class_weight, np.float64)
+        w = w_class[y] / w_class[y].sum()
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            coef, b = theta[: k * f].reshape(k, f), theta[k * f:]
+            logits = z @ coef.T + b
+            logits -= logits.max(axis=1, keepdims=True)
+            logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+            p = np.exp(logp)
+            value = -(w * (onehot * logp).sum(axis=1)).sum() + 0.5 * l2 * (coef**2).sum()
+            g = (p - onehot) * w[:, None]
+            grad = np.concatenate([(g.T @ z + l2 * coef).ravel(), g.sum(axis=0)])
+            return float(value), grad
+
+        res = minimize(loss, np.zeros(k * f + k), jac=True, method="L-BFGS-B")
+        coef, b = res.x[: k * f].reshape(k, f), res.x[k * f:]
+        return cls(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)),
+                   tuple(tuple(map(float, row)) for row in coef), tuple(map(float, b)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.KIND, "features": list(self.features), "mean": list(self.mean),
+                "scale": list(self.scale), "coef": [list(r) for r in self.coef], "intercept": list(self.intercept)}
+
+
+def class_rule_from_dict(d: Mapping[str, Any] | None) -> CrackRule | CrackClassifier:
+    """The class decision stored in a phase model file (`PhaseMetadata.class_rule`); {} = the default rule."""
+    d = dict(d or {})
+    kind = d.pop("kind", CrackRule.KIND)
+    if kind == CrackRule.KIND:
+        return CrackRule(**d)
+    if kind == CrackClassifier.KIND:
+        return CrackClassifier(tuple(d["features"]), tuple(d["mean"]), tuple(d["scale"]),
+                               tuple(tuple(r) for r in d["coef"]), tuple(d["intercept"]))
+    raise ValueError(f"unknown class rule kind {kind!r}; valid: {CrackRule.KIND!r}, {CrackClassifier.KIND!r}")

@@ -44,18 +44,19 @@ class LocateFailure:
     error: str
 
 
-def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec) -> LocatedParticles:
-    """Detect the particles of one image and cut a crop around each, as `crop_spec` (the model's) says."""
+def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | None) -> LocatedParticles:
+    """Detect the particles of one image and cut a crop around each, as `crop_spec` (the crop model's)
+    says; no crops when it is None (no crop model runs)."""
     t0 = time.perf_counter()
     instances = detector.detect(image)
     t1 = time.perf_counter()
-    crops = crop_particles(image.pixels, instances, crop_spec)
+    crops = crop_particles(image.pixels, instances, crop_spec) if crop_spec is not None else []
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
     return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
 
 
-def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec):
+def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):
     try:
         return locate_particles(image, detector, crop_spec)
     except Exception as exc:  # one bad image must not stop a run over thousands
@@ -63,10 +64,10 @@ def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec):
 
 
 # Set by the pool initializer, and only inside worker processes: each builds its detector once.
-_worker_args: tuple[Detector, CropSpec] | None = None
+_worker_args: tuple[Detector, CropSpec | None] | None = None
 
 
-def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec, parent_pid: int) -> None:
+def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, parent_pid: int) -> None:
     global _worker_args
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down
@@ -83,7 +84,7 @@ def _locate_in_worker(image: SEMImage):
 def locate_ahead(
     images: Iterable[SEMImage | ReadFailure],
     detect_cfg: Mapping[str, Any],
-    crop_spec: CropSpec,
+    crop_spec: CropSpec | None,
     workers: int = 1,
 ) -> Iterator[LocatedParticles | LocateFailure | ReadFailure]:
     """Located particles of each image, in input order.

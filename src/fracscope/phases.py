@@ -1,4 +1,12 @@
-"""Phases on the image grid: the particle model's phase probabilities → phase codes on the particle's own pixels.
+"""Phases on the image grid: phase probabilities → phase codes on each particle's own pixels.
+
+Two sources of probabilities, one rule for turning them into codes:
+
+- the native-resolution phase model (`fracscope.phase_map`, the default): probabilities for
+  every image pixel, reduced at once to `ImagePhaseCodes`; `particle_phases` then reads one
+  particle: its mask-edge pixels the model calls "not particle" are trimmed (optional), and
+  inside the mask the most likely of solid, pore and crack wins. No correction factor.
+- the crop model (``segmenter=crops``, the earlier route), below:
 
 The one implementation of this step, used by `fracscope.pipeline` (particles of 2-D images)
 and by `fracscope.pores3d.segment.ModelVoids` (the particle section of each slice of a stack):
@@ -122,5 +130,46 @@ def phases_on_image_grid(particle: CropPhases, rule: PhaseRule) -> ParticlePhase
     prob[Phase.PORE] *= rule.pore_weight
     # Inside the (trimmed) mask a pixel is solid, pore or crack: background is not an option.
     phases = (np.argmax(prob[1:], axis=0) + 1).astype(np.uint8)
+    phases[~own] = Phase.BACKGROUND
+    return ParticlePhases(own, phases)
+
+
+# ------------------------------------------------------------------------------------------------
+# The native-resolution route
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImagePhaseCodes:
+    """The phase model's verdict on every pixel of one image, in 2 bytes per pixel.
+
+    best : uint8 (H, W), the most likely of the four phases (background included): what the
+        rim trim reads.
+    inside : uint8 (H, W), the most likely of solid, pore and crack: what a pixel inside a
+        particle is.
+    """
+
+    best: np.ndarray
+    inside: np.ndarray
+
+
+def codes_from_probs(probs: np.ndarray) -> ImagePhaseCodes:
+    """`ImagePhaseCodes` of phase probabilities (4, H, W) in `Phase` order."""
+    probs = np.asarray(probs)
+    best = np.argmax(probs, axis=0).astype(np.uint8)
+    inside = (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)
+    return ImagePhaseCodes(best, inside)
+
+
+def particle_phases(codes: ImagePhaseCodes, box: Box, own: np.ndarray, trim_phases: tuple[int, ...] = ()) -> ParticlePhases:
+    """Phase codes of one particle (mask `own` in `box`) from the whole image's codes."""
+    r0, c0, r1, c1 = box
+    own = np.asarray(own, bool)
+    if trim_phases:
+        rim = np.isin(codes.best[r0:r1, c0:c1], trim_phases) & own
+        trimmed = trim_rim(own, rim)
+        if trimmed.any():
+            own = trimmed
+    phases = codes.inside[r0:r1, c0:c1].copy()
     phases[~own] = Phase.BACKGROUND
     return ParticlePhases(own, phases)

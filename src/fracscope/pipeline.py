@@ -1,6 +1,10 @@
-"""Bulk inference: read → detect → crop → model → measure → report.
+"""Bulk inference: SEM image → particle instances → phase maps → per-particle measurements and class → report.
 
 `run(cfg)` is what `infer.py` calls; `analyse_image` is the same sentence for one image.
+By default the phase maps come from the native-resolution phase model (`fracscope.phase_map`)
+and the class from the crack measurements on them (`fracscope.classify`); the crop model
+(``segmenter=crops``, ``classify=head|topology``) and the paper's threshold
+(``segmenter=threshold``) remain as options.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fracscope import __version__
 from fracscope.detect import Detector, detector_factory
-from fracscope.assets import resolve_input, resolve_model
+from fracscope.assets import resolve_input, resolve_model, resolve_phase_model
 from fracscope.cli import UsageError
 from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images, relative_source
 from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
@@ -31,12 +35,16 @@ from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
-from fracscope.classify import class_from_fragments
+from fracscope.classify import CrackClassifier, CrackRule, class_from_fragments, class_rule_from_dict, crack_features
 from fracscope.progress import RunProgress
+from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
     CropPhases,
+    ImagePhaseCodes,
     PhaseRule,
     check_polarity,
+    codes_from_probs,
+    particle_phases,
     phases_on_image_grid,
     predict_crops,
     resolve_pore_weight,
@@ -53,13 +61,21 @@ from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
 log = logging.getLogger(__name__)
 
 
+SEGMENTERS = ("model", "crops", "threshold")
+CLASSIFY_ROUTES = ("native", "head", "topology")
+
+
 @dataclass(frozen=True)
 class AnalysisSettings:
     """How one image is turned into particle results (from the `infer` config)."""
 
     batch_size: int = 64
-    segmenter: str = "model"  # "model" | "threshold" (the paper's Eq. 1 on an Otsu threshold)
-    classify: str = "head"  # "head" | "topology" (class head + crack-mask connectivity)
+    # "model": the native-resolution phase model | "crops": the crop model's maps pasted back (the earlier
+    # route) | "threshold": the paper's Eq. 1 on an Otsu threshold
+    segmenter: str = "model"
+    # "native": the phase model file's class rule on the native crack measurements | "head": the crop
+    # model's class head | "topology": the head corrected by crack-mask connectivity
+    classify: str = "native"
     pore_polarity: str = "dark"
     low_confidence: float = 0.6  # flag particles whose top class probability is below this
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
@@ -82,7 +98,8 @@ class RunSettings:
 
     input: str | None = None  # None: the built-in sample data
     output: str = "outputs/infer"
-    model_path: str | None = None  # None: the shipped default model
+    model_path: str | None = None  # the crop model; None: the shipped default
+    phase_model_path: str | None = None  # the native-resolution phase model; None: the shipped default
     backend: str = "onnx"
     device: str = "cpu"
     decode_threads: int = 2
@@ -118,11 +135,12 @@ class RunSettings:
         detector_factory(settings.detect, "the infer config's detect group")
         return settings
 
-    def result_settings(self, model_sha256: str) -> dict[str, Any]:
+    def result_settings(self, model_sha256: str, phase_model_sha256: str | None = None) -> dict[str, Any]:
         """The settings that change results: a resume must match the earlier run's (runs.jsonl)."""
         a = self.analysis
         return {
             "model_sha256": model_sha256,
+            "phase_model_sha256": phase_model_sha256,
             "detect": dict(self.detect),
             "segmenter": a.segmenter,
             "classify": a.classify,
@@ -172,41 +190,76 @@ def _mask_box(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int,
             origin[1] + int(cols[-1]) + 1)
 
 
+@dataclass(frozen=True)
+class Models:
+    """The networks a run uses: the phase model and/or the crop model, as the settings need them."""
+
+    phases: PhaseMapModel | None = None  # segmenter=model or classify=native
+    crops: Backend | None = None  # segmenter=crops or classify=head|topology
+
+    @classmethod
+    def for_settings(cls, settings: AnalysisSettings, run: RunSettings | None = None) -> Models:
+        """Load what `settings` need (model paths and device from `run`; shipped defaults without)."""
+        run = run or RunSettings()
+        phases = crops = None
+        if settings.segmenter == "model" or settings.classify == "native":
+            phases = PhaseMapModel(resolve_phase_model(run.phase_model_path), device=run.device)
+        if settings.segmenter == "crops" or settings.classify in ("head", "topology"):
+            crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device)
+        return cls(phases, crops)
+
+    @property
+    def crop_spec(self):
+        """The crop model's crop spec, or None when no crops are needed."""
+        return self.crops.metadata.crop_spec if self.crops is not None else None
+
+
 @dataclass
 class Predicted:
-    """One image's particles after the model: what `measure_particles` turns into results."""
+    """One image's particles after the models: what `measure_particles` turns into results."""
 
     located: LocatedParticles
     stem: str
     group: str
-    class_probs: np.ndarray  # (N, 3)
-    phase_probs: np.ndarray  # (N, 4, S, S), on the crop grid
-    pore_weight: float  # the model file's, or the run's override
+    codes: ImagePhaseCodes | None  # the phase model's, on the image grid
+    class_rule: CrackRule | CrackClassifier | None  # the phase model file's
+    class_probs: np.ndarray | None  # (N, 3), the crop model's, in crop order
+    phase_probs: np.ndarray | None  # (N, 4, S, S), the crop model's, on the crop grid
+    pore_weight: float  # the crop model file's, or the run's override
 
 
 def predict_particles(
     located: LocatedParticles,
     stem: str,
     group: str,
-    backend: Backend,
+    models: Models,
     settings: AnalysisSettings,
     times: StageTimes,
 ) -> Predicted:
-    """Class and phase probabilities of every crop of one image."""
+    """Phase codes of the whole image (native model) and/or class and phase probabilities of every crop."""
     t = time.perf_counter()
-    class_probs, phase_probs = predict_crops(backend, located.crops, settings.batch_size)
+    codes = class_rule = class_probs = phase_probs = None
+    pore_weight = 1.0
+    if models.phases is not None:
+        image = located.image
+        # Without a pixel size the image is taken to be at the model's working pixel size.
+        px = image.pixel_size_um or models.phases.working_pixel_size_um
+        codes = codes_from_probs(models.phases.predict(image.pixels, px)) if located.instances.any() else None
+        class_rule = class_rule_from_dict(models.phases.metadata.class_rule)
+    if models.crops is not None:
+        class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
+        pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
-    pore_weight = resolve_pore_weight(backend.metadata, settings.pore_weight)
-    return Predicted(located, stem, group, class_probs, phase_probs, pore_weight)
+    return Predicted(located, stem, group, codes, class_rule, class_probs, phase_probs, pore_weight)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
     """Phases pasted back onto the image's own pixel grid, and every particle measured there."""
     located, stem, group = predicted.located, predicted.stem, predicted.group
-    image, instances, crops = located.image, located.instances, located.crops
-    class_probs, phase_probs, pore_weight = predicted.class_probs, predicted.phase_probs, predicted.pore_weight
+    image, instances = located.image, located.instances
     t = time.perf_counter()
-    rule = PhaseRule(pore_weight, RIM_TRIM_PHASES[settings.trim_rim])
+    trim = RIM_TRIM_PHASES[settings.trim_rim]
+    rule = PhaseRule(predicted.pore_weight, trim)
     phases = np.zeros(instances.shape, np.uint8)
     grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
@@ -215,14 +268,19 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     # The detector's size rule, applied again to the outline that is measured (trimmed, at full
     # resolution), so that no reported section is smaller than the minimum. Needs a pixel size.
     min_d = located.min_diameter_um if px else None
-    for crop, probs, phase_prob in zip(crops, class_probs, phase_probs):
-        rows, cols = boxes[crop.particle_id - 1]
-        r0, c0, r1, c1 = rows.start, cols.start, rows.stop, cols.stop
-        own = instances[r0:r1, c0:c1] == crop.particle_id
+    crops = {c.particle_id: (i, c) for i, c in enumerate(located.crops)}
+    for pid in (i + 1 for i, b in enumerate(boxes) if b is not None):
+        rows, cols = boxes[pid - 1]
+        box = (rows.start, cols.start, rows.stop, cols.stop)
+        r0, c0, r1, c1 = box
+        own = instances[r0:r1, c0:c1] == pid
+        index, crop = crops.get(pid, (None, None))
+        native = particle_phases(predicted.codes, box, own, trim) if predicted.codes is not None else None
         if settings.segmenter == "threshold":
             local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
         else:
-            found = phases_on_image_grid(CropPhases(phase_prob, crop, (r0, c0, r1, c1), own), rule)
+            found = native if settings.segmenter == "model" else phases_on_image_grid(
+                CropPhases(predicted.phase_probs[index], crop, box, own), rule)
             instances[r0:r1, c0:c1][own & ~found.mask] = 0  # the trimmed rim leaves the particle
             own, local = found.mask, found.phases
         m = measure_particle(own, local, px)
@@ -230,10 +288,16 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
             continue
         phases[r0:r1, c0:c1][own] = local[own]
-        if settings.classify == "topology" and settings.segmenter == "model":
-            # measure_particle already counted the fragments (same 1 % crumb rule as the classifier's).
+        if settings.classify == "native":
+            evidence = m if settings.segmenter == "model" else measure_particle(native.mask, native.phases, px)
+            probs = predicted.class_rule.predict_proba(crack_features(evidence))[0]
+            class_index = int(np.argmax(probs))
+        elif settings.classify == "topology" and settings.segmenter == "crops":
+            probs = predicted.class_probs[index]
+            # measure_particle already counted the fragments (same crumb rule as the classifier's).
             class_index = class_from_fragments(probs, int(m["n_fragments"]))
         else:
+            probs = predicted.class_probs[index]
             class_index = int(np.argmax(probs))
         diameter = m["eq_diameter_um"]
         too_small = diameter < (settings.min_judge_diameter_um if px else settings.min_judge_diameter_px)
@@ -259,16 +323,16 @@ def analyse_image(
     stem: str,
     group: str,
     detector: Detector,
-    backend: Backend,
+    models: Models,
     settings: AnalysisSettings,
     times: StageTimes | None = None,
 ) -> ImageResult:
-    """Find, crop, classify, segment and measure every particle of one image."""
+    """Find, segment, measure and classify every particle of one image."""
     times = times or StageTimes()
-    located = locate_particles(image, detector, backend.metadata.crop_spec)
+    located = locate_particles(image, detector, models.crop_spec)
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
-    return measure_particles(predict_particles(located, stem, group, backend, settings, times), settings, times)
+    return measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)
 
 
 def image_stem(image: SEMImage, root: Path | None) -> str:
@@ -407,15 +471,16 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
 
 def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome:
     settings = run_settings.analysis
-    if settings.segmenter not in ("model", "threshold"):
-        raise ValueError(f"segmenter must be 'model' or 'threshold', got {settings.segmenter!r}")
-    if settings.classify not in ("head", "topology"):
-        raise ValueError(f"classify must be 'head' or 'topology', got {settings.classify!r}")
-    model_path = resolve_model(run_settings.model_path)
-    backend = load_backend(model_path, backend=run_settings.backend, device=run_settings.device)
-    resolve_pore_weight(backend.metadata, settings.pore_weight)  # a bad override fails here, not on every image
-    if settings.segmenter == "model":
-        check_polarity(backend.metadata, settings.pore_polarity, instead="segmenter=threshold")
+    if settings.segmenter not in SEGMENTERS:
+        raise ValueError(f"segmenter must be one of {list(SEGMENTERS)}, got {settings.segmenter!r}")
+    if settings.classify not in CLASSIFY_ROUTES:
+        raise ValueError(f"classify must be one of {list(CLASSIFY_ROUTES)}, got {settings.classify!r}")
+    models = Models.for_settings(settings, run_settings)
+    if models.crops is not None:
+        resolve_pore_weight(models.crops.metadata, settings.pore_weight)  # a bad override fails here, not per image
+    if settings.segmenter in ("model", "crops"):
+        model = models.phases if settings.segmenter == "model" else models.crops
+        check_polarity(model.metadata, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(run_settings.input)
     if not has_glob(input_spec) and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
@@ -429,9 +494,12 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     output = Path(run_settings.output)
     provenance = {
         "fracscope_version": __version__,
-        "model_path": model_path,
-        "model_sha256": backend.sha256,
-        "model_metadata": backend.metadata.to_dict(),
+        "model_path": str(models.crops.path) if models.crops is not None else None,
+        "model_sha256": models.crops.sha256 if models.crops is not None else None,
+        "model_metadata": models.crops.metadata.to_dict() if models.crops is not None else None,
+        "phase_model_path": str(models.phases.model_path) if models.phases is not None else None,
+        "phase_model_sha256": models.phases.sha256 if models.phases is not None else None,
+        "phase_model_metadata": models.phases.metadata.to_dict() if models.phases is not None else None,
         "input": input_spec,
         "command": " ".join(sys.argv),
     }
@@ -440,7 +508,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     resume = bool(run_settings.resume)
     run_log = RunLog(
         output,
-        run_settings.result_settings(backend.sha256),
+        run_settings.result_settings(provenance["model_sha256"], provenance["phase_model_sha256"]),
         run_settings.resume,
         provenance["command"],
         has_results=resume and bool(done_images(output)),
@@ -467,7 +535,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     located_stream = locate_ahead(
         todo,
         run_settings.detect,
-        backend.metadata.crop_spec,
+        models.crop_spec,
         workers=run_settings.detect_workers,
     )
     warned_scale = False
@@ -495,7 +563,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
             times.seconds[stage] += seconds
         try:
             predicted = predict_particles(
-                item, image_stem(image, root), group_for(image.source, root, group_map), backend, settings, times
+                item, image_stem(image, root), group_for(image.source, root, group_map), models, settings, times
             )
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)

@@ -46,7 +46,7 @@ from fracscope.pores3d.report import (
     write_summary,
     write_tables,
 )
-from fracscope.pores3d.segment import ModelVoids, SegmentSettings, SliceSegmenter, stack_threshold
+from fracscope.pores3d.segment import ModelVoids, NativeVoids, SegmentSettings, SliceSegmenter, stack_threshold
 from fracscope.pores3d.stack import Stack, StackError, VoxelSize, open_stack
 from fracscope.settings import SettingsError, settings_from_config
 from fracscope.types import Phase
@@ -122,7 +122,9 @@ class SegmentConfig:
     """The `segment` section: `SegmentSettings` and, for method=model, the model to run."""
 
     settings: SegmentSettings = field(default_factory=SegmentSettings, metadata={"flatten": True})
-    model_path: str | None = None  # None: the shipped model
+    model: str = "native"  # native: the native-resolution phase model | crops: the crop model (earlier route)
+    phase_model_path: str | None = None  # model=native; None: the shipped phase model
+    model_path: str | None = None  # model=crops; None: the shipped crop model
     device: str = "cpu"
     batch_size: int = 16
     pore_weight: float | None = None  # None: the model file's own (as infer.py)
@@ -397,6 +399,28 @@ def _write_plots(out: Path, summary: dict, table: dict[str, np.ndarray], radial:
     return files
 
 
+def _slice_model(seg: SegmentConfig, pore_polarity: str, stack: Stack) -> NativeVoids | ModelVoids:
+    """The model segment.method=model runs on each slice (`segment.model`)."""
+    if seg.model not in ("native", "crops"):
+        raise SettingsError(f"segment.model must be 'native' or 'crops', got {seg.model!r}")
+    try:
+        if seg.model == "native":
+            from fracscope.assets import resolve_phase_model
+            from fracscope.phase_map import PhaseMapModel
+
+            phase_model = PhaseMapModel(resolve_phase_model(seg.phase_model_path), device=seg.device)
+            check_polarity(phase_model.metadata, pore_polarity, instead="segment.method=otsu")
+            return NativeVoids(phase_model, stack.voxel_size.x_um)
+        from fracscope.assets import resolve_model
+        from fracscope.runtime import load_backend
+
+        backend = load_backend(resolve_model(seg.model_path), device=seg.device)
+        check_polarity(backend.metadata, pore_polarity, instead="segment.method=otsu")
+        return ModelVoids(backend, seg.batch_size, seg.pore_weight)
+    except ValueError as exc:  # the model does not fit the settings: a one-line error
+        raise SettingsError(str(exc)) from None
+
+
 def analyse_stack(stack: Stack, settings: Settings, output_dir: str | Path, model: ModelVoids | None = None,
                   provenance: dict | None = None) -> Pores3DResult:
     """Analyse one stack and write pores.csv/parquet, summary.json, labels.tif and plots/.
@@ -499,16 +523,7 @@ def run(cfg: Any) -> Pores3DResult:
     stack = open_stack(config.input, list(voxel) if isinstance(voxel, tuple) else voxel, config.slice_spacing_um)
     model = None
     if settings.segment.method == "model":
-        from fracscope.assets import resolve_model
-        from fracscope.runtime import load_backend
-
-        seg = config.segment
-        backend = load_backend(resolve_model(seg.model_path), device=seg.device)
-        try:
-            check_polarity(backend.metadata, settings.segment.pore_polarity, instead="segment.method=otsu")
-            model = ModelVoids(backend, seg.batch_size, seg.pore_weight)
-        except ValueError as exc:  # the model does not fit the settings: a one-line error
-            raise SettingsError(str(exc)) from None
+        model = _slice_model(config.segment, settings.segment.pore_polarity, stack)
     plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
     if isinstance(plain, dict):
         plain.pop("hydra", None)

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
+from fracscope.phases import CropPhases, PhaseRule, codes_from_probs, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
 
@@ -240,8 +240,45 @@ class SliceSegmenter:
         return out
 
 
+class NativeVoids:
+    """The native-resolution phase model as the pore segmenter, slice by slice (the default model).
+
+    In each slice the largest particle section of the threshold segmentation keeps its
+    outline; inside it a pixel is void where the phase model's most likely phase among
+    solid, pore and crack is pore or crack (`fracscope.phases.codes_from_probs`). The model
+    runs on the whole slice at its own working pixel size, so pores a few source pixels
+    across are not shrunk into a crop first.
+
+    Parameters
+    ----------
+    model : fracscope.phase_map.PhaseMapModel
+    pixel_size_um : float
+        The slices' in-plane pixel size (µm).
+    """
+
+    def __init__(self, model, pixel_size_um: float) -> None:
+        self.model = model
+        self.pixel_size_um = float(pixel_size_um)
+
+    def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
+        """Replace the void of each slice's main section in `phases` (in place) by the model's."""
+        for i in range(len(block)):
+            lab, n = ndi.label(phases[i] > 0)
+            if n == 0:
+                continue
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            own = lab == int(np.argmax(sizes))
+            box = ndi.find_objects(own.astype(np.uint8))[0]
+            # The whole slice: the model's percentile normalisation expects matrix around the particle.
+            codes = codes_from_probs(self.model.predict(block[i], self.pixel_size_um))
+            inside = own[box]
+            region = phases[i][box]
+            region[inside] = np.where(codes.inside[box][inside] == Phase.SOLID, Phase.SOLID, Phase.PORE)
+
+
 class ModelVoids:
-    """The trained 2-D model as the pore segmenter, slice by slice.
+    """The trained 2-D crop model as the pore segmenter, slice by slice (``segment.model=crops``).
 
     In each slice the largest particle section of the threshold segmentation is cropped
     exactly as `fracscope.pipeline` crops particles, its phases on the slice's grid come from
