@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from fracscope.measure import count_fragments
+from fracscope.measure import MIN_FRAGMENT_FRACTION, count_fragments
 from fracscope.types import CLASS_NAMES, Phase
 
 INTACT, MILDLY, BROKEN = (CLASS_NAMES.index(n) for n in ("intact", "mildly_damaged", "broken"))
@@ -28,7 +28,7 @@ def combine_class_with_topology(
     probs: np.ndarray,
     phase_pred: np.ndarray,
     mask: np.ndarray,
-    min_fragment_fraction: float = 0.01,
+    min_fragment_fraction: float = MIN_FRAGMENT_FRACTION,
 ) -> np.ndarray | int:
     """Class indices from the class head corrected by crack topology.
 
