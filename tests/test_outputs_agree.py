@@ -170,3 +170,22 @@ def test_evaluate_writes_under_output_dir_and_nothing_on_a_mistake(tmp_path, mon
     assert _evaluate(cwd, monkeypatch, f"dataset={tmp_path}/set", f"model_path={SHIPPED_MODEL}", "output_dir=scores") == 0
     assert [p.name for p in cwd.iterdir()] == ["scores"]
     assert (cwd / "scores" / "metrics.json").exists()
+
+
+def test_phase_map_covers_exactly_the_particles_of_the_table(sample_run):
+    out, _ = sample_run
+    stem = "GP__day 1__field_00"
+    phases = tifffile.imread(out / "phases" / f"{stem}.tif")
+    labels = tifffile.imread(out / "instances" / f"{stem}.tif")
+    rows = pd.read_csv(out / "particles.csv")
+    assert phases.dtype == np.uint8 and phases.shape == labels.shape
+    assert set(np.unique(phases)) <= {int(p) for p in Phase}
+    # Every coded pixel lies in a particle of particles.csv, and every such particle is coded.
+    assert not (phases[labels == 0]).any()
+    assert set(np.unique(labels[phases > 0])) == set(rows["particle_id"])
+    assert (phases[labels > 0] > 0).all()
+    # The file holds the pixels the table measured: Eq. 1 porosity per particle from the two maps.
+    for row in rows.itertuples():
+        section = labels == row.particle_id
+        pct = 100 * np.count_nonzero(phases[section] == Phase.PORE) / section.sum()
+        assert pct == pytest.approx(row.porosity_pct, abs=1e-6)

@@ -28,8 +28,8 @@ class ReportOptions:
     review_per_class : crops kept per class for the contact sheets.
     overlay_max_px : longest overlay side; larger images are downsampled.
     overlay_ids : write particle ids on overlays.
-    write_overlays, write_instances, write_coco, write_plots, write_review : switch
-        outputs off for speed.
+    write_overlays, write_instances, write_phases, write_coco, write_plots, write_review :
+        switch outputs off for speed.
     """
 
     count_border_particles: bool = False
@@ -43,6 +43,7 @@ class ReportOptions:
     overlay_ids: bool = True
     write_overlays: bool = True
     write_instances: bool = True
+    write_phases: bool = True
     write_coco: bool = True
     write_plots: bool = True
     write_review: bool = True

@@ -1,4 +1,7 @@
-"""Overlay PNGs: the SEM image with particle outlines by class, pores and cracks tinted.
+"""Overlay PNGs: the SEM image with particle outlines by class, pores tinted, cracks drawn.
+
+Cracks are often one pixel wide on the image grid, so they are pooled (any crack pixel in an
+output pixel's footprint marks it) rather than sampled: they stay visible at any downscale.
 
 Sections the class fractions do not count (too small, cut by the border: `ReportOptions.counts`)
 get one neutral style instead: a dashed black-and-white outline, no tint and no id.
@@ -31,7 +34,6 @@ CLASS_RGB: dict[str, tuple[int, int, int]] = {
 PORE_RGB = (0, 230, 255)
 CRACK_RGB = (255, 0, 255)
 PORE_ALPHA = 0.55
-CRACK_ALPHA = 0.8
 #: Uncounted sections: an outline in dashes of alternating white and black, readable on the bright
 #: particles and the dark matrix alike, and unlike any class colour.
 UNCOUNTED_RGB = ((255, 255, 255), (0, 0, 0))
@@ -112,6 +114,31 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3)).astype(a.dtype)
 
 
+def pool_points(
+    rows: np.ndarray, cols: np.ndarray, num: int, den: int, shape: tuple[int, int]
+) -> np.ndarray:
+    """Boolean map of `shape` marking the output pixels that source pixels (rows, cols) fall in,
+    source pixel r landing in output row ``r * num // den`` (integer arithmetic: exact for any scale).
+    Points beyond `shape` (a block-mean's cut edge) are dropped."""
+    out = np.zeros(shape, bool)
+    r, c = rows.astype(np.int64) * num // den, cols.astype(np.int64) * num // den
+    inside = (r < shape[0]) & (c < shape[1])
+    out[r[inside], c[inside]] = True
+    return out
+
+
+def any_pool(mask: np.ndarray, shape: tuple[int, int], num: int, den: int) -> np.ndarray:
+    """`mask` resized to `shape` at scale num/den so that no True pixel is lost: downscaled, an
+    output pixel is True when any source pixel in its footprint is (a 1-px line stays >= 1 px);
+    upscaled, nearest neighbour."""
+    out = pool_points(*np.nonzero(mask), num, den, shape)
+    if num > den:  # upscaling: fill between the landing points
+        rows = np.minimum(np.arange(shape[0]) * den // num, mask.shape[0] - 1)
+        cols = np.minimum(np.arange(shape[1]) * den // num, mask.shape[1] - 1)
+        out |= mask[np.ix_(rows, cols)]
+    return out
+
+
 def dashes(rows: np.ndarray, cols: np.ndarray, dash_px: int) -> np.ndarray:
     """0/1 for pixels in diagonal bands `dash_px` wide: an outline drawn through them alternates."""
     return ((rows + cols) // dash_px) % 2
@@ -162,6 +189,16 @@ def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> I
     return out
 
 
+def _counted_cracks(result: ImageResult, counted_lut: np.ndarray, f: int, shape: tuple[int, int]) -> np.ndarray:
+    """Crack pixels of counted sections, pooled onto the overlay grid (factor `f`): found on the
+    full-resolution maps, where a 1-px crack exists, not on the sampled ones, where it mostly does not."""
+    rows, cols = np.nonzero(result.phases == Phase.CRACK)
+    ids = np.asarray(result.instances[rows, cols], dtype=np.int64)
+    keep = ids < counted_lut.size
+    keep[keep] = counted_lut[ids[keep]]
+    return pool_points(rows[keep], cols[keep], 1, f, shape)
+
+
 def render_overlay(
     result: ImageResult, max_px: int = 2048, show_ids: bool = True, options: ReportOptions | None = None
 ) -> np.ndarray:
@@ -173,7 +210,8 @@ def render_overlay(
         Image, instance label map, phase map and particle classes.
     max_px : int
         Longest side of the output; larger images are downsampled by an integer
-        factor (block mean for the image, nearest for the maps).
+        factor (block mean for the image, nearest for the maps, any crack pixel in a block
+        for the cracks).
     show_ids : bool
         Write each counted particle's id at its bbox centre ("?" appended when low confidence).
     options : ReportOptions, optional
@@ -196,15 +234,15 @@ def render_overlay(
     # Per label value (ids are the label values of the particles): counted or not.
     is_counted = np.array([options.counts(p.touches_border, p.too_small) for p in result.particles], bool)
     counted = [p for p, c in zip(result.particles, is_counted) if c]
-    counted_lut = np.zeros(int(labels.max(initial=0)) + 1, bool)
     counted_ids = np.array([p.particle_id for p in counted], dtype=np.int64)
-    counted_lut[counted_ids[counted_ids < counted_lut.size]] = True
-    for code, color, alpha in ((Phase.PORE, PORE_RGB, PORE_ALPHA), (Phase.CRACK, CRACK_RGB, CRACK_ALPHA)):
-        sel = phases == code
-        sel[sel] = counted_lut[labels[sel]]  # tinted in counted sections only
-        # Blend only the selected pixels; the rest of the image stays uint8.
-        tint = (1 - alpha) * out[sel].astype(np.float32) + alpha * np.asarray(color, np.float32)
-        out[sel] = tint.astype(np.uint8)
+    counted_lut = np.zeros(int(max(labels.max(initial=0), counted_ids.max(initial=0))) + 1, bool)
+    counted_lut[counted_ids] = True
+    pores = phases == Phase.PORE
+    pores[pores] = counted_lut[labels[pores]]  # tinted in counted sections only
+    # Blend only the selected pixels; the rest of the image stays uint8.
+    tint = (1 - PORE_ALPHA) * out[pores].astype(np.float32) + PORE_ALPHA * np.asarray(PORE_RGB, np.float32)
+    out[pores] = tint.astype(np.uint8)
+    out[_counted_cracks(result, counted_lut, f, gray.shape)] = CRACK_RGB
 
     # Colour lookup by label value on the outline pixels only (ids may be sparse);
     # labels without a ParticleResult are outlined in white.

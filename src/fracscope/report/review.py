@@ -1,7 +1,9 @@
-"""Review material: contact sheets of sampled crops per class, and the low-confidence list.
+"""Review material: contact sheets of sampled particles per class, and the low-confidence list.
 
 A fixed-size, seeded reservoir per class keeps memory bounded however many
-particles arrive; crops are stored as small uint8 RGB thumbnails.
+particles arrive; each kept particle is stored as a small uint8 RGB thumbnail, cut from the
+source image at its own resolution (not the model's resized crop) with its crack pixels drawn,
+so a reviewer can check the class against the cracks the measurements counted.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
-from skimage.segmentation import find_boundaries
 
 from fracscope.report.options import ReportOptions
-from fracscope.report.overlay import CLASS_RGB, normalise_to_uint8
+from fracscope.report.overlay import CLASS_RGB, CRACK_RGB, any_pool, inner_edges, normalise_to_uint8
 from fracscope.report.tables import PARTICLES_CSV, PROB_COLUMNS
-from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult
+from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, Phase
 
 REVIEW_DIR = "review"
 LOW_CONFIDENCE_CSV = "low_confidence.csv"
-THUMB_PX = 128
+THUMB_PX = 160
+#: Context around the particle's box in a thumbnail, as a fraction of the box's longer side.
+THUMB_MARGIN = 0.1
 LOW_CONFIDENCE_COLUMNS: tuple[str, ...] = (
     "image",
     "page",
@@ -53,28 +56,57 @@ class ReviewTile:
     prob: float
 
 
-def make_thumbnail(particle: ParticleResult, size: int = THUMB_PX) -> np.ndarray | None:
-    """RGB uint8 thumbnail of the particle's crop with its mask outline in the class colour."""
-    crop = particle.crop
-    if crop is None:
-        return None
-    gray = normalise_to_uint8(crop.image)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    edge = find_boundaries(np.asarray(crop.mask) > 0.5, mode="inner")
-    rgb[edge] = CLASS_RGB.get(particle.class_name, (255, 255, 255))
-    img = Image.fromarray(rgb, "RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+def _square_window(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, int]:
+    """(row0, col0, side) of a square around the box, centred on it, with `margin` of its longer side
+    on every edge; it may reach beyond the image."""
+    r0, c0, r1, c1 = bbox
+    side = max(r1 - r0, c1 - c0)
+    side += 2 * math.ceil(margin * side)
+    return (r0 + r1 - side) // 2, (c0 + c1 - side) // 2, side
+
+
+def _cut(a: np.ndarray, row0: int, col0: int, side: int) -> np.ndarray:
+    """The (side, side) window of a 2-D map at (row0, col0), 0 where it leaves the map."""
+    out = np.zeros((side, side), dtype=a.dtype)
+    r0, c0 = max(row0, 0), max(col0, 0)
+    r1, c1 = min(row0 + side, a.shape[0]), min(col0 + side, a.shape[1])
+    if r1 > r0 and c1 > c0:
+        out[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = a[r0:r1, c0:c1]
+    return out
+
+
+def make_thumbnail(result: ImageResult, particle: ParticleResult, size: int = THUMB_PX) -> np.ndarray:
+    """RGB uint8 (size, size) thumbnail of a particle cut from the source image: its outline in the
+    class colour, its crack pixels (`result.phases`) in the overlay's crack colour.
+
+    The window is a square around the particle's box (plus `THUMB_MARGIN`) at the image's own
+    resolution, contrast-stretched on itself (black beyond the image's edge) and resized only to
+    `size`; cracks are pooled so a 1-px crack stays at least one thumbnail pixel wide.
+    """
+    row0, col0, side = _square_window(particle.bbox, THUMB_MARGIN)
+    h, w = result.instances.shape[:2]
+    r0, c0, r1, c1 = max(row0, 0), max(col0, 0), min(row0 + side, h), min(col0 + side, w)
+    gray = np.zeros((side, side), np.uint8)
+    gray[r0 - row0 : r1 - row0, c0 - col0 : c1 - col0] = normalise_to_uint8(result.image.pixels[r0:r1, c0:c1])
+    own = _cut(result.instances, row0, col0, side) == particle.particle_id
+    crack = own & (_cut(result.phases, row0, col0, side) == Phase.CRACK)
+    img = Image.fromarray(gray, "L")
+    if side != size:
+        img = img.resize((size, size), Image.Resampling.BOX if side > size else Image.Resampling.BILINEAR)
+    rgb = np.repeat(np.asarray(img)[..., None], 3, axis=2)
+    rgb[any_pool(crack, (size, size), size, side)] = CRACK_RGB
+    own_small = any_pool(own, (size, size), size, side)
+    rgb[inner_edges(own_small.astype(np.uint8))] = CLASS_RGB.get(particle.class_name, (255, 255, 255))
+    return rgb
 
 
 class ReviewSampler:
-    """Seeded reservoir sample (Algorithm R) of crops per class.
+    """Seeded reservoir sample (Algorithm R) of particles per class.
 
     Parameters
     ----------
     per_class : int
-        Crops kept per class.
+        Particles kept per class.
     seed : int
         The same particles in the same order give the same sample.
     include_border, include_too_small : bool
@@ -93,9 +125,9 @@ class ReviewSampler:
         self.tiles: dict[str, list[ReviewTile]] = {c: [] for c in CLASS_NAMES}
 
     def add(self, result: ImageResult) -> None:
-        """Offer every counted particle of an image that has a crop."""
+        """Offer every counted particle of an image."""
         for p in result.particles:
-            if p.crop is None or p.class_name not in self.seen:
+            if p.class_name not in self.seen:
                 continue
             if not self._counting.counts(p.touches_border, p.too_small):
                 continue
@@ -107,8 +139,8 @@ class ReviewSampler:
                 slot = int(self._rng.integers(0, n))
                 if slot >= self.per_class:
                     continue
-            # Thumbnails are made only for kept crops: cheap even with many particles.
-            thumb = make_thumbnail(p)
+            # Thumbnails are made only for kept particles: cheap even with many particles.
+            thumb = make_thumbnail(result, p)
             prob = float(p.probs[CLASS_NAMES.index(p.class_name)])
             tile = ReviewTile(thumb, f"{short_stem(result.stem)} #{p.particle_id}", prob)
             if slot == len(tiles):
@@ -136,7 +168,7 @@ class ReviewSampler:
         title = f"{class_name.replace('_', ' ')}: {len(tiles)} of {self.seen[class_name]} counted particles (random sample)"
         draw.text((pad, 5), title, fill=(0, 0, 0), font=title_font)
         if not tiles:
-            draw.text((pad, title_h + 10), "no particles of this class with crops", fill=(90, 90, 90), font=font)
+            draw.text((pad, title_h + 10), "no counted particles of this class", fill=(90, 90, 90), font=font)
         for i, t in enumerate(tiles):
             x = pad + (i % cols) * cell_w
             y = title_h + (i // cols) * cell_h

@@ -8,6 +8,8 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from fracscope.io.tiff import write_label_tiff
 from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
@@ -28,6 +30,7 @@ from fracscope.report.tables import SKIPPED_PREFIX, ErrorTableWriter, ParticleTa
 from fracscope.types import ImageResult
 
 INSTANCES_DIR = "instances"
+PHASES_DIR = "phases"
 
 
 def _plain_config(config: Mapping | None) -> dict:
@@ -44,15 +47,37 @@ def _plain_config(config: Mapping | None) -> dict:
     return dict(config)
 
 
+def _write_map(
+    output_dir: str | os.PathLike, folder: str, result: ImageResult, labels: np.ndarray, dtype: type
+) -> Path:
+    """Write `<folder>/<stem>.tif` under a temporary name, then rename it: a file under its
+    real name is always whole, even when a run is killed while writing it."""
+    out = Path(output_dir) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{result.stem}.tif"
+    tmp = path.with_name(path.name + ".tmp")
+    write_label_tiff(tmp, labels, result.image.pixel_size_um, dtype=dtype)
+    os.replace(tmp, path)
+    return path
+
+
 def write_instances(result: ImageResult, output_dir: str | os.PathLike) -> Path:
     """Write `instances/<stem>.tif`: the uint32 label map, zlib-compressed.
 
     When the pixel size is known it is stored as the TIFF resolution (pixels per cm),
     so Fiji and other readers show µm.
     """
-    out = Path(output_dir) / INSTANCES_DIR
-    out.mkdir(parents=True, exist_ok=True)
-    return write_label_tiff(out / f"{result.stem}.tif", result.instances, result.image.pixel_size_um)
+    return _write_map(output_dir, INSTANCES_DIR, result, result.instances, np.uint32)
+
+
+def write_phases(result: ImageResult, output_dir: str | os.PathLike) -> Path:
+    """Write `phases/<stem>.tif`: the uint8 phase map (`fracscope.types.Phase` codes) on the
+    image grid, zlib-compressed, with the same pixel size tag as `instances/<stem>.tif`.
+
+    Only the pixels of the particles in particles.csv carry codes (`pipeline.measure_particles`
+    leaves every other pixel 0).
+    """
+    return _write_map(output_dir, PHASES_DIR, result, result.phases, np.uint8)
 
 
 class ReportWriter:
@@ -158,6 +183,8 @@ class ReportWriter:
         opts = self.options
         if opts.write_instances:
             write_instances(result, self.output_dir)
+        if opts.write_phases:
+            write_phases(result, self.output_dir)
         if opts.write_overlays:
             write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids, opts)
         if opts.write_review:
@@ -229,4 +256,4 @@ class ReportWriter:
             self._coco.close_file()
 
 
-__all__ = ["INSTANCES_DIR", "ReportWriter", "image_key", "write_instances"]
+__all__ = ["INSTANCES_DIR", "PHASES_DIR", "ReportWriter", "image_key", "write_instances", "write_phases"]
