@@ -9,6 +9,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 DEFAULT_MODEL = REPO_ROOT / "models" / "fracscope_default.onnx"
 DEFAULT_DETECTOR = REPO_ROOT / "models" / "fracscope_detector.onnx"
+DEFAULT_PHASE_MODEL = REPO_ROOT / "models" / "fracscope_phases.onnx"
 #: The Hydra config tree of every command (conf/infer.yaml, conf/train.yaml, conf/synth/, ...).
 CONF_DIR = REPO_ROOT / "conf"
 
@@ -34,3 +35,8 @@ def resolve_model(value: str | None) -> str:
 def resolve_detector(value: str | Path | None) -> str:
     """The learned detector file: the shipped one when none is given."""
     return _resolve(value, DEFAULT_DETECTOR, "learned detector")
+
+
+def resolve_phase_model(value: str | Path | None) -> str:
+    """The dense phase model file (`fracscope.phase_map`): the shipped one when none is given."""
+    return _resolve(value, DEFAULT_PHASE_MODEL, "dense phase model")

@@ -10,6 +10,7 @@ classifier    `ModelMetadata`     ``fracscope``                 ``crops`` → ``
                                                                 ``phase_probs``
 detector      `DetectorMetadata`  ``fracscope_detector``        ``image`` → ``foreground_prob``,
                                                                 ``distance``
+phases        `PhaseMetadata`     ``fracscope_phases``          ``image`` → ``phase_probs``
 ============  ==================  ============================  ===============================
 
 A coming model kind adds a metadata dataclass with ``KIND``, ``METADATA_KEY``, ``INPUT_NAME``
@@ -54,6 +55,18 @@ DETECTOR_INPUT_NAME = "image"
 DETECTOR_OUTPUT_NAMES: tuple[str, str] = ("foreground_prob", "distance")
 DEFAULT_WORKING_PIXEL_SIZE_UM = 0.15
 PAD_MULTIPLE = 32
+
+# The dense (native-resolution) phase model.
+PHASES_METADATA_KEY = "fracscope_phases"
+PHASES_SCHEMA_VERSION = 1
+PHASES_INPUT_NAME = "image"
+PHASES_OUTPUT_NAMES: tuple[str] = ("phase_probs",)
+DEFAULT_PHASE_PIXEL_SIZE_UM = 0.05
+#: Inference tile and overlap at working scale (px, multiples of PAD_MULTIPLE); see `fracscope.phase_map`.
+DEFAULT_PHASE_TILE_PX = 512
+DEFAULT_PHASE_OVERLAP_PX = 64
+#: ``config["task"]`` of a `PhaseModule` checkpoint (written by `PhaseDataModule.describe`).
+PHASE_MAP_TASK = "phase_map"
 
 M = TypeVar("M")
 
@@ -363,11 +376,160 @@ class DetectorMetadata:
         )
 
 
-METADATA_CLASSES: tuple[type, ...] = (ModelMetadata, DetectorMetadata)
+# --------------------------------------------------------------------------------------------
+# The dense phase model
+# --------------------------------------------------------------------------------------------
+
+
+def _default_percentile_normalisation() -> dict[str, Any]:
+    return {"method": "percentile", "low_pct": NORM_PERCENTILES[0], "high_pct": NORM_PERCENTILES[1],
+            "over": "whole image at working scale"}
+
+
+@dataclass(frozen=True)
+class PhaseMetadata:
+    """What a dense phase-model file (`fracscope.phase_map.PhaseMapModel`) says about itself.
+
+    Attributes
+    ----------
+    working_pixel_size_um:
+        Pixel size (µm) the network was trained at; images are resampled to it.
+    normalisation:
+        ``{"method": "percentile", "low_pct", "high_pct", "over": ...}``: percentile scaling
+        over the whole image at working scale, as in training.
+    pad_multiple:
+        Input height and width must be multiples of this (the encoder's stride).
+    tile_px, overlap_px:
+        Default inference tile side and smallest overlap between tiles, working px
+        (multiples of `pad_multiple`); `PhaseMapModel` arguments override them.
+    encoder, in_channels:
+        Architecture facts.
+    phase_names:
+        Output channel names, in index order.
+    pixel_size_range_um:
+        (min, max) pixel size of the source images seen in training, µm; None when unknown.
+    class_rule:
+        Parameters of the per-particle damage-class decision taken from this model's phase map
+        (empty until that rule is tuned).
+    training_data, synth_version, metrics:
+        Provenance and best validation metrics.
+    precision, fracscope_version, export_date, schema_version:
+        Filled at export.
+    extra:
+        Other plain-typed facts (training tile size, phase fractions, augmentation, ...).
+    """
+
+    KIND: ClassVar[str] = "phases"
+    METADATA_KEY: ClassVar[str] = PHASES_METADATA_KEY
+    INPUT_NAME: ClassVar[str] = PHASES_INPUT_NAME
+    OUTPUT_NAMES: ClassVar[tuple[str, ...]] = PHASES_OUTPUT_NAMES
+
+    working_pixel_size_um: float = DEFAULT_PHASE_PIXEL_SIZE_UM
+    normalisation: dict[str, Any] = field(default_factory=_default_percentile_normalisation)
+    pad_multiple: int = PAD_MULTIPLE
+    tile_px: int = DEFAULT_PHASE_TILE_PX
+    overlap_px: int = DEFAULT_PHASE_OVERLAP_PX
+    encoder: str = ""
+    in_channels: int = 1
+    phase_names: tuple[str, ...] = PHASE_NAMES
+    pixel_size_range_um: tuple[float, float] | None = None
+    class_rule: dict[str, Any] = field(default_factory=dict)
+    training_data: str = ""
+    synth_version: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    fracscope_version: str = ""
+    export_date: str = ""
+    schema_version: int = PHASES_SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase_names", tuple(str(p) for p in self.phase_names))
+        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
+        if self.pixel_size_range_um is not None:
+            lo, hi = (float(v) for v in self.pixel_size_range_um)
+            object.__setattr__(self, "pixel_size_range_um", (lo, hi))
+            if not 0 < lo <= hi:
+                raise MetadataError(f"pixel_size_range_um must satisfy 0 < min <= max, got {(lo, hi)}")
+        if not float(self.working_pixel_size_um) > 0:
+            raise MetadataError(f"working_pixel_size_um must be > 0, got {self.working_pixel_size_um}")
+        multiple = int(self.pad_multiple)
+        if multiple < 1:
+            raise MetadataError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
+        if int(self.tile_px) < multiple or int(self.tile_px) % multiple or int(self.overlap_px) % multiple:
+            raise MetadataError(f"tile_px ({self.tile_px}) and overlap_px ({self.overlap_px}) must be multiples "
+                                f"of pad_multiple ({multiple}), tile_px at least one")
+        if not 0 <= int(self.overlap_px) < int(self.tile_px):
+            raise MetadataError(f"need 0 <= overlap_px < tile_px, got {self.overlap_px}, {self.tile_px}")
+        if len(self.phase_names) < 2 or "crack" not in self.phase_names:
+            raise MetadataError(f"phase_names needs at least 2 names including 'crack', got {self.phase_names!r}")
+        if self.normalisation.get("method", "percentile") != "percentile":
+            raise MetadataError(f"unknown normalisation method {self.normalisation.get('method')!r}; "
+                                "expected 'percentile'")
+        lo_pct, hi_pct = self.percentiles
+        if not 0.0 <= lo_pct < hi_pct <= 100.0:
+            raise MetadataError(f"need 0 <= low_pct < high_pct <= 100, got {lo_pct}, {hi_pct}")
+        if self.precision not in PRECISIONS:
+            raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check_schema(self.schema_version, PHASES_SCHEMA_VERSION, "phase-model metadata")
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        """(low, high) normalisation percentiles stored in the file."""
+        norm = self.normalisation
+        return (float(norm.get("low_pct", NORM_PERCENTILES[0])), float(norm.get("high_pct", NORM_PERCENTILES[1])))
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (sorted keys, plain types)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PhaseMetadata:
+        """Parse `to_json` output; unknown keys go to ``extra`` (forward compatibility)."""
+        return dataclass_from_json(cls, text, "phase-model metadata")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> PhaseMetadata:
+        """Build from a `PhaseModule` checkpoint's ``hyper_parameters`` (``net``, ``loss``, ``config``).
+
+        ``config`` is `PhaseDataModule.describe()` plus ``best_metrics``. Its ``tile_px`` is the
+        *training* tile: it is kept as ``extra["training_tile_px"]``, not taken as the inference
+        tile. Other plain ``config`` entries and the loss settings are kept in ``extra``.
+        """
+        net = dict(hparams.get("net") or {})
+        cfg = dict(hparams.get("config") or {})
+        read = ("working_pixel_size_um", "normalisation", "pixel_size_range_um", "phase_names", "training_data",
+                "synth_version")
+        kwargs: dict[str, Any] = {k: cfg[k] for k in read if cfg.get(k) is not None}
+        kwargs["encoder"] = str(net.get("encoder", ""))
+        kwargs["in_channels"] = int(net.get("in_channels", cfg.get("in_channels", 1)))
+        kwargs["metrics"] = _numbers(cfg.get("best_metrics"))
+        n_phases = int(net.get("num_phases", len(kwargs.get("phase_names", PHASE_NAMES))))
+        if n_phases != len(kwargs.get("phase_names", PHASE_NAMES)):
+            raise MetadataError(f"the network has {n_phases} phase outputs but the names are "
+                                f"{kwargs.get('phase_names', PHASE_NAMES)}")
+        used = {*read, "in_channels", "best_metrics", "tile_px"}
+        extra = {k: v for k, v in cfg.items() if k not in used and _is_plain(v)}
+        if "tile_px" in cfg:
+            extra["training_tile_px"] = cfg["tile_px"]
+        if _is_plain(hparams.get("loss")) and hparams.get("loss"):
+            extra["loss"] = hparams["loss"]
+        kwargs["extra"] = extra
+        return cls(**kwargs)
+
+
+METADATA_CLASSES: tuple[type, ...] = (ModelMetadata, DetectorMetadata, PhaseMetadata)
 
 
 def checkpoint_kind(hparams: Mapping[str, Any]) -> type:
-    """The metadata class of a checkpoint's model: only a `DetectorModule` stores ``postprocess``."""
+    """The metadata class of a checkpoint's model.
+
+    A `PhaseModule`'s ``config["task"]`` is ``"phase_map"``; only a `DetectorModule` stores
+    ``postprocess``; anything else is a classifier.
+    """
+    config = hparams.get("config")
+    if isinstance(config, Mapping) and config.get("task") == PHASE_MAP_TASK:
+        return PhaseMetadata
     return DetectorMetadata if "postprocess" in hparams else ModelMetadata
 
 
@@ -444,14 +606,14 @@ def _missing_metadata(path: str | Path, kind: type) -> MetadataError:
 
 
 def metadata_from_props(path: str | Path, props: Mapping[str, str], kind: type[M]) -> M:
-    """`kind` (`ModelMetadata` or `DetectorMetadata`) from a file's ``metadata_props``."""
+    """`kind` (one of `METADATA_CLASSES`) from a file's ``metadata_props``."""
     if kind.METADATA_KEY not in props:  # type: ignore[attr-defined]
         raise _missing_metadata(path, kind)
     return kind.from_json(props[kind.METADATA_KEY])  # type: ignore[attr-defined]
 
 
 def read_metadata(path: str | Path, kind: type[M] = ModelMetadata) -> M:  # type: ignore[assignment]
-    """Read the metadata of `kind` (`ModelMetadata` or `DetectorMetadata`) from an ONNX file.
+    """Read the metadata of `kind` (one of `METADATA_CLASSES`) from an ONNX file.
 
     Raises
     ------
@@ -462,7 +624,7 @@ def read_metadata(path: str | Path, kind: type[M] = ModelMetadata) -> M:  # type
     return metadata_from_props(path, read_props(path), kind)
 
 
-def write_metadata(path: str | Path, metadata: ModelMetadata | DetectorMetadata) -> None:
+def write_metadata(path: str | Path, metadata: ModelMetadata | DetectorMetadata | PhaseMetadata) -> None:
     """Store `metadata` (replacing any previous one of its kind) in the ONNX file at `path`, in place."""
     import onnx
 
@@ -536,7 +698,7 @@ def open_onnx_session(path: str | Path, kind: type[M], device: str = "cpu",
     Parameters
     ----------
     path: the ``.onnx`` file.
-    kind: `ModelMetadata` or `DetectorMetadata`; the file must carry that metadata and the
+    kind: one of `METADATA_CLASSES`; the file must carry that metadata and the
         graph must have that kind's input and output names.
     device: 'cpu', 'cuda' or 'cuda:N'. CUDA needs the ``onnxruntime-gpu`` package and is checked
         to really run (onnxruntime silently falls back to CPU otherwise).

@@ -10,10 +10,13 @@ replace) serves both kinds; what differs is the wrapper, the graph names and the
 - detector (`export_detector`): ``image: float32 (batch, 1, height, width)`` (height and
   width multiples of 32; `LearnedDetector` pads) → ``foreground_prob`` and ``distance``, each
   (batch, 1, height, width), sigmoids included; batch, height and width are dynamic.
+- dense phase model (`export_phases`): ``image: float32 (batch, 1, height, width)`` (multiples
+  of 32; `fracscope.phase_map.PhaseMapModel` pads each tile) → ``phase_probs`` (batch, 4,
+  height, width), softmax included (`PhaseProbabilities`); batch, height and width are dynamic.
 
 Everything a consumer needs to use the file correctly travels in its metadata
 (`fracscope.model_file`). Parity: `fracscope.export.parity`; int8: `fracscope.export.quantise`.
-`export_checkpoint` reads a training checkpoint of either kind. CLI: ``python -m fracscope.export``.
+`export_checkpoint` reads a training checkpoint of any kind. CLI: ``python -m fracscope.export``.
 
 Example
 -------
@@ -40,6 +43,8 @@ from fracscope.export.parity import (
     ExportParityError,
     ExportReport,
     ParityTolerance,
+    PhaseExportReport,
+    PhaseParity,
     compare_outputs,
     parity_batch,
     parity_inputs,
@@ -50,8 +55,11 @@ from fracscope.model_file import (
     DETECTOR_OUTPUT_NAMES,
     INPUT_NAME,
     OUTPUT_NAMES,
+    PHASES_INPUT_NAME,
+    PHASES_OUTPUT_NAMES,
     DetectorMetadata,
     ModelMetadata,
+    PhaseMetadata,
     read_metadata,
     write_metadata,
 )
@@ -61,11 +69,13 @@ __all__ = [
     "ExportParityError",
     "ExportReport",
     "ParityTolerance",
+    "PhaseExportReport",
     "compare_outputs",
     "export_checkpoint",
     "export_detector",
     "export_network",
     "export_onnx",
+    "export_phases",
     "load_calibration",
     "parity_batch",
     "parity_inputs",
@@ -187,6 +197,62 @@ def export_detector(
     return export_network(wrapper, out_path, meta, graph, parity, opset, calibration, calibration_batch=4)
 
 
+def export_phases(
+    network: Any,
+    out_path: str | Path,
+    metadata: PhaseMetadata,
+    opset: int = 17,
+    max_abs_diff: float = 1e-4,
+    parity_shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES,
+    quantize: bool = False,
+    calibration: np.ndarray | None = None,
+    min_phase_agreement_pct: float = 90.0,
+) -> PhaseExportReport:
+    """Export a `PhaseNet` to ONNX (softmax included) with dynamic batch / height / width and metadata.
+
+    Parameters
+    ----------
+    network : nn.Module
+        ``x (N, 1, H, W) -> (N, 4, H, W)`` phase logits; copied, the original is untouched.
+    metadata : PhaseMetadata
+        Facts to embed; ``precision``, ``export_date`` and ``fracscope_version`` are set here.
+    max_abs_diff : float
+        Largest allowed |onnx - torch| probability over all parity inputs (fp32).
+    parity_shapes : sequence of (batch, height, width)
+        Parity inputs; height and width multiples of 32.
+    quantize : bool
+        Write a static int8 QDQ model instead of fp32.
+    calibration : ndarray, optional
+        float32 (N, 1, H, W) normalised tiles at working scale for int8 calibration;
+        default `synthetic_calibration_tiles` at the model's working pixel size.
+    min_phase_agreement_pct : float
+        int8 only: smallest allowed share of calibration pixels whose phase argmax matches
+        PyTorch's.
+
+    Raises
+    ------
+    ExportParityError
+        When onnxruntime disagrees with PyTorch beyond the thresholds.
+    """
+    from fracscope.models.phase_net import PhaseProbabilities
+
+    meta = stamped(metadata, quantize)
+    if quantize:
+        if calibration is None:
+            calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
+            meta = dataclasses.replace(meta, extra={**meta.extra, "calibration": (
+                f"{len(calibration)} generated synthetic tiles at working scale; not real data")})
+        calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+        if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
+            raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
+    wrapper = PhaseProbabilities(prepare_for_export(network)).eval()
+    graph = Graph(PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, {0: "batch", 2: "height", 3: "width"},
+                  (1, int(meta.in_channels), 64, 96))
+    parity = PhaseParity(wrapper, Path(out_path), meta, opset, max_abs_diff, parity_shapes, calibration,
+                         min_phase_agreement_pct)
+    return export_network(wrapper, out_path, meta, graph, parity, opset, calibration, calibration_batch=4)
+
+
 def export_checkpoint(
     ckpt_path: str | Path,
     out_path: str | Path,
@@ -195,14 +261,20 @@ def export_checkpoint(
     opset: int = 17,
     pore_weight: float | None = None,
     postprocess: Mapping[str, Any] | None = None,
-) -> ExportReport | DetectorExportReport:
-    """Export a training checkpoint (``.ckpt``) of either kind; see `export_onnx`, `export_detector`.
+) -> ExportReport | DetectorExportReport | PhaseExportReport:
+    """Export a training checkpoint (``.ckpt``) of any kind; see `export_onnx`, `export_detector`,
+    `export_phases`.
 
     `pore_weight` (classifier) and `postprocess` (detector thresholds) override stored values.
     """
     from fracscope.models.checkpoint import load_network
 
     network, metadata = load_network(ckpt_path)
+    if isinstance(metadata, PhaseMetadata):
+        if pore_weight is not None or postprocess:
+            raise ValueError(f"{ckpt_path} is a phase-model checkpoint: pore_weight and post-processing "
+                             "thresholds are settings of the other kinds")
+        return export_phases(network, out_path, metadata, opset=opset, quantize=quantize, calibration=calibration)
     if isinstance(metadata, DetectorMetadata):
         if pore_weight is not None:
             raise ValueError(f"{ckpt_path} is a detector checkpoint: pore_weight is a classifier setting")

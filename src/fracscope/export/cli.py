@@ -8,11 +8,11 @@ from pathlib import Path
 
 from fracscope.cli import ArgumentParser, usage_errors
 from fracscope.export import export_checkpoint, load_calibration, set_pore_weight, set_postprocess
-from fracscope.model_file import DETECTOR_METADATA_KEY, read_props
+from fracscope.model_file import DETECTOR_METADATA_KEY, PHASES_METADATA_KEY, read_props
 
 DESCRIPTION = """\
-Export a fracscope training checkpoint (particle classifier or learned detector; the kind is
-read from the checkpoint) to an ONNX model file with its metadata, after a parity check
+Export a fracscope training checkpoint (particle classifier, learned detector or dense phase
+model; the kind is read from the checkpoint) to an ONNX model file with its metadata, after a parity check
 against PyTorch. --int8 writes a static int8 model instead.
 
 Given an exported .onnx instead of a checkpoint, only rewrites settings stored in it, in place:
@@ -62,7 +62,10 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.checkpoint.suffix == ".onnx":
         if args.out is not None or args.int8 or args.calibration is not None:
             parser.error("an .onnx input is rewritten in place: it takes only --pore-weight or threshold options")
-        if DETECTOR_METADATA_KEY in read_props(args.checkpoint):
+        props = read_props(args.checkpoint)
+        if PHASES_METADATA_KEY in props:
+            parser.error("a phase-model .onnx has no settings to re-set here")
+        if DETECTOR_METADATA_KEY in props:
             if not post or args.pore_weight is not None:
                 parser.error("a detector .onnx takes only threshold options (--foreground-threshold, ...)")
             print(f"{args.checkpoint}: postprocess {set_postprocess(args.checkpoint, **post).postprocess}")

@@ -13,6 +13,8 @@ calls on the fp32 file and again on the int8 file; it returns the kind's report 
   dynamic height and width are exercised, not just declared; int8 must agree with PyTorch on
   the foreground (probability > 0.5) of ``min_foreground_agreement_pct`` of the calibration
   pixels.
+- Dense phase model: fp32 as the detector's (two input sizes, max |Δprob|); int8 must give
+  the same phase argmax as PyTorch on ``min_phase_agreement_pct`` of the calibration pixels.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.model_file import DetectorMetadata, ModelMetadata, open_onnx_session, sha256_of
+from fracscope.model_file import DetectorMetadata, ModelMetadata, PhaseMetadata, open_onnx_session, sha256_of
 
 # (batch, height, width) of the detector's parity inputs: two shapes, neither square.
 PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((2, 96, 160), (1, 192, 64))
@@ -131,6 +133,35 @@ class DetectorExportReport:
         return text
 
 
+@dataclass(frozen=True)
+class PhaseExportReport:
+    """What a phase-model export produced: fp32 parity on the shapes checked and, for int8,
+    agreement of the phase argmax with PyTorch on the calibration tiles."""
+
+    path: Path
+    opset: int
+    shapes: tuple[tuple[int, int, int, int], ...]
+    max_abs_diff: float
+    size_bytes: int
+    metadata: PhaseMetadata
+    phase_agreement_pct: float | None = None
+    max_prob_diff_int8: float | None = None
+    sha256: str = ""
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.precision
+
+    def summary(self) -> str:
+        shapes = ", ".join("x".join(str(s) for s in sh) for sh in self.shapes)
+        text = (f"{self.path} ({self.metadata.precision}, {self.size_bytes / 1e6:.1f} MB, opset {self.opset}): "
+                f"fp32 parity max |Δprob| {self.max_abs_diff:.2e} on inputs {shapes}")
+        if self.phase_agreement_pct is not None:
+            text += (f"; int8 vs PyTorch on calibration tiles: phase argmax agreement "
+                     f"{self.phase_agreement_pct:.2f} %, max |Δprob| {self.max_prob_diff_int8:.3f}")
+        return text
+
+
 # --------------------------------------------------------------------------------------------
 # Inputs and outputs
 # --------------------------------------------------------------------------------------------
@@ -188,13 +219,14 @@ def parity_inputs(shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES, seed: 
 
 
 def torch_outputs(wrapper: Any, x: np.ndarray, batch_size: int = 8) -> tuple[np.ndarray, ...]:
-    """The exported wrapper's outputs in eager PyTorch, in batches of `batch_size`."""
+    """The exported wrapper's outputs (a tensor or a tuple of them) in eager PyTorch, in batches of `batch_size`."""
     import torch
 
     parts = []
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
-            parts.append([t.numpy() for t in wrapper(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))])
+            out = wrapper(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])))
+            parts.append([t.numpy() for t in ((out,) if isinstance(out, torch.Tensor) else out)])
     return tuple(np.concatenate(outs) for outs in zip(*parts, strict=True))
 
 
@@ -314,5 +346,48 @@ class DetectorParity:
             raise ExportParityError(
                 f"int8 detector agrees with PyTorch on only {agreement:.2f} % of foreground pixels "
                 f"(< {self.min_foreground_agreement_pct} %); {self.out_path} was not written", report
+            )
+        return report
+
+
+@dataclass
+class PhaseParity:
+    """Parity of a phase-model export: exact on two input sizes (fp32), phase argmax agreement (int8)."""
+
+    wrapper: Any
+    out_path: Path
+    metadata: PhaseMetadata
+    opset: int
+    max_abs_diff: float = 1e-4
+    parity_shapes: Sequence[tuple[int, int, int]] = PARITY_SHAPES
+    calibration: np.ndarray | None = None
+    min_phase_agreement_pct: float = 90.0
+    _fp32: PhaseExportReport | None = None
+
+    def __call__(self, path: Path, precision: str) -> PhaseExportReport:
+        if precision == "fp32":
+            worst, shapes = 0.0, []
+            for x in parity_inputs(self.parity_shapes):
+                (ref,), (got,) = torch_outputs(self.wrapper, x), onnx_outputs(path, PhaseMetadata, x)
+                worst = max(worst, float(np.max(np.abs(ref - got))))
+                shapes.append(tuple(int(s) for s in x.shape))
+            if not worst <= self.max_abs_diff:
+                raise ExportParityError(
+                    f"phase-model ONNX export disagrees with PyTorch (max |Δprob| {worst:.3g} > "
+                    f"{self.max_abs_diff:.3g}); {self.out_path} was not written"
+                )
+            self._fp32 = PhaseExportReport(self.out_path, self.opset, tuple(shapes), worst, path.stat().st_size,
+                                           self.metadata, sha256=sha256_of(path))
+            return self._fp32
+        assert self._fp32 is not None and self.calibration is not None, "int8 is checked after fp32"
+        check = self.calibration[:8]
+        (ref,), (got,) = torch_outputs(self.wrapper, check, 4), onnx_outputs(path, PhaseMetadata, check, 4)
+        agreement = 100.0 * float(np.mean(ref.argmax(1) == got.argmax(1)))
+        report = dataclasses.replace(self._fp32, size_bytes=path.stat().st_size, sha256=sha256_of(path),
+                                     phase_agreement_pct=agreement, max_prob_diff_int8=float(np.max(np.abs(ref - got))))
+        if not agreement >= self.min_phase_agreement_pct:
+            raise ExportParityError(
+                f"int8 phase model agrees with PyTorch on the phase of only {agreement:.2f} % of pixels "
+                f"(< {self.min_phase_agreement_pct} %); {self.out_path} was not written", report
             )
         return report

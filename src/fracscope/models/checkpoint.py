@@ -15,6 +15,7 @@ import torch
 from fracscope.model_file import (
     MetadataError,
     ModelMetadata,
+    PhaseMetadata,
     checkpoint_kind,
     load_checkpoint_dict,
     read_metadata,
@@ -30,13 +31,14 @@ def load_network(path: str | Path, kind: type | None = None) -> tuple[torch.nn.M
     Parameters
     ----------
     kind : type, optional
-        `ModelMetadata` (particle network, ``x -> (class_logits, phase_logits)``) or
-        `DetectorMetadata` (``x -> (N, 2, H, W)``); None: what the checkpoint holds
+        `ModelMetadata` (particle network, ``x -> (class_logits, phase_logits)``),
+        `DetectorMetadata` (``x -> (N, 2, H, W)``) or `PhaseMetadata` (`PhaseNet`,
+        ``x -> (N, 4, H, W)`` phase logits); None: what the checkpoint holds
         (`fracscope.model_file.checkpoint_kind`). A mismatch is an error.
 
     Returns
     -------
-    (network, ModelMetadata or DetectorMetadata)
+    (network, ModelMetadata, DetectorMetadata or PhaseMetadata)
 
     Raises
     ------
@@ -56,6 +58,10 @@ def load_network(path: str | Path, kind: type | None = None) -> tuple[torch.nn.M
         from fracscope.models.unet import build_model
 
         network = build_model(net_cfg)
+    elif found is PhaseMetadata:
+        from fracscope.models.phase_net import build_phase_net
+
+        network = build_phase_net(net_cfg)
     else:
         from fracscope.models.detector_net import build_detector_net
 
