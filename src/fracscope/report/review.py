@@ -162,10 +162,12 @@ class ReviewSampler:
         cols = max(1, min(columns, len(tiles)))
         rows = max(1, math.ceil(len(tiles) / cols))
         cell_w, cell_h = THUMB_PX + pad, THUMB_PX + cap_h + pad
-        width = max(cols * cell_w + pad, 420)
+        title = (f"{class_name.replace('_', ' ')}: {len(tiles)} of {self.seen[class_name]} counted particles "
+                 "(random sample); magenta: crack pixels")
+        title_w = math.ceil(title_font.getlength(title)) + 2 * pad  # a sheet of few cells is widened, not clipped
+        width = max(cols * cell_w + pad, title_w)
         sheet = Image.new("RGB", (width, title_h + rows * cell_h + pad), (255, 255, 255))
         draw = ImageDraw.Draw(sheet)
-        title = f"{class_name.replace('_', ' ')}: {len(tiles)} of {self.seen[class_name]} counted particles (random sample)"
         draw.text((pad, 5), title, fill=(0, 0, 0), font=title_font)
         if not tiles:
             draw.text((pad, title_h + 10), "no counted particles of this class", fill=(90, 90, 90), font=font)
