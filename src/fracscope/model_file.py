@@ -408,9 +408,11 @@ class PhaseMetadata:
         Output channel names, in index order.
     pixel_size_range_um:
         (min, max) pixel size of the source images seen in training, µm; None when unknown.
+    pore_polarities:
+        Pore appearances seen in training (``("dark",)``: no Pt-filled pores yet).
     class_rule:
         Parameters of the per-particle damage-class decision taken from this model's phase map
-        (empty until that rule is tuned).
+        (`fracscope.classify.class_rule_from_dict`; empty = the default `CrackRule`).
     training_data, synth_version, metrics:
         Provenance and best validation metrics.
     precision, fracscope_version, export_date, schema_version:
@@ -433,6 +435,7 @@ class PhaseMetadata:
     in_channels: int = 1
     phase_names: tuple[str, ...] = PHASE_NAMES
     pixel_size_range_um: tuple[float, float] | None = None
+    pore_polarities: tuple[str, ...] = ("dark",)
     class_rule: dict[str, Any] = field(default_factory=dict)
     training_data: str = ""
     synth_version: str | None = None
@@ -445,6 +448,7 @@ class PhaseMetadata:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase_names", tuple(str(p) for p in self.phase_names))
+        object.__setattr__(self, "pore_polarities", tuple(str(p) for p in self.pore_polarities))
         object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
         if self.pixel_size_range_um is not None:
             lo, hi = (float(v) for v in self.pixel_size_range_um)

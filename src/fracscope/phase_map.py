@@ -30,6 +30,8 @@ bounded by one tile.
 
 from __future__ import annotations
 
+import functools
+
 import math
 from pathlib import Path
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from fracscope.detect.learned import normalise_image, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
-from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session
+from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
 
 #: Largest working image whose normalisation percentiles are taken over every pixel (16.8 Mpx,
 #: e.g. 4096 x 4096); larger ones use a strided subsample of at most about this many pixels.
@@ -146,6 +148,11 @@ class PhaseMapModel:
     @property
     def working_pixel_size_um(self) -> float:
         return float(self.metadata.working_pixel_size_um)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The model file's SHA-256 (provenance, resume checks)."""
+        return sha256_of(self.model_path)
 
     def predict(self, pixels: np.ndarray, pixel_size_um: float) -> np.ndarray:
         """float32 (P, H, W) phase probabilities of a grey image (H, W) on its own pixel grid.

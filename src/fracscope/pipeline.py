@@ -303,7 +303,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         too_small = diameter < (settings.min_judge_diameter_um if px else settings.min_judge_diameter_px)
         particles.append(
             ParticleResult(
-                particle_id=crop.particle_id,
+                particle_id=pid,
                 class_name=CLASS_NAMES[class_index],
                 probs=tuple(float(p) for p in probs),
                 low_confidence=bool(np.max(probs) < settings.low_confidence),
@@ -499,7 +499,7 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         "model_metadata": models.crops.metadata.to_dict() if models.crops is not None else None,
         "phase_model_path": str(models.phases.model_path) if models.phases is not None else None,
         "phase_model_sha256": models.phases.sha256 if models.phases is not None else None,
-        "phase_model_metadata": models.phases.metadata.to_dict() if models.phases is not None else None,
+        "phase_model_metadata": json.loads(models.phases.metadata.to_json()) if models.phases is not None else None,
         "input": input_spec,
         "command": " ".join(sys.argv),
     }
