@@ -1,11 +1,12 @@
 """Class fractions on electrode fields drawn with the SHIFTED crack style (bench/shifted_cracks.yaml).
 
-    python bench/shifted_cracks.py [--particles 300] [--seed 101] [--configs shifted,training]
+    python bench/shifted_cracks.py [--particles 300] [--seed 101] [--configs shifted,unshifted]
                                    [--set classify=topology --set model_path=... ...] [--quick]
 
 Per preset (gp, p) and per config, generates electrode fields with `fracscope.synth.generate_electrode`
-(`shifted`: conf/synth/config.yaml + bench/shifted_cracks.yaml; `training`: the same seed without the crack
-overrides but with the shifted config's damage fractions, so the two differ only in how cracks look), runs
+(`shifted`: conf/synth/config.yaml + bench/shifted_cracks.yaml; `unshifted`: the same seed and config without the
+crack overrides but with the shifted file's damage fractions, so the two differ only in how cracks look; both use
+the config's fixed imaging, not the per-image draws of the training set), runs
 detection + analysis through `crack_visibility.analyse_field` (the one call into the pipeline) and matches
 predictions to the true sections at IoU >= 0.5. On matched sections that are whole and large enough to judge
 (neither the truth nor the prediction cut by the border, the prediction not too_small: the ones the summary
@@ -35,13 +36,13 @@ PRESETS = ("gp", "p")
 
 
 def config_overrides(name: str) -> list[str]:
-    """The synth overrides of a config: `shifted` is the committed file; `training` keeps only its damage fractions."""
+    """The synth overrides of a config: `shifted` is the committed file; `unshifted` keeps only its damage fractions."""
     shifted = [str(o) for o in OmegaConf.load(SHIFTED)]
     if name == "shifted":
         return shifted
-    if name == "training":
+    if name == "unshifted":
         return [o for o in shifted if o.startswith("damage=")]
-    raise ValueError(f"unknown config {name!r}: shifted or training")
+    raise ValueError(f"unknown config {name!r}: shifted or unshifted")
 
 
 def score(name: str, preset: str, n_particles: int, seed: int, run, field_px: tuple[int, int]) -> dict:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--particles", type=int, default=200, help="true sections per preset and config (at least)")
     ap.add_argument("--seed", type=int, default=101, help="a tuning seed: never 0 (training) or 9001 (held-out)")
-    ap.add_argument("--configs", default="shifted,training", help="comma-separated: shifted, training")
+    ap.add_argument("--configs", default="shifted,unshifted", help="comma-separated: shifted, unshifted")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="infer override (compose)")
     ap.add_argument("--field-px", type=int, nargs=2, default=(1536, 2048), metavar=("H", "W"), help="field size")
     ap.add_argument("--quick", action="store_true", help="smoke run: 30 sections per preset, shifted only")

@@ -63,3 +63,15 @@ def test_intact_section_has_no_crack_pixel_but_grains_and_pores():
     assert section.boundary.any()
     assert section.class_name == "intact"
     assert len(section.centreline) == 0
+
+
+def test_shifted_crack_config_changes_the_cracks_and_the_unshifted_one_only_the_damage_fractions():
+    from shifted_cracks import config_overrides
+
+    base, shifted, unshifted = (load_config("p", o) for o in ([], config_overrides("shifted"),
+                                                               config_overrides("unshifted")))
+    assert shifted.particle.crack_width_um != base.particle.crack_width_um
+    assert shifted.particle.crack_branches != base.particle.crack_branches
+    assert shifted.imaging.pore_level != base.imaging.pore_level
+    assert shifted.damage == unshifted.damage != base.damage
+    assert unshifted.particle == base.particle and unshifted.imaging == base.imaging
