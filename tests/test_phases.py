@@ -160,7 +160,8 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     crops = crop_particles(pixels, instances, CropSpec(size=S))
     classes, probs = predict_crops(_Backend(), crops, 8)
     located = LocatedParticles(SEMImage(pixels, 0.05), instances, crops, {}, None)
-    result = measure_particles(Predicted(located, "f", "all", classes, probs, 1.3), AnalysisSettings(), StageTimes())
+    settings = AnalysisSettings(segmenter="crops", classify="head")
+    result = measure_particles(Predicted(located, "f", "all", None, None, classes, probs, 1.3), settings, StageTimes())
     assert len(calls) == 1 and (result.phases[disc] == Phase.PORE).all()
 
     # pores3d: the same section in a one-slice block, the same weight
@@ -182,8 +183,30 @@ def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path,
     stack = tmp_path / "s.tif"
     tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
     cfg = compose("pores3d", f"input={stack}", f"output={tmp_path / 'out'}", "voxel_size_um=[0.02,0.01,0.01]",
-                  "segment.method=model", f"segment.model_path={stack}")
+                  "segment.method=model", "segment.model=crops", f"segment.model_path={stack}")
     with pytest.raises(SettingsError, match=r"'bright'.*segment\.method=otsu"):
         run(OmegaConf.merge(cfg, {"segment": {"pore_polarity": "bright"}}))
     with pytest.raises(SettingsError, match="pore_weight must be positive"):
         run(OmegaConf.merge(cfg, {"segment": {"pore_weight": 0.0}}))
+
+
+def test_native_phases_trim_the_rim_and_take_the_inside_code():
+    """`particle_phases`: rim pixels called matrix and reachable from outside leave the particle; inside the
+    (trimmed) mask each pixel gets the most likely of solid, pore and crack."""
+    from fracscope.phases import codes_from_probs, particle_phases
+
+    probs = np.zeros((4, 10, 10), np.float32)
+    probs[Phase.SOLID] = 0.6
+    probs[Phase.BACKGROUND, :, :2] = 0.9  # the left two columns look like matrix
+    probs[Phase.CRACK, 5, 2:8] = 0.7  # a crack row
+    probs[Phase.BACKGROUND, 5, 5] = 0.95  # matrix-like but inside: stays, takes its inside code (crack)
+    codes = codes_from_probs(probs)
+    own = np.zeros((10, 10), bool)
+    own[1:9, 0:9] = True
+    found = particle_phases(codes, (0, 0, 10, 10), own, (Phase.BACKGROUND,))
+    assert not found.mask[:, :2].any() and found.mask[1:9, 2:9].all()
+    assert (found.phases[5, 2:8] == Phase.CRACK).all() and found.phases[5, 5] == Phase.CRACK
+    assert (found.phases[~found.mask] == Phase.BACKGROUND).all()
+    assert (found.phases[2, 2:9] == Phase.SOLID).all()
+    untrimmed = particle_phases(codes, (0, 0, 10, 10), own)
+    assert (untrimmed.mask == own).all()

@@ -58,7 +58,8 @@ def test_run_writes_every_output_and_ids_match_instances(tmp_path, field_dir, ra
     n_true = sum(len(item.particles) for item in truth.values())
     assert abs(outcome.n_particles - n_true) <= 0.15 * n_true
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["provenance"]["model_sha256"]
+    assert summary["provenance"]["phase_model_sha256"]  # the default route runs the phase model only
+    assert summary["provenance"]["model_sha256"] is None
     timings = json.loads((out / "timings.json").read_text())
     assert timings["n_particles"] == outcome.n_particles and timings["peak_rss_mb"] > 0
     assert pd.read_parquet(out / "particles.parquet").shape == table.shape
@@ -151,7 +152,8 @@ def test_pore_weight_comes_from_the_model_file_and_can_be_overridden(tmp_path, f
 
     def porosity(name, *overrides):
         out = tmp_path / name
-        run(compose_infer(f"input={root}/A", f"output={out}", *overrides))
+        # The weight belongs to the crop model's route (segmenter=crops).
+        run(compose_infer(f"input={root}/A", f"output={out}", "segmenter=crops", "classify=head", *overrides))
         return pd.read_csv(out / "particles.csv").set_index(["image", "particle_id"])["porosity_pct"]
 
     plain = porosity("plain", f"model_path={random_onnx_model}")
@@ -161,7 +163,8 @@ def test_pore_weight_comes_from_the_model_file_and_can_be_overridden(tmp_path, f
     assert (from_file >= plain).all() and from_file.sum() > plain.sum()
     pd.testing.assert_series_equal(porosity("unweighted", f"model_path={weighted}", "pore_weight=1.0"), plain)
     with pytest.raises(ValueError, match="pore_weight"):
-        run(compose_infer(f"input={root}/A", f"output={tmp_path}/bad", f"model_path={weighted}", "pore_weight=0"))
+        run(compose_infer(f"input={root}/A", f"output={tmp_path}/bad", "segmenter=crops", f"model_path={weighted}",
+                          "pore_weight=0"))
 
 
 def test_rim_trim_only_takes_pixels_away_and_keeps_every_particle(tmp_path, field_dir):
@@ -262,9 +265,10 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
     """The size rule holds for the measured outline: no reported section is under the minimum."""
     from scipy import ndimage as ndi
 
-    from fracscope.crop import CropSpec, crop_particles
+    from fracscope.classify import CrackRule
     from fracscope.locate import LocatedParticles
     from fracscope.measure import eq_diameter_um
+    from fracscope.phases import ImagePhaseCodes
     from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
     from fracscope.types import Phase, SEMImage
 
@@ -274,18 +278,14 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
     instances[(yy - 100) ** 2 + (xx - 70) ** 2 <= 20**2] = 1  # 2.0 µm before the trim
     instances[(yy - 100) ** 2 + (xx - 210) ** 2 <= 40**2] = 2  # 4.0 µm
     image = SEMImage(np.where(instances > 0, 200, 30).astype(np.uint8), px)
-    crops = crop_particles(image.pixels, instances, CropSpec(size=64, margin=0.15))
-    # The phase model calls a 3-crop-pixel rim of each section matrix: the trim takes it.
-    probs = np.zeros((len(crops), 4, 64, 64), np.float32)
-    for k, c in enumerate(crops):
-        inner = ndi.binary_erosion(c.mask > 0.5, iterations=3)
-        probs[k, Phase.SOLID] = inner
-        probs[k, Phase.BACKGROUND] = ~inner
-    class_probs = np.full((len(crops), 3), 1 / 3, np.float32)
+    # The phase model calls a 3-pixel rim of each section matrix: the trim takes it.
+    inner = ndi.binary_erosion(instances > 0, iterations=3)
+    codes = ImagePhaseCodes(np.where(inner, Phase.SOLID, Phase.BACKGROUND).astype(np.uint8),
+                            np.full(instances.shape, Phase.SOLID, np.uint8))
 
     def measured(min_diameter_um):
-        located = LocatedParticles(image, instances.copy(), crops, {}, min_diameter_um)
-        predicted = Predicted(located, "f", "all", class_probs, probs, 1.0)
+        located = LocatedParticles(image, instances.copy(), [], {}, min_diameter_um)
+        predicted = Predicted(located, "f", "all", codes, CrackRule(), None, None, 1.0)
         return measure_particles(predicted, AnalysisSettings(), StageTimes())
 
     untrimmed = eq_diameter_um(instances == 1, px)

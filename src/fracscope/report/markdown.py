@@ -160,8 +160,8 @@ def render_markdown(summary: Summary) -> str:
         f"- created: {prov.get('created_utc', '–')}",
         f"- fracscope version: {prov.get('fracscope_version', '–')}",
     ]
-    for key in ("model_hash", "model_sha256", "model", "model_path", "command"):
-        if key in prov:
+    for key in ("phase_model_sha256", "phase_model_path", "model_hash", "model_sha256", "model", "model_path", "command"):
+        if prov.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{prov[key]}`")
     lines += [
         f"- images: {summary.total.n_images}, particles detected: {summary.total.n_particles_detected}, "

@@ -229,8 +229,9 @@ class ReportWriter:
             self._review.write_sheets(out)
             write_low_confidence(out)
         if self._coco is not None:
-            keys = ("fracscope_version", "created_utc", "model_hash", "model_sha256", "model_path")
-            info = {k: self.provenance[k] for k in keys if k in self.provenance}
+            keys = ("fracscope_version", "created_utc", "phase_model_sha256", "phase_model_path", "model_hash",
+                    "model_sha256", "model_path")
+            info = {k: self.provenance[k] for k in keys if self.provenance.get(k) is not None}
             self._coco.close({"description": "fracscope predictions", **info})
         return summary
 
