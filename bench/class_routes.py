@@ -2,7 +2,7 @@
 
     python bench/pipeline_accuracy.py --tuning-seed 555 --detector learned --pairs-csv /tmp/fit.csv
     python bench/pipeline_accuracy.py --tuning-seed 556 --detector learned --pairs-csv /tmp/eval.csv
-    python bench/class_routes.py --fit /tmp/fit.csv --eval /tmp/eval.csv [--head-eval /tmp/eval_head.csv]
+    python bench/class_routes.py --fit /tmp/fit.csv --eval /tmp/eval.csv [--head-probs]
                                  [--write models/fracscope_phases.onnx]
 
 Both pairs files come from runs with the native phase model; their rows are matched particles with the
@@ -12,7 +12,9 @@ true class and the measured crack columns (`pred_*`). Routes, all fitted on `--f
   (`fracscope.classify.CrackRule`);
 - logistic: multinomial logistic regression on `fracscope.classify.CRACK_FEATURES`, classes weighted by the
   square root of their inverse frequency (`--class-weight`; `CrackClassifier.fit`);
-- head (if `--head-eval` is given): the crop model's class head, from a run with ``--classify head``.
+- with `--head-probs` (pairs of ``--classify head`` runs, whose ``p_*`` columns are the crop model's class head):
+  logistic+head, the logistic regression on the crack features and the head's three probabilities, and the
+  head alone.
 Each is scored on the judged pairs of `--eval`: macro-F1 and the class fractions per preset.
 `--write` stores the route with the best macro-F1 on `--eval` in the phase model file's ``class_rule``.
 Never use the held-out fields here.
@@ -26,20 +28,39 @@ import sys
 import numpy as np
 import pandas as pd
 
-from fracscope.classify import CRACK_FEATURES, CrackClassifier, CrackRule, crack_features
+from fracscope.classify import CRACK_FEATURES, HEAD_FEATURES, CrackClassifier, CrackRule, crack_features
 from fracscope.scores import ClassScores
 from fracscope.types import CLASS_NAMES
 
 RULE_GRID = np.round(np.arange(0.0, 0.41, 0.01), 3)
 
 
-def load_pairs(path: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Judged pairs, their crack features (N, F) and true classes (N,)."""
+def load_pairs(path: str, names=CRACK_FEATURES) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Judged pairs, their features `names` (N, F) and true classes (N,).
+
+    With `HEAD_FEATURES` among `names` the pairs must come from a ``--classify head`` run: its
+    ``pred_p_*`` columns are then the crop model's class head.
+    """
     pairs = pd.read_csv(path)
     pairs = pairs[pairs["judged"]].reset_index(drop=True)
-    rows = [{c[5:]: v for c, v in r.items() if c.startswith("pred_")} for r in pairs.to_dict("records")]
-    x = np.stack([crack_features(r) for r in rows]) if rows else np.zeros((0, len(CRACK_FEATURES)))
+    rows = []
+    for r in pairs.to_dict("records"):
+        row = {c[5:]: v for c, v in r.items() if c.startswith("pred_")}
+        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_")})
+        rows.append(row)
+    x = np.stack([crack_features(r, names) for r in rows]) if rows else np.zeros((0, len(names)))
     return pairs, x, pairs["true_class"].to_numpy()
+
+
+def load_drawn(path: str, min_length_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Crack features and classes of `bench/crack_visibility.py --csv` sections: drawn cracks at least
+    `min_length_um` long are mildly damaged, sections without a crack intact (detected and judged only)."""
+    rows = pd.read_csv(path)
+    rows = rows[rows["detected"] & rows["judged"]]
+    rows = rows[(rows["width_px"] == 0) | (rows["length_um"] >= min_length_um)]
+    feats = [crack_features({c[5:]: v for c, v in r.items() if c.startswith("pred_")}) for r in rows.to_dict("records")]
+    y = np.where(rows["width_px"].to_numpy() > 0, CLASS_NAMES.index("mildly_damaged"), CLASS_NAMES.index("intact"))
+    return np.stack(feats), y
 
 
 def describe(name: str, pairs: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, str]:
@@ -60,9 +81,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fit", required=True, help="pairs CSV of tuning fields to fit on")
     ap.add_argument("--eval", required=True, help="pairs CSV of other tuning fields to score on")
-    ap.add_argument("--head-eval", default=None, help="pairs CSV of the --eval fields run with --classify head")
+    ap.add_argument("--head-probs", action="store_true",
+                    help="the pairs come from --classify head runs: also fit logistic+head (crack features and the "
+                         "crop model's class probabilities) and score the head alone")
     # Chosen on the tuning pairs (fit 555, eval 556): l2 1e-3 and 1e-2 within 0.01 macro-F1; inverse-frequency
     # weights raise broken recall but over-call broken by 3-5 pp, none under-calls it, the square root lies between.
+    ap.add_argument("--drawn-fit", default=None, metavar="CSV",
+                    help="also fit on the sections of a bench/crack_visibility.py --csv run (another seed than the "
+                         "bench's): drawn cracks of at least --drawn-min-um are mildly damaged")
+    ap.add_argument("--drawn-min-um", type=float, default=1.0)
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--class-weight", choices=["none", "sqrt", "balanced"], default="sqrt",
                     help="logistic class weights: none, inverse frequency (balanced) or its square root")
@@ -71,6 +98,12 @@ def main() -> None:
     args = ap.parse_args()
 
     fit_pairs, x_fit, y_fit = load_pairs(args.fit)
+    y_pairs = y_fit  # the head probabilities exist for the pairs only
+    if args.drawn_fit:
+        x_drawn, y_drawn = load_drawn(args.drawn_fit, args.drawn_min_um)
+        print(f"drawn sections added to the fit: {len(y_drawn)} ({int((y_drawn > 0).sum())} with a crack of at least "
+              f"{args.drawn_min_um} um) from {args.drawn_fit}")
+        x_fit, y_fit = np.concatenate([x_fit, x_drawn]), np.concatenate([y_fit, y_drawn])
     eval_pairs, x_eval, y_eval = load_pairs(args.eval)
     print(f"fit: {len(y_fit)} judged sections ({args.fit}); eval: {len(y_eval)} ({args.eval})")
 
@@ -84,18 +117,22 @@ def main() -> None:
     logistic = CrackClassifier.fit(x_fit, y_fit, l2=args.l2, class_weight=weights)
 
     routes = {"rule": rule, "logistic": logistic}
+    if args.head_probs:
+        names = CRACK_FEATURES + HEAD_FEATURES
+        _, xh_fit, _ = load_pairs(args.fit, names)
+        routes["logistic+head"] = CrackClassifier.fit(xh_fit, y_pairs, names, l2=args.l2, class_weight=weights)
     print("| route | macro-F1 | recall " + " | recall ".join(CLASS_NAMES) + " | class fractions true->pred % |")
     print("| --- | --- | --- | --- | --- | --- |")
     best, best_f1 = None, -1.0
     for name, route in routes.items():
-        f1, line = describe(name, eval_pairs, y_eval, route.predict_proba(x_eval).argmax(1))
+        names = getattr(route, "features", CRACK_FEATURES)
+        x = x_eval if tuple(names) == CRACK_FEATURES else load_pairs(args.eval, names)[1]
+        f1, line = describe(name, eval_pairs, y_eval, route.predict_proba(x).argmax(1))
         print(line)
         if f1 > best_f1:
             best, best_f1 = name, f1
-    if args.head_eval:
-        head = pd.read_csv(args.head_eval)
-        head = head[head["judged"]].reset_index(drop=True)
-        print(describe("head (crop model)", head, head["true_class"].to_numpy(), head["pred_class"].to_numpy())[1])
+    if args.head_probs:
+        print(describe("head (crop model)", eval_pairs, y_eval, eval_pairs["pred_class"].to_numpy())[1])
     print(f"best native route on the eval pairs: {best} (macro-F1 {best_f1:.3f}): {routes[best].to_dict()}")
     if args.write:
         from fracscope.model_file import PhaseMetadata, read_metadata, write_metadata

@@ -275,21 +275,19 @@ class Pipeline:
     """What `analyse_field` needs: built once from the composed infer config."""
 
     detector: object
-    backend: object
+    models: object  # fracscope.pipeline.Models
     analysis: object
 
 
 def build_pipeline(overrides: list[str]) -> Pipeline:
     """The infer config with `overrides`, composed as `infer.py` composes it, turned into its parts."""
-    from fracscope.assets import resolve_model
     from fracscope.cli import compose
     from fracscope.detect import build_detector
-    from fracscope.pipeline import RunSettings
-    from fracscope.runtime import load_backend
+    from fracscope.pipeline import Models, RunSettings
 
     settings = RunSettings.from_config(compose("infer", *overrides))
-    backend = load_backend(resolve_model(settings.model_path), backend=settings.backend, device=settings.device)
-    return Pipeline(build_detector(settings.detect), backend, replace(settings.analysis, keep_crops=False))
+    models = Models.for_settings(settings.analysis, settings)
+    return Pipeline(build_detector(settings.detect), models, replace(settings.analysis, keep_crops=False))
 
 
 @dataclass(frozen=True)
@@ -298,6 +296,7 @@ class Prediction:
 
     class_name: str
     judged: bool  # neither cut by the image border nor too small to judge (the ones the summary counts)
+    measurements: dict  # the particle's measurement columns (crack measures included)
 
 
 def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int, Prediction]]:
@@ -305,9 +304,10 @@ def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int,
     internals: when they change, only this function follows."""
     from fracscope.pipeline import analyse_image
 
-    result = analyse_image(image, image.source, "bench", run.detector, run.backend, run.analysis)
+    result = analyse_image(image, image.source, "bench", run.detector, run.models, run.analysis)
     return result.instances, {
-        p.particle_id: Prediction(p.class_name, not (p.touches_border or p.too_small)) for p in result.particles
+        p.particle_id: Prediction(p.class_name, not (p.touches_border or p.too_small), dict(p.measurements))
+        for p in result.particles
     }
 
 
@@ -329,6 +329,8 @@ def score_field(field: Field, pred: np.ndarray, predictions: dict[int, Predictio
             "true_class": s.class_name,
             "detected": p in predictions,
             "pred_class": predictions[p].class_name if p in predictions else "",
+            "judged": bool(predictions[p].judged) if p in predictions else False,
+            **{f"pred_{k}": v for k, v in (predictions[p].measurements if p in predictions else {}).items()},
         })
     return rows
 

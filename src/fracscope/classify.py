@@ -93,6 +93,15 @@ CRACK_FEATURES: tuple[str, ...] = (
 )
 
 
+# The crop model's class-head probabilities, for a class rule that reads them beside the crack measurements.
+HEAD_FEATURES: tuple[str, ...] = tuple(f"head_p_{name}" for name in CLASS_NAMES)
+
+
+def needs_head(rule: Any) -> bool:
+    """Whether a class rule reads the crop model's class head (`HEAD_FEATURES`)."""
+    return any(name in HEAD_FEATURES for name in getattr(rule, "features", ()))
+
+
 def crack_features(measurements: Mapping[str, float], names: Sequence[str] = CRACK_FEATURES) -> np.ndarray:
     """The named features of one particle from its measurement columns (float64)."""
     m = dict(measurements)
@@ -126,6 +135,10 @@ class CrackRule:
         cls = np.where(split, BROKEN, np.where(longest >= self.min_longest_crack_frac, MILDLY, INTACT))
         return np.eye(len(CLASS_NAMES))[cls]
 
+    def predict_measured(self, measurements: Mapping[str, float]) -> np.ndarray:
+        """Class probabilities (3,) of one particle from its measurement columns."""
+        return self.predict_proba(crack_features(measurements))[0]
+
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.KIND, "min_longest_crack_frac": float(self.min_longest_crack_frac)}
 
@@ -145,6 +158,10 @@ class CrackClassifier:
     intercept: tuple[float, ...]  # (3,)
 
     KIND: ClassVar[str] = "logistic"
+
+    def predict_measured(self, measurements: Mapping[str, float]) -> np.ndarray:
+        """Class probabilities (3,) of one particle from its measurement columns (and head probabilities)."""
+        return self.predict_proba(crack_features(measurements, self.features))[0]
 
     def predict_proba(self, features: np.ndarray, names: Sequence[str] | None = None) -> np.ndarray:
         x = np.atleast_2d(np.asarray(features, np.float64))

@@ -1,5 +1,8 @@
 """Score a trained model on an annotated set: ``fracscope-evaluate dataset=DIR model_path=M``.
 
+A native-resolution phase model (``model_path=models/fracscope_phases.onnx``) is scored on the
+image grid with its class rule (`evaluate_native_items`); a crop model as follows.
+
 Particles are cropped with the shared crop function with the crop spec the model file (or
 checkpoint) stores, and run through `fracscope.runtime.load_backend`; metrics are computed on the crop grid: accuracy, macro-F1, per-class recall and
 Cohen's κ against the manual classes (class head alone and combined with crack
@@ -194,9 +197,101 @@ def write_outputs(report: EvalReport, arrays: CropArrays, pred: Predictions, out
                        title=f"{len(wrong)} misclassified by the class head{shown} (true → predicted)")
 
 
+def is_phase_model(model_path: str | Path) -> bool:
+    """Whether `model_path` is a native-resolution phase model (.onnx with phase metadata)."""
+    from fracscope.model_file import MetadataError, PhaseMetadata, read_metadata
+
+    if Path(model_path).suffix.lower() != ".onnx":
+        return False
+    try:
+        read_metadata(model_path, PhaseMetadata)
+    except (MetadataError, OSError, ValueError):
+        return False
+    return True
+
+
+def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
+                          min_pore_px: int = 3) -> EvalReport:
+    """Score the native-resolution phase model and its class rule on annotated images, on the image grid.
+
+    Each annotated particle (the crop selection's: whole, large enough) is segmented exactly as
+    `infer.py` does, with its true mask (no rim trim), measured, and classified by the model
+    file's class rule. Metrics: the class scores (``native_*``), pore IoU over true pores of at
+    least `min_pore_px` source pixels (pooled, inside the sections), crack IoU, and porosity MAE
+    and bias against the annotation's own phase map.
+    """
+    from fracscope.classify import class_rule_from_dict, crack_features
+    from fracscope.measure import measure_particle
+    from fracscope.phase_map import PhaseMapModel
+    from fracscope.phases import codes_from_probs, particle_phases
+
+    model = PhaseMapModel(model_path)
+    rule = class_rule_from_dict(model.metadata.class_rule)
+    pore, pore_all, crack = IoUAccumulator(Phase.PORE, min_pore_px), IoUAccumulator(Phase.PORE), IoUAccumulator(Phase.CRACK)
+    rows, true_cls, pred_cls, cache = [], [], [], {}
+    for _, item, inst, p, box in croppable_particles(items):
+        key = id(item)
+        if key not in cache:  # one pass of the model per image
+            px = item.image.pixel_size_um or model.working_pixel_size_um
+            cache = {key: (codes_from_probs(model.predict(item.image.pixels, px)), px)}
+        codes, px = cache[key]
+        own = np.asarray(inst[box]) == int(p.particle_id)
+        region = (box[0].start, box[1].start, box[0].stop, box[1].stop)
+        found = particle_phases(codes, region, own)
+        m = measure_particle(own, found.phases, px)
+        probs = rule.predict_proba(crack_features(m))[0]
+        true_phases = item.phases[box] if item.phases is not None else None
+        if true_phases is not None:
+            true_in = np.where(own, true_phases, IGNORE_PHASE)[None]
+            for acc in (pore, pore_all, crack):
+                acc.update(found.phases[None], true_in)
+        true_por = porosity_pct_of(true_phases, own)
+        label = CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else -1
+        if label >= 0:
+            true_cls.append(label)
+            pred_cls.append(int(np.argmax(probs)))
+        rows.append({"image": item.stem, "particle_id": int(p.particle_id),
+                     "true_class": p.class_name or "", "native_class": CLASS_NAMES[int(np.argmax(probs))],
+                     **{f"prob_{n}": float(v) for n, v in zip(CLASS_NAMES, probs)},
+                     "true_porosity_pct": true_por, "pred_porosity_pct": m["porosity_pct"], **m})
+    cm = confusion_matrix(np.asarray(true_cls, int), np.asarray(pred_cls, int))
+    metrics: dict[str, float] = {"n_particles": float(len(rows))}
+    metrics.update(ClassScores(cm).as_dict("native_"))
+    metrics[f"pore_iou_ge{min_pore_px}px"] = pore.compute()
+    metrics["pore_iou_all"] = pore_all.compute()
+    metrics["crack_iou"] = crack.compute()
+    err = np.asarray([r["pred_porosity_pct"] - r["true_porosity_pct"] for r in rows], float)
+    if np.isfinite(err).any():
+        metrics["porosity_mae_pp"] = float(np.nanmean(np.abs(err)))
+        metrics["porosity_bias_pp"] = float(np.nanmean(err))
+    report = EvalReport(metrics, rows, cm, cm)
+    if out_dir is not None:
+        import pandas as pd
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        pd.DataFrame(rows).to_csv(out / "particles.csv", index=False)
+        plot_confusion(cm, out / "confusion_native.png", title="native crack measurements + class rule")
+    return report
+
+
+def porosity_pct_of(phases: np.ndarray | None, mask: np.ndarray) -> float:
+    """Eq. 1 porosity of an annotated phase map inside `mask`, NaN without one."""
+    from fracscope.measure import porosity_pct
+
+    return float(porosity_pct(phases, mask)) if phases is not None else float("nan")
+
+
 def evaluate_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
                    batch_size: int = 32, min_pore_px: int = 3) -> EvalReport:
-    """Crop, predict and score annotated images; write outputs when `out_dir` is given."""
+    """Crop, predict and score annotated images; write outputs when `out_dir` is given.
+
+    A native-resolution phase model (`is_phase_model`) is scored on the image grid instead
+    (`evaluate_native_items`).
+    """
+    if is_phase_model(model_path):
+        return evaluate_native_items(items, model_path, out_dir, min_pore_px)
     backend = load_backend(model_path)
     spec = backend.metadata.crop_spec  # the crop spec the model file (or checkpoint) stores
     arrays = crops_from_items(items, spec)

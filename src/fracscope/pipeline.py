@@ -35,7 +35,14 @@ from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
-from fracscope.classify import CrackClassifier, CrackRule, class_from_fragments, class_rule_from_dict, crack_features
+from fracscope.classify import (
+    HEAD_FEATURES,
+    CrackClassifier,
+    CrackRule,
+    class_from_fragments,
+    class_rule_from_dict,
+    needs_head,
+)
 from fracscope.progress import RunProgress
 from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
@@ -202,9 +209,12 @@ class Models:
         """Load what `settings` need (model paths and device from `run`; shipped defaults without)."""
         run = run or RunSettings()
         phases = crops = None
+        head_for_rule = False
         if settings.segmenter == "model" or settings.classify == "native":
             phases = PhaseMapModel(resolve_phase_model(run.phase_model_path), device=run.device)
-        if settings.segmenter == "crops" or settings.classify in ("head", "topology"):
+            # A class rule that also reads the crop model's class head needs that model.
+            head_for_rule = settings.classify == "native" and needs_head(class_rule_from_dict(phases.metadata.class_rule))
+        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or head_for_rule:
             crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device)
         return cls(phases, crops)
 
@@ -289,8 +299,10 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             continue
         phases[r0:r1, c0:c1][own] = local[own]
         if settings.classify == "native":
-            evidence = m if settings.segmenter == "model" else measure_particle(native.mask, native.phases, px)
-            probs = predicted.class_rule.predict_proba(crack_features(evidence))[0]
+            evidence = dict(m if settings.segmenter == "model" else measure_particle(native.mask, native.phases, px))
+            if predicted.class_probs is not None:
+                evidence.update(zip(HEAD_FEATURES, map(float, predicted.class_probs[index])))
+            probs = predicted.class_rule.predict_measured(evidence)
             class_index = int(np.argmax(probs))
         elif settings.classify == "topology" and settings.segmenter == "crops":
             probs = predicted.class_probs[index]
