@@ -52,15 +52,32 @@ def load_pairs(path: str, names=CRACK_FEATURES) -> tuple[pd.DataFrame, np.ndarra
     return pairs, x, pairs["true_class"].to_numpy()
 
 
-def load_drawn(path: str, min_length_um: float) -> tuple[np.ndarray, np.ndarray]:
-    """Crack features and classes of `bench/crack_visibility.py --csv` sections: drawn cracks at least
+def load_drawn(path: str, min_length_um: float, names=CRACK_FEATURES) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Features `names`, classes and rows of `bench/crack_visibility.py --csv` sections: drawn cracks at least
     `min_length_um` long are mildly damaged, sections without a crack intact (detected and judged only)."""
     rows = pd.read_csv(path)
     rows = rows[rows["detected"] & rows["judged"]]
-    rows = rows[(rows["width_px"] == 0) | (rows["length_um"] >= min_length_um)]
-    feats = [crack_features({c[5:]: v for c, v in r.items() if c.startswith("pred_")}) for r in rows.to_dict("records")]
+    rows = rows[(rows["width_px"] == 0) | (rows["length_um"] >= min_length_um)].reset_index(drop=True)
+    records = []
+    for r in rows.to_dict("records"):
+        row = {c[5:]: v for c, v in r.items() if c.startswith("pred_")}
+        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_")})
+        records.append(crack_features(row, names))
     y = np.where(rows["width_px"].to_numpy() > 0, CLASS_NAMES.index("mildly_damaged"), CLASS_NAMES.index("intact"))
-    return np.stack(feats), y
+    return np.stack(records), y, rows
+
+
+def drawn_recall(route, path: str) -> str:
+    """Recall of damaged by crack length, and false damage, of `route` on crack_visibility sections."""
+    names = getattr(route, "features", CRACK_FEATURES)
+    x, _, rows = load_drawn(path, 0.0, names)
+    damaged = route.predict_proba(x).argmax(1) > 0
+    parts = []
+    for length in sorted(rows.loc[rows["width_px"] > 0, "length_um"].unique()):
+        sel = ((rows["width_px"] > 0) & (rows["length_um"] == length)).to_numpy()
+        parts.append(f"{length:g} um {100 * damaged[sel].mean():.0f} %")
+    intact = (rows["width_px"] == 0).to_numpy()
+    return "damaged recall " + ", ".join(parts) + f"; false damage {100 * damaged[intact].mean():.0f} %"
 
 
 def describe(name: str, pairs: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, str]:
@@ -90,17 +107,20 @@ def main() -> None:
                     help="also fit on the sections of a bench/crack_visibility.py --csv run (another seed than the "
                          "bench's): drawn cracks of at least --drawn-min-um are mildly damaged")
     ap.add_argument("--drawn-min-um", type=float, default=1.0)
+    ap.add_argument("--drawn-eval", default=None, metavar="CSV",
+                    help="also report each route's damaged recall by crack length on these crack_visibility sections")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--class-weight", choices=["none", "sqrt", "balanced"], default="sqrt",
                     help="logistic class weights: none, inverse frequency (balanced) or its square root")
     ap.add_argument("--write", default=None, metavar="PHASE_MODEL_ONNX",
-                    help="store the best route in this phase model file's class_rule")
+                    help="store the best route (or --route) in this phase model file's class_rule")
+    ap.add_argument("--route", default=None, help="the route --write stores (default: the best macro-F1 on --eval)")
     args = ap.parse_args()
 
     fit_pairs, x_fit, y_fit = load_pairs(args.fit)
     y_pairs = y_fit  # the head probabilities exist for the pairs only
     if args.drawn_fit:
-        x_drawn, y_drawn = load_drawn(args.drawn_fit, args.drawn_min_um)
+        x_drawn, y_drawn, _ = load_drawn(args.drawn_fit, args.drawn_min_um)
         print(f"drawn sections added to the fit: {len(y_drawn)} ({int((y_drawn > 0).sum())} with a crack of at least "
               f"{args.drawn_min_um} um) from {args.drawn_fit}")
         x_fit, y_fit = np.concatenate([x_fit, x_drawn]), np.concatenate([y_fit, y_drawn])
@@ -120,7 +140,11 @@ def main() -> None:
     if args.head_probs:
         names = CRACK_FEATURES + HEAD_FEATURES
         _, xh_fit, _ = load_pairs(args.fit, names)
-        routes["logistic+head"] = CrackClassifier.fit(xh_fit, y_pairs, names, l2=args.l2, class_weight=weights)
+        yh_fit = y_pairs
+        if args.drawn_fit:
+            xh_drawn, yh_drawn, _ = load_drawn(args.drawn_fit, args.drawn_min_um, names)
+            xh_fit, yh_fit = np.concatenate([xh_fit, xh_drawn]), np.concatenate([y_pairs, yh_drawn])
+        routes["logistic+head"] = CrackClassifier.fit(xh_fit, yh_fit, names, l2=args.l2, class_weight=weights)
     print("| route | macro-F1 | recall " + " | recall ".join(CLASS_NAMES) + " | class fractions true->pred % |")
     print("| --- | --- | --- | --- | --- | --- |")
     best, best_f1 = None, -1.0
@@ -129,18 +153,22 @@ def main() -> None:
         x = x_eval if tuple(names) == CRACK_FEATURES else load_pairs(args.eval, names)[1]
         f1, line = describe(name, eval_pairs, y_eval, route.predict_proba(x).argmax(1))
         print(line)
+        if args.drawn_eval:
+            print(f"|   {name} on drawn cracks | {drawn_recall(route, args.drawn_eval)} |")
         if f1 > best_f1:
             best, best_f1 = name, f1
     if args.head_probs:
         print(describe("head (crop model)", eval_pairs, y_eval, eval_pairs["pred_class"].to_numpy())[1])
     print(f"best native route on the eval pairs: {best} (macro-F1 {best_f1:.3f}): {routes[best].to_dict()}")
     if args.write:
-        from fracscope.model_file import PhaseMetadata, read_metadata, write_metadata
         import dataclasses
 
+        from fracscope.model_file import PhaseMetadata, read_metadata, write_metadata
+
+        chosen = args.route or best
         meta = read_metadata(args.write, PhaseMetadata)
-        write_metadata(args.write, dataclasses.replace(meta, class_rule=routes[best].to_dict()))
-        print(f"wrote the {best} route into {args.write}")
+        write_metadata(args.write, dataclasses.replace(meta, class_rule=routes[chosen].to_dict()))
+        print(f"wrote the {chosen} route into {args.write}")
     print("reproduce: python bench/class_routes.py " + " ".join(sys.argv[1:]))
 
 

@@ -48,7 +48,7 @@ from fracscope.synth.damage import canonical_class  # noqa: E402
 from fracscope.synth.geometry import ParticleSpec  # noqa: E402
 from fracscope.synth.generate import render_particle  # noqa: E402
 from fracscope.synth.imaging import ImagingParams, render_image  # noqa: E402
-from fracscope.types import SEMImage, Phase  # noqa: E402
+from fracscope.types import CLASS_NAMES, SEMImage, Phase  # noqa: E402
 
 PRESETS = ("gp", "p")
 PIXEL_SIZES_UM = (0.05, 0.06)
@@ -296,7 +296,7 @@ class Prediction:
 
     class_name: str
     judged: bool  # neither cut by the image border nor too small to judge (the ones the summary counts)
-    measurements: dict  # the particle's measurement columns (crack measures included)
+    measurements: dict  # the particle's measurement columns (crack measures included) and class probabilities
 
 
 def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int, Prediction]]:
@@ -306,7 +306,8 @@ def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int,
 
     result = analyse_image(image, image.source, "bench", run.detector, run.models, run.analysis)
     return result.instances, {
-        p.particle_id: Prediction(p.class_name, not (p.touches_border or p.too_small), dict(p.measurements))
+        p.particle_id: Prediction(p.class_name, not (p.touches_border or p.too_small),
+                                  {**p.measurements, **{f"p_{n}": float(v) for n, v in zip(CLASS_NAMES, p.probs)}})
         for p in result.particles
     }
 

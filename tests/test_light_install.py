@@ -105,7 +105,7 @@ def test_a_checkpoint_without_torch_is_one_line_naming_the_train_extra(tmp_path)
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes(b"")  # torch is missing: the file is never read
     proc = _run_without_training(f"input={ONE_IMAGE}", f"output={tmp_path / 'out'}", "backend=torch",
-                                 f"model_path={ckpt}")
+                                 "classify=head", f"model_path={ckpt}")
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("fracscope-infer: error:")]
     assert len(errors) == 1 and "pip install -e '.[train]'" in errors[0], proc.stderr[-3000:]

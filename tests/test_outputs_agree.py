@@ -91,19 +91,19 @@ def sample_run(tmp_path_factory):
     shutil.copy(SAMPLE_DIR / "P-NCM_100cyc" / "field_00.tif", root / "GP" / "day 1" / "field_00.tif")
     out = tmp_path_factory.mktemp("out")
     trimmed_box = []
-    original = pipeline.phases_on_image_grid
+    original = pipeline.particle_phases
 
     def box(mask: np.ndarray) -> tuple[int, ...]:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         return (rows[0], cols[0], rows[-1], cols[-1]) if rows.size else ()
 
-    def watched(crop_phases, rule):
-        found = original(crop_phases, rule)
-        trimmed_box.append(box(found.mask) != box(crop_phases.mask))
+    def watched(codes, region, own, trim=()):
+        found = original(codes, region, own, trim)
+        trimmed_box.append(box(found.mask) != box(own))
         return found
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "phases_on_image_grid", watched)
+    mp.setattr(pipeline, "particle_phases", watched)
     try:
         pipeline.run(compose("infer", f"input={root}", f"output={out}", "report.n_boot=10"))
     finally:

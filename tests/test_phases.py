@@ -210,3 +210,31 @@ def test_native_phases_trim_the_rim_and_take_the_inside_code():
     assert (found.phases[2, 2:9] == Phase.SOLID).all()
     untrimmed = particle_phases(codes, (0, 0, 10, 10), own)
     assert (untrimmed.mask == own).all()
+
+
+def test_pores3d_native_voids_take_pore_and_crack_inside_the_main_section_only():
+    """`NativeVoids.refine`: inside the slice's largest section, void where the phase model says pore or crack;
+    the model sees the whole slice at the stack's pixel size; other sections and the matrix are untouched."""
+    from fracscope.pores3d.segment import NativeVoids
+
+    class _Model:
+        seen = []
+
+        def predict(self, pixels, pixel_size_um):
+            self.seen.append((pixels.shape, pixel_size_um))
+            probs = np.zeros((4, *pixels.shape), np.float32)
+            probs[Phase.SOLID] = 0.5
+            probs[Phase.PORE, 10:12, 10:12] = 0.9  # inside the big section
+            probs[Phase.CRACK, 20, 5:25] = 0.8  # a crack row across it
+            probs[Phase.PORE, 3, 33] = 0.9  # inside the small section: not refined
+            return probs
+
+    phases = np.zeros((1, 32, 40), np.uint8)
+    phases[0, 2:30, 2:28] = Phase.SOLID  # the main section
+    phases[0, 2:6, 31:36] = Phase.SOLID  # a small one
+    model = _Model()
+    NativeVoids(model, 0.02).refine(np.zeros((1, 32, 40), np.uint8), phases)
+    assert model.seen == [((32, 40), 0.02)]
+    assert (phases[0, 10:12, 10:12] == Phase.PORE).all() and (phases[0, 20, 5:25] == Phase.PORE).all()
+    assert phases[0, 3, 33] == Phase.SOLID and (phases[0, 0] == 0).all()
+    assert int((phases[0] == Phase.PORE).sum()) == 4 + 20

@@ -62,7 +62,9 @@ def test_an_output_folder_that_cannot_be_written(tmp_path) -> None:
 def test_a_model_file_that_is_not_onnx(tmp_path) -> None:
     model = tmp_path / "model.onnx"
     model.write_text("not a model")
-    _one_line(_infer(f"model_path={model}", f"output={tmp_path / 'out'}"), "is not a model onnxruntime can load")
+    _one_line(_infer(f"phase_model_path={model}", f"output={tmp_path / 'out'}"), "is not a model onnxruntime can load")
+    _one_line(_infer(f"model_path={model}", "classify=head", f"output={tmp_path / 'out'}"),
+              "is not a model onnxruntime can load")
     assert not (tmp_path / "out").exists()
 
 

@@ -304,7 +304,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                 evidence.update(zip(HEAD_FEATURES, map(float, predicted.class_probs[index])))
             probs = predicted.class_rule.predict_measured(evidence)
             class_index = int(np.argmax(probs))
-        elif settings.classify == "topology" and settings.segmenter == "crops":
+        elif settings.classify == "topology" and settings.segmenter != "threshold":
             probs = predicted.class_probs[index]
             # measure_particle already counted the fragments (same crumb rule as the classifier's).
             class_index = class_from_fragments(probs, int(m["n_fragments"]))
@@ -487,6 +487,8 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         raise ValueError(f"segmenter must be one of {list(SEGMENTERS)}, got {settings.segmenter!r}")
     if settings.classify not in CLASSIFY_ROUTES:
         raise ValueError(f"classify must be one of {list(CLASSIFY_ROUTES)}, got {settings.classify!r}")
+    if settings.pore_weight is not None and not settings.pore_weight > 0:  # refused on every route, not only crops
+        raise ValueError(f"pore_weight must be positive (or null for the model's own), got {settings.pore_weight}")
     models = Models.for_settings(settings, run_settings)
     if models.crops is not None:
         resolve_pore_weight(models.crops.metadata, settings.pore_weight)  # a bad override fails here, not per image
