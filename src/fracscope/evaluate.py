@@ -211,22 +211,27 @@ def is_phase_model(model_path: str | Path) -> bool:
 
 
 def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
-                          min_pore_px: int = 3) -> EvalReport:
+                          min_pore_px: int = 3, crop_model_path: str | Path | None = None) -> EvalReport:
     """Score the native-resolution phase model and its class rule on annotated images, on the image grid.
 
     Each annotated particle (the crop selection's: whole, large enough) is segmented exactly as
     `infer.py` does, with its true mask (no rim trim), measured, and classified by the model
-    file's class rule. Metrics: the class scores (``native_*``), pore IoU over true pores of at
+    file's class rule (with the crop model's class head from `crop_model_path`, default the
+    shipped one, when the rule reads it). Metrics: the class scores (``native_*``), pore IoU over true pores of at
     least `min_pore_px` source pixels (pooled, inside the sections), crack IoU, and porosity MAE
     and bias against the annotation's own phase map.
     """
-    from fracscope.classify import class_rule_from_dict, crack_features
+    from fracscope.assets import resolve_model
+    from fracscope.classify import HEAD_FEATURES, class_rule_from_dict, needs_head
+    from fracscope.crop import crop_particle
     from fracscope.measure import measure_particle
     from fracscope.phase_map import PhaseMapModel
-    from fracscope.phases import codes_from_probs, particle_phases
+    from fracscope.phases import codes_from_probs, particle_phases, predict_crops
 
     model = PhaseMapModel(model_path)
     rule = class_rule_from_dict(model.metadata.class_rule)
+    # A rule that reads the crop model's class head gets the shipped crop model's, as infer.py does.
+    head = load_backend(resolve_model(crop_model_path)) if needs_head(rule) else None
     pore, pore_all, crack = IoUAccumulator(Phase.PORE, min_pore_px), IoUAccumulator(Phase.PORE), IoUAccumulator(Phase.CRACK)
     rows, true_cls, pred_cls, cache = [], [], [], {}
     for _, item, inst, p, box in croppable_particles(items):
@@ -239,7 +244,11 @@ def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, o
         region = (box[0].start, box[1].start, box[0].stop, box[1].stop)
         found = particle_phases(codes, region, own)
         m = measure_particle(own, found.phases, px)
-        probs = rule.predict_proba(crack_features(m))[0]
+        evidence = dict(m)
+        if head is not None:
+            crop = crop_particle(item.image.pixels, inst, int(p.particle_id), head.metadata.crop_spec, bbox=box)
+            evidence.update(zip(HEAD_FEATURES, map(float, predict_crops(head, [crop], 1)[0][0])))
+        probs = rule.predict_measured(evidence)
         true_phases = item.phases[box] if item.phases is not None else None
         if true_phases is not None:
             true_in = np.where(own, true_phases, IGNORE_PHASE)[None]
