@@ -35,7 +35,6 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 

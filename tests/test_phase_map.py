@@ -305,3 +305,31 @@ def test_the_shipped_model_tiled_agrees_with_one_pass_on_a_sample_field():
     whole = PhaseMapModel(None, tile_px=2048, overlap_px=0).predict(image.pixels, image.pixel_size_um).argmax(0)
     assert tiled.shape == image.pixels.shape
     assert (tiled == whole).mean() >= 0.999
+
+
+@pytest.mark.train
+def test_phases_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache) -> None:
+    """`train.py experiment=phases_smoke`: the phase model's data, LightningModule and checkpoint go through the
+    one training path, and the checkpoint exports to a phase model file that `PhaseMapModel` opens."""
+    from hydra import compose, initialize_config_dir
+
+    from fracscope.assets import CONF_DIR
+    from fracscope.export import export_checkpoint
+    from fracscope.model_file import read_metadata
+    from fracscope.models.train import run
+    from fracscope.phase_map import PhaseMapModel
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=phases_smoke", f"paths.output_dir={tmp_path}", "threads=2",
+                                          "logger=csv"])
+    assert cfg.model._target_.endswith("PhaseModule") and cfg.callbacks.model_checkpoint.monitor == "val/miou"
+    result = run(cfg)
+    assert {"val/loss", "train/loss"} <= set(result.final_metrics)
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+    assert list(synth_cache.glob("phases-*/fields.npz"))  # the prepared fields are cached
+    out = tmp_path / "phases.onnx"
+    export_checkpoint(result.best_checkpoint, out)
+    meta = read_metadata(out, PhaseMetadata)
+    assert meta.working_pixel_size_um == 0.05 and meta.encoder == "mobilenet_v3_small"
+    probs = PhaseMapModel(out).predict(np.zeros((70, 90), np.uint8), 0.05)
+    assert probs.shape == (4, 70, 90) and np.allclose(probs.sum(0), 1.0, atol=1e-4)

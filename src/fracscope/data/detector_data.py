@@ -239,16 +239,21 @@ class RandomTiles(Dataset):
     """`length` random tiles per epoch from `fields` (field chosen in proportion to its area).
 
     Randomness comes from torch's global generator, which Lightning seeds, which
-    advances between epochs and which DataLoader workers get seeded apart.
+    advances between epochs and which DataLoader workers get seeded apart. `sample`
+    cuts a tile's arrays from a field and `as_batch` makes them tensors (the detector's
+    by default; the phase model's data passes its own).
     """
 
-    def __init__(self, fields: Sequence[Field], tile_px: int, length: int, augment: TileAugmentSpec | None) -> None:
+    def __init__(self, fields: Sequence, tile_px: int, length: int, augment: TileAugmentSpec | None,
+                 sample=None, as_batch=None) -> None:
         if not fields:
             raise ValueError("no training fields")
         self.fields = list(fields)
         self.tile_px = int(tile_px)
         self.length = int(length)
         self.augment = augment
+        self.sample = sample or _sample
+        self.as_batch = as_batch or _as_batch
         areas = np.asarray([f.area for f in self.fields], float)
         self.weights = areas / areas.sum()
 
@@ -261,18 +266,21 @@ class RandomTiles(Dataset):
         h, w = field.image.shape
         r = int(rng.integers(0, max(h - self.tile_px, 0) + 1))
         c = int(rng.integers(0, max(w - self.tile_px, 0) + 1))
-        sample = _sample(field, r, c, self.tile_px)
+        sample = self.sample(field, r, c, self.tile_px)
         if self.augment is not None and self.augment.enabled:
             sample = augment_tile(sample, self.augment, rng)
-        return _as_batch(sample)
+        return self.as_batch(sample)
 
 
 class GridTiles(Dataset):
-    """A fixed grid of tiles over `fields` (validation), at most `max_tiles`."""
+    """A fixed grid of tiles over `fields` (validation), at most `max_tiles`; `sample`, `as_batch` as `RandomTiles`."""
 
-    def __init__(self, fields: Sequence[Field], tile_px: int, max_tiles: int | None = None) -> None:
+    def __init__(self, fields: Sequence, tile_px: int, max_tiles: int | None = None, sample=None,
+                 as_batch=None) -> None:
         self.fields = list(fields)
         self.tile_px = int(tile_px)
+        self.sample = sample or _sample
+        self.as_batch = as_batch or _as_batch
         spots = []
         for k, f in enumerate(self.fields):
             h, w = f.image.shape
@@ -286,7 +294,7 @@ class GridTiles(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         k, r, c = self.spots[i]
-        return _as_batch(_sample(self.fields[k], r, c, self.tile_px))
+        return self.as_batch(self.sample(self.fields[k], r, c, self.tile_px))
 
 
 class DetectorDataModule(L.LightningDataModule):

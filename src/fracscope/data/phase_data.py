@@ -24,11 +24,11 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fracscope.crop import NORM_PERCENTILES, resize_phase_map
 from fracscope.data.datamodule import LoaderSpec, cache_root, split_indices
-from fracscope.data.detector_data import FieldSynthSpec, TileAugmentSpec, _pad_to, augment_tile
+from fracscope.data.detector_data import FieldSynthSpec, GridTiles, RandomTiles, TileAugmentSpec, _pad_to
 from fracscope.detect.learned import normalise_image, to_working_scale, working_shape
 from fracscope.settings import settings_from_config
 from fracscope.types import PHASE_NAMES, AnnotatedImage
@@ -125,57 +125,6 @@ def _as_batch(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     }
 
 
-class RandomPhaseTiles(Dataset):
-    """`length` random tiles per epoch (field chosen in proportion to its area), augmented."""
-
-    def __init__(self, fields: Sequence[PhaseField], tile_px: int, length: int,
-                 augment: TileAugmentSpec | None) -> None:
-        if not fields:
-            raise ValueError("no training fields")
-        self.fields = list(fields)
-        self.tile_px = int(tile_px)
-        self.length = int(length)
-        self.augment = augment
-        areas = np.asarray([f.area for f in self.fields], float)
-        self.weights = areas / areas.sum()
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
-        field = self.fields[int(rng.choice(len(self.fields), p=self.weights))]
-        h, w = field.image.shape
-        r = int(rng.integers(0, max(h - self.tile_px, 0) + 1))
-        c = int(rng.integers(0, max(w - self.tile_px, 0) + 1))
-        sample = _sample(field, r, c, self.tile_px)
-        if self.augment is not None and self.augment.enabled:
-            sample = augment_tile(sample, self.augment, rng)
-        return _as_batch(sample)
-
-
-class GridPhaseTiles(Dataset):
-    """A fixed grid of tiles over `fields` (validation), at most `max_tiles`."""
-
-    def __init__(self, fields: Sequence[PhaseField], tile_px: int, max_tiles: int | None = None) -> None:
-        self.fields = list(fields)
-        self.tile_px = int(tile_px)
-        spots = []
-        for k, f in enumerate(self.fields):
-            h, w = f.image.shape
-            rows = np.unique(np.linspace(0, max(h - tile_px, 0), max(1, round(h / tile_px))).astype(int))
-            cols = np.unique(np.linspace(0, max(w - tile_px, 0), max(1, round(w / tile_px))).astype(int))
-            spots += [(k, int(r), int(c)) for r in rows for c in cols]
-        self.spots = spots[:max_tiles] if max_tiles else spots
-
-    def __len__(self) -> int:
-        return len(self.spots)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        k, r, c = self.spots[i]
-        return _as_batch(_sample(self.fields[k], r, c, self.tile_px))
-
-
 class PhaseDataModule(L.LightningDataModule):
     """Fields for the native-resolution phase model: cached synthetic fields, or a user dataset.
 
@@ -265,12 +214,12 @@ class PhaseDataModule(L.LightningDataModule):
         self.train_idx, self.val_idx = split_indices(np.arange(len(self.fields)), self.loader.val_fraction,
                                                      self.loader.seed)
 
-    def train_dataset(self) -> RandomPhaseTiles:
-        return RandomPhaseTiles([self.fields[i] for i in self.train_idx], self.tile_px, self.tiles_per_epoch,
-                                self.augment)
+    def train_dataset(self) -> RandomTiles:
+        return RandomTiles([self.fields[i] for i in self.train_idx], self.tile_px, self.tiles_per_epoch,
+                           self.augment, _sample, _as_batch)
 
-    def val_dataset(self) -> GridPhaseTiles:
-        return GridPhaseTiles([self.fields[i] for i in self.val_idx], self.tile_px, self.max_val_tiles)
+    def val_dataset(self) -> GridTiles:
+        return GridTiles([self.fields[i] for i in self.val_idx], self.tile_px, self.max_val_tiles, _sample, _as_batch)
 
     def train_dataloader(self) -> DataLoader:
         n = self.loader.num_workers

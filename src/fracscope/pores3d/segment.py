@@ -240,6 +240,17 @@ class SliceSegmenter:
         return out
 
 
+def main_section(phases: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]] | None:
+    """The largest connected particle section of one slice's phase codes (bool mask, bounding box), or None."""
+    lab, n = ndi.label(phases > 0)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    own = lab == int(np.argmax(sizes))
+    return own, ndi.find_objects(own.astype(np.uint8))[0]
+
+
 class NativeVoids:
     """The native-resolution phase model as the pore segmenter, slice by slice (the default model).
 
@@ -263,13 +274,10 @@ class NativeVoids:
     def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
         """Replace the void of each slice's main section in `phases` (in place) by the model's."""
         for i in range(len(block)):
-            lab, n = ndi.label(phases[i] > 0)
-            if n == 0:
+            found = main_section(phases[i])
+            if found is None:
                 continue
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            own = lab == int(np.argmax(sizes))
-            box = ndi.find_objects(own.astype(np.uint8))[0]
+            own, box = found
             # The whole slice: the model's percentile normalisation expects matrix around the particle.
             codes = codes_from_probs(self.model.predict(block[i], self.pixel_size_um))
             inside = own[box]
@@ -306,15 +314,12 @@ class ModelVoids:
         meta = self.backend.metadata
         jobs = []
         for i in range(len(block)):
-            lab, n = ndi.label(phases[i] > 0)
-            if n == 0:
+            found = main_section(phases[i])
+            if found is None:
                 continue
-            sizes = np.bincount(lab.ravel())
-            sizes[0] = 0
-            own = (lab == int(np.argmax(sizes))).astype(np.uint32)
-            box = ndi.find_objects(own)[0]
-            crop = crop_particle(block[i], own, 1, meta.crop_spec, bbox=box)
-            jobs.append((i, own.astype(bool), box, crop))
+            own, box = found
+            crop = crop_particle(block[i], own.astype(np.uint32), 1, meta.crop_spec, bbox=box)
+            jobs.append((i, own, box, crop))
         if not jobs:
             return
         _, phase_probs = predict_crops(self.backend, [crop for *_, crop in jobs], self.batch_size)
