@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -81,13 +82,23 @@ class FieldSynthSpec:
                     for px in self.source_pixel_sizes_um]
         return out
 
-    def generate(self) -> Iterator[AnnotatedImage]:
-        """Yield every field (deterministic in the spec)."""
-        from fracscope.synth import make_field
+    def generate(self, workers: int | None = 1) -> Iterator[AnnotatedImage]:
+        """Yield every field, in order (deterministic in the spec, whatever `workers` is).
 
-        for j, cfg in enumerate(self.jobs()):
-            for i in range(int(self.n_fields)):
-                yield make_field(cfg, int(self.seed) * 1000 + j, i)
+        workers: generator processes (None = one per core).
+        """
+        jobs = [(cfg, int(self.seed) * 1000 + j, i) for j, cfg in enumerate(self.jobs()) for i in range(int(self.n_fields))]
+        workers = min(len(jobs), os.cpu_count() or 1) if workers is None else int(workers)
+        if workers <= 1:
+            yield from map(_field_job, jobs)
+            return
+        import multiprocessing as mp
+
+        from fracscope.child_process import die_with_parent
+
+        # fork, as fracscope.synth.generate_electrode does: the children only run numpy/scipy.
+        with mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+            yield from pool.imap(_field_job, jobs)
 
     def key_parts(self) -> list:
         """Everything that determines the generated images (for the cache key)."""
@@ -101,6 +112,13 @@ class FieldSynthSpec:
             f"of {list(self.field_px)} px per preset at each of {list(self.source_pixel_sizes_um)} um/px; "
             f"damage fractions {list(self.damage)}; seed {self.seed}" + (" (held-out config)" if self.heldout else "")
         )
+
+
+def _field_job(job: tuple) -> AnnotatedImage:
+    from fracscope.synth import make_field
+
+    cfg, seed, index = job
+    return make_field(cfg, seed, index)
 
 
 @dataclass(frozen=True)
@@ -297,18 +315,23 @@ class GridTiles(Dataset):
         return self.as_batch(self.sample(self.fields[k], r, c, self.tile_px))
 
 
-class DetectorDataModule(L.LightningDataModule):
-    """Fields for the learned detector: cached synthetic electrode fields, or a user dataset.
+class FieldDataModule(L.LightningDataModule):
+    """Whole fields at a network's working pixel size, cut into random training tiles and a validation grid.
+
+    The one data module behind the dense networks (the detector, `DetectorDataModule`, and the phase model,
+    `fracscope.data.phase_data.PhaseDataModule`): cached synthetic electrode fields, or a user dataset. A
+    subclass says how one annotated image becomes a field (`prepare`), how fields are stored (`save`,
+    `load`), how a tile is cut and batched (`sample`, `as_batch`) and what the checkpoint records (`describe`).
 
     Parameters
     ----------
     path : str, optional
-        Dataset folder / COCO json readable by `fracscope.data.read_dataset`, with
-        instance masks; None for the synthetic fields of `synth`.
+        Dataset folder / COCO json readable by `fracscope.data.read_dataset`; None for the synthetic
+        fields of `synth`.
     format : str
         `read_dataset` format ("auto" detects it).
     working_pixel_size_um : float
-        Pixel size the network works at (default 0.15 µm/px).
+        Pixel size the network works at.
     assume_pixel_size_um : float, optional
         Pixel size of dataset images that carry none.
     tile_px : int
@@ -320,13 +343,19 @@ class DetectorDataModule(L.LightningDataModule):
     synth, augment : FieldSynthSpec, TileAugmentSpec or dict
     loader : LoaderSpec or dict
         batch_size (default 8), num_workers, val_fraction, seed.
+    workers : int, optional
+        Processes that generate the synthetic fields (None = one per core); the fields do not depend on it.
     """
+
+    KIND = "fields"  # names the cache folder and the messages
+    CACHE_VERSION = 1
+    DEFAULT_WORKING_PIXEL_SIZE_UM = DEFAULT_WORKING_PIXEL_SIZE_UM
 
     def __init__(
         self,
         path: str | None = None,
         format: str = "auto",
-        working_pixel_size_um: float = DEFAULT_WORKING_PIXEL_SIZE_UM,
+        working_pixel_size_um: float | None = None,
         assume_pixel_size_um: float | None = None,
         tile_px: int = 256,
         tiles_per_epoch: int = 512,
@@ -334,47 +363,68 @@ class DetectorDataModule(L.LightningDataModule):
         synth: FieldSynthSpec | dict | None = None,
         augment: TileAugmentSpec | dict | None = None,
         loader: LoaderSpec | dict | None = None,
+        workers: int | None = None,
     ) -> None:
         super().__init__()
         if tile_px % 32 or tile_px < 32:
             raise ValueError(f"tile_px must be a positive multiple of 32, got {tile_px}")
         self.path = str(path) if path else None
         self.format = format
-        self.working_pixel_size_um = float(working_pixel_size_um)
+        self.working_pixel_size_um = float(working_pixel_size_um or self.DEFAULT_WORKING_PIXEL_SIZE_UM)
         self.assume_pixel_size_um = assume_pixel_size_um
         self.tile_px = int(tile_px)
         self.tiles_per_epoch = int(tiles_per_epoch)
         self.max_val_tiles = int(max_val_tiles) if max_val_tiles else None
+        self.workers = workers
         self.synth = settings_from_config(FieldSynthSpec, synth, "the data config's synth section")
         self.augment = settings_from_config(TileAugmentSpec, augment, "the data config's augment section")
-        if not isinstance(loader, LoaderSpec):  # the detector's own default batch
+        if not isinstance(loader, LoaderSpec):  # the dense networks' own default batch
             loader = settings_from_config(LoaderSpec, {"batch_size": 8, **(loader or {})}, "the data config's loader section")
-        lo = loader
-        self.batch_size = lo.batch_size
-        self.num_workers = lo.num_workers
-        self.val_fraction = lo.val_fraction
-        self.seed = lo.seed
-        self.fields: list[Field] | None = None
+        self.batch_size = loader.batch_size
+        self.num_workers = loader.num_workers
+        self.val_fraction = loader.val_fraction
+        self.seed = loader.seed
+        self.fields: list | None = None
         self.train_idx = self.val_idx = np.zeros(0, int)
+
+    # -------------------------------------------------------------- what a subclass says
+    def prepare(self, item: AnnotatedImage, pixel_size_um: float | None) -> Any:
+        raise NotImplementedError
+
+    @staticmethod
+    def save(path: Path, fields: Sequence) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def load(path: Path) -> list:
+        raise NotImplementedError
+
+    @staticmethod
+    def sample(field: Any, r: int, c: int, tile: int) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @staticmethod
+    def as_batch(sample: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
 
     # -------------------------------------------------------------- data
     def cache_path(self) -> Path:
         """Where the prepared synthetic fields live (hash of the spec and the working scale)."""
-        parts = [FIELD_CACHE_VERSION, self.working_pixel_size_um, list(NORM_PERCENTILES), self.synth.key_parts()]
+        parts = [self.CACHE_VERSION, self.working_pixel_size_um, list(NORM_PERCENTILES), self.synth.key_parts()]
         key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        return cache_root() / f"detector-{key}" / "fields.npz"
+        return cache_root() / f"{self.KIND}-{key}" / "fields.npz"
 
-    def _load(self) -> list[Field]:
+    def _load(self) -> list:
         if self.path is not None:
             from fracscope.data import read_dataset
 
             items = read_dataset(self.path, format=self.format)
-            return [prepare_field(it, self.working_pixel_size_um, self.assume_pixel_size_um) for it in items]
+            return [self.prepare(it, self.assume_pixel_size_um) for it in items]
         cache = self.cache_path()
         if cache.exists():
-            return load_fields(cache)
-        fields = [prepare_field(it, self.working_pixel_size_um) for it in self.synth.generate()]
-        save_fields(cache, fields)
+            return self.load(cache)
+        fields = [self.prepare(it, None) for it in self.synth.generate(self.workers)]
+        self.save(cache, fields)
         return fields
 
     def prepare_data(self) -> None:
@@ -386,15 +436,17 @@ class DetectorDataModule(L.LightningDataModule):
             return
         self.fields = self._load()
         if not self.fields:
-            raise ValueError("the detector dataset holds no image")
+            raise ValueError(f"the {self.KIND} dataset holds no image")
         self.train_idx, self.val_idx = split_indices(np.arange(len(self.fields)), self.val_fraction, self.seed)
 
     # -------------------------------------------------------------- loaders
     def train_dataset(self) -> RandomTiles:
-        return RandomTiles([self.fields[i] for i in self.train_idx], self.tile_px, self.tiles_per_epoch, self.augment)
+        return RandomTiles([self.fields[i] for i in self.train_idx], self.tile_px, self.tiles_per_epoch, self.augment,
+                           self.sample, self.as_batch)
 
     def val_dataset(self) -> GridTiles:
-        return GridTiles([self.fields[i] for i in self.val_idx], self.tile_px, self.max_val_tiles)
+        return GridTiles([self.fields[i] for i in self.val_idx], self.tile_px, self.max_val_tiles, self.sample,
+                         self.as_batch)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_dataset(), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
@@ -403,11 +455,27 @@ class DetectorDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_dataset(), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
 
-    # -------------------------------------------------------------- facts
     def class_weights(self) -> None:
         """No classes here (`fracscope.models.train.run` asks every data module)."""
         return None
 
+
+class DetectorDataModule(FieldDataModule):
+    """Fields for the learned detector (`FieldDataModule`; default working pixel size 0.15 µm/px): instance
+    maps resampled by nearest neighbour, foreground and per-instance distance targets."""
+
+    KIND = "detector"
+    CACHE_VERSION = FIELD_CACHE_VERSION
+
+    def prepare(self, item: AnnotatedImage, pixel_size_um: float | None) -> Field:
+        return prepare_field(item, self.working_pixel_size_um, pixel_size_um)
+
+    save = staticmethod(save_fields)
+    load = staticmethod(load_fields)
+    sample = staticmethod(_sample)
+    as_batch = staticmethod(_as_batch)
+
+    # -------------------------------------------------------------- facts
     def describe(self) -> dict:
         """Plain-typed facts stored in the checkpoint and, at export, in the model file."""
         from fracscope.synth import SYNTH_VERSION
