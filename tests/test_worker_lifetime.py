@@ -121,3 +121,21 @@ def test_the_portable_fallback_ends_a_worker_whose_parent_is_gone(tmp_path) -> N
         parent.wait()
         if _alive({child}):
             os.kill(child, signal.SIGKILL)
+
+
+def test_a_ctrl_c_inside_sigint_ignored_is_raised_when_the_block_ends():
+    """Ignoring SIGINT while a worker starts lost a Ctrl-C that came in that moment (the run went on);
+    blocking keeps it pending, so it is raised right after the block."""
+    import os
+    import signal
+
+    import pytest
+
+    from fracscope.child_process import sigint_ignored
+
+    reached_end_of_block = False
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_ignored():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached_end_of_block = True
+    assert reached_end_of_block

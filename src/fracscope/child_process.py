@@ -47,17 +47,25 @@ def _watch_parent(parent_pid: int) -> None:
 
 @contextlib.contextmanager
 def sigint_ignored() -> Iterator[None]:
-    """Children started inside the block ignore SIGINT from their start on.
+    """Children started inside the block hold Ctrl-C back from their start on; the parent keeps it.
 
     Ctrl-C reaches the terminal's whole process group; a worker still importing would print its
-    own traceback. The parent handles it and ends its workers. A Ctrl-C that arrives inside the
-    block is lost, so keep the block to the process start. Off the main thread it does nothing.
+    own traceback. SIGINT is *blocked* (not ignored) in the block: a child inherits the blocked
+    mask until its initializer ignores SIGINT and unblocks it (`release_sigint_in_child`), and a
+    Ctrl-C that arrives inside the block stays pending here and is raised as soon as the block
+    ends (ignoring it lost such a Ctrl-C, and the run went on). Off the main thread it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def release_sigint_in_child() -> None:
+    """In a worker started inside `sigint_ignored`: ignore Ctrl-C (the parent handles it), then unblock it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

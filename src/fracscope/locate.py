@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import signal
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.child_process import die_with_parent, sigint_ignored
+from fracscope.child_process import die_with_parent, release_sigint_in_child, sigint_ignored
 from fracscope.crop import CropSpec, crop_particles
 from fracscope.detect import Detector, build_detector
 from fracscope.io import ReadFailure
@@ -72,7 +71,7 @@ def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, pare
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down
     # (`sigint_ignored` covers the start when the pool is used from the main thread).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    release_sigint_in_child()
     _worker_args = (build_detector(detect_cfg), crop_spec)
 
 
