@@ -203,20 +203,21 @@ class Models:
 
     phases: PhaseMapModel | None = None  # segmenter=model or classify=native
     crops: Backend | None = None  # segmenter=crops or classify=head|topology
+    class_rule: CrackRule | CrackClassifier | None = None  # the phase model file's, read once
 
     @classmethod
     def for_settings(cls, settings: AnalysisSettings, run: RunSettings | None = None) -> Models:
         """Load what `settings` need (model paths and device from `run`; shipped defaults without)."""
         run = run or RunSettings()
-        phases = crops = None
-        head_for_rule = False
+        phases = crops = class_rule = None
         if settings.segmenter == "model" or settings.classify == "native":
             phases = PhaseMapModel(resolve_phase_model(run.phase_model_path), device=run.device)
-            # A class rule that also reads the crop model's class head needs that model.
-            head_for_rule = settings.classify == "native" and needs_head(class_rule_from_dict(phases.metadata.class_rule))
+            class_rule = class_rule_from_dict(phases.metadata.class_rule)
+        # A class rule that also reads the crop model's class head needs that model.
+        head_for_rule = settings.classify == "native" and needs_head(class_rule)
         if settings.segmenter == "crops" or settings.classify in ("head", "topology") or head_for_rule:
             crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device)
-        return cls(phases, crops)
+        return cls(phases, crops, class_rule)
 
     @property
     def crop_spec(self):
@@ -248,19 +249,18 @@ def predict_particles(
 ) -> Predicted:
     """Phase codes of the whole image (native model) and/or class and phase probabilities of every crop."""
     t = time.perf_counter()
-    codes = class_rule = class_probs = phase_probs = None
+    codes = class_probs = phase_probs = None
     pore_weight = 1.0
     if models.phases is not None:
         image = located.image
         # Without a pixel size the image is taken to be at the model's working pixel size.
         px = image.pixel_size_um or models.phases.working_pixel_size_um
         codes = codes_from_probs(models.phases.predict(image.pixels, px)) if located.instances.any() else None
-        class_rule = class_rule_from_dict(models.phases.metadata.class_rule)
     if models.crops is not None:
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
-    return Predicted(located, stem, group, codes, class_rule, class_probs, phase_probs, pore_weight)
+    return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
@@ -487,11 +487,9 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         raise ValueError(f"segmenter must be one of {list(SEGMENTERS)}, got {settings.segmenter!r}")
     if settings.classify not in CLASSIFY_ROUTES:
         raise ValueError(f"classify must be one of {list(CLASSIFY_ROUTES)}, got {settings.classify!r}")
-    if settings.pore_weight is not None and not settings.pore_weight > 0:  # refused on every route, not only crops
-        raise ValueError(f"pore_weight must be positive (or null for the model's own), got {settings.pore_weight}")
     models = Models.for_settings(settings, run_settings)
-    if models.crops is not None:
-        resolve_pore_weight(models.crops.metadata, settings.pore_weight)  # a bad override fails here, not per image
+    # A bad override (or crop model weight) fails here, not per image, and on every route, not only crops.
+    resolve_pore_weight(models.crops.metadata if models.crops is not None else None, settings.pore_weight)
     if settings.segmenter in ("model", "crops"):
         model = models.phases if settings.segmenter == "model" else models.crops
         check_polarity(model.metadata, settings.pore_polarity, instead="segmenter=threshold")

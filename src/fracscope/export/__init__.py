@@ -142,6 +142,19 @@ def export_onnx(
     return export_network(wrapper, out_path, meta, graph, parity, opset, calibration)
 
 
+def working_scale_calibration(calibration: np.ndarray | None, meta: DetectorMetadata | PhaseMetadata
+                              ) -> tuple[np.ndarray, bool]:
+    """int8 calibration tiles (N, C, H, W) at a dense network's working scale: the given ones, checked, or
+    `synthetic_calibration_tiles` at its working pixel size; and whether they were generated here."""
+    generated = calibration is None
+    if generated:
+        calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
+    calibration = np.ascontiguousarray(calibration, dtype=np.float32)
+    if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
+        raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
+    return calibration, generated
+
+
 def export_detector(
     network: Any,
     out_path: str | Path,
@@ -184,11 +197,7 @@ def export_detector(
 
     meta = stamped(metadata, quantize)
     if quantize:
-        if calibration is None:
-            calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
-        calibration = np.ascontiguousarray(calibration, dtype=np.float32)
-        if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
-            raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
+        calibration, _ = working_scale_calibration(calibration, meta)
     wrapper = DetectorProbabilities(prepare_for_export(network)).eval()
     graph = Graph(DETECTOR_INPUT_NAME, DETECTOR_OUTPUT_NAMES, {0: "batch", 2: "height", 3: "width"},
                   (1, int(meta.in_channels), 64, 96))
@@ -238,13 +247,10 @@ def export_phases(
 
     meta = stamped(metadata, quantize)
     if quantize:
-        if calibration is None:
-            calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
+        calibration, generated = working_scale_calibration(calibration, meta)
+        if generated:
             meta = dataclasses.replace(meta, extra={**meta.extra, "calibration": (
                 f"{len(calibration)} generated synthetic tiles at working scale; not real data")})
-        calibration = np.ascontiguousarray(calibration, dtype=np.float32)
-        if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
-            raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
     wrapper = PhaseProbabilities(prepare_for_export(network)).eval()
     graph = Graph(PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, {0: "batch", 2: "height", 3: "width"},
                   (1, int(meta.in_channels), 64, 96))
