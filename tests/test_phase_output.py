@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-import fracscope.report.writer as writer_module
+import fracscope.report.record as writer_module
 from fracscope.report import ReportWriter
 from fracscope.report.overlay import CLASS_RGB, CRACK_RGB, PORE_RGB, any_pool, render_overlay
 from fracscope.report.review import ReviewSampler, make_thumbnail

@@ -154,18 +154,16 @@ def _filter_partial(path: Path, done: set[tuple[str, int]]) -> None:
 class CocoWriter:
     """Streams COCO records per image and assembles predictions_coco.json at close."""
 
-    def __init__(self, output_dir: str | os.PathLike, resume: bool = False, done: set[tuple[str, int]] = frozenset(),
-                 input_root: str | os.PathLike | None = None):
+    def __init__(self, output_dir: str | os.PathLike, resume: bool = False, done: set[tuple[str, int]] = frozenset()):
         self.output_dir = Path(output_dir)
-        self.input_root = input_root
         self.partial = self.output_dir / COCO_PARTIAL
         if resume:
             _filter_partial(self.partial, set(done))
         self._file = self.partial.open("a" if resume else "w", encoding="utf-8")
 
-    def add(self, result: ImageResult) -> None:
-        """Append one image's record (one JSON line, flushed)."""
-        self._file.write(json.dumps(image_record(result, self.input_root)) + "\n")
+    def add(self, record: dict) -> None:
+        """Append one image's record (`image_record`) as one JSON line, flushed."""
+        self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
     def close_file(self) -> None:

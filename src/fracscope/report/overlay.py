@@ -294,9 +294,11 @@ def write_overlay(
     show_ids: bool = True,
     options: ReportOptions | None = None,
 ) -> Path:
-    """Write `overlays/<stem>.png`; returns its path."""
+    """Write `overlays/<stem>.png` (under a temporary name, then renamed: never half a file); returns its path."""
     out = Path(output_dir) / OVERLAYS_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.stem}.png"
-    write_png(path, render_overlay(result, max_px, show_ids, options))
+    tmp = path.with_name(path.name + ".tmp")
+    write_png(tmp, render_overlay(result, max_px, show_ids, options))
+    os.replace(tmp, path)
     return path

@@ -1,15 +1,17 @@
 """Review material: contact sheets of sampled particles per class, and the low-confidence list.
 
-A fixed-size, seeded reservoir per class keeps memory bounded however many
-particles arrive; each kept particle is stored as a small uint8 RGB thumbnail, cut from the
+A fixed-size sample per class (the particles of lowest seeded rank) keeps memory bounded however
+many particles arrive, and does not depend on the order images arrive in; each kept particle is stored as a small uint8 RGB thumbnail, cut from the
 source image at its own resolution (not the model's resized crop) with its crack pixels drawn,
 so a reviewer can check the class against the cracks the measurements counted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +102,53 @@ def make_thumbnail(result: ImageResult, particle: ParticleResult, size: int = TH
     return rgb
 
 
+def review_priority(seed: int, stem: str, particle_id: int) -> float:
+    """A particle's rank in the review sample, uniform in [0, 1) and fixed by the seed and the particle's
+    identity (its image's output stem, unique per page, and its id): the sample is the particles of lowest rank (bottom-k), whatever order images arrive in,
+    so a run on one machine and one spread over a cluster show the same particles."""
+    key = f"{seed}\0{stem}\0{particle_id}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0**64
+
+
+@dataclass
+class ReviewOffer:
+    """One image's part in the review sample: its counted particles per class, and thumbnails of
+    those ranked low enough to be kept (`ReviewSampler.thresholds` when the offer was made)."""
+
+    counted: dict[str, int]
+    candidates: list[tuple[str, float, ReviewTile]]  # (class, rank, tile)
+
+
+def offer_particles(result: ImageResult, options: ReportOptions,
+                    thresholds: Mapping[str, float] | None = None) -> ReviewOffer:
+    """The review offer of one image: every particle the class fractions count (`options.counts`),
+    with a thumbnail made only for those ranked below their class's threshold (default: all)."""
+    counted = {c: 0 for c in CLASS_NAMES}
+    candidates = []
+    for p in result.particles:
+        if p.class_name not in counted or not options.counts(p.touches_border, p.too_small):
+            continue
+        counted[p.class_name] += 1
+        rank = review_priority(options.seed, result.stem, p.particle_id)
+        if thresholds is not None and rank >= thresholds.get(p.class_name, 1.0):
+            continue  # thumbnails only for particles that can still enter the sample
+        prob = float(p.probs[CLASS_NAMES.index(p.class_name)])
+        tile = ReviewTile(make_thumbnail(result, p), f"{short_stem(result.stem)} #{p.particle_id}", prob)
+        candidates.append((p.class_name, rank, tile))
+    return ReviewOffer(counted, candidates)
+
+
 class ReviewSampler:
-    """Seeded reservoir sample (Algorithm R) of particles per class.
+    """Seeded sample of particles per class: the `per_class` of lowest `review_priority` (bottom-k).
+
+    The sample depends on the seed and on which particles were offered, not on their order.
 
     Parameters
     ----------
     per_class : int
         Particles kept per class.
     seed : int
-        The same particles in the same order give the same sample.
+        The rank's seed.
     include_border, include_too_small : bool
         Offer particles cut by the image border / flagged too small. Defaults match the
         report's class fractions, so the sheets show what the statistics count.
@@ -117,36 +157,44 @@ class ReviewSampler:
     def __init__(self, per_class: int = 48, seed: int = 0, include_border: bool = False,
                  include_too_small: bool = False):
         self.per_class = per_class
-        self.include_border = include_border
-        self.include_too_small = include_too_small
-        self._counting = ReportOptions(count_border_particles=include_border, count_too_small=include_too_small)
-        self._rng = np.random.default_rng(seed)
+        self.options = ReportOptions(count_border_particles=include_border, count_too_small=include_too_small,
+                                     seed=seed)
         self.seen: dict[str, int] = {c: 0 for c in CLASS_NAMES}
-        self.tiles: dict[str, list[ReviewTile]] = {c: [] for c in CLASS_NAMES}
+        self._kept: dict[str, list[tuple[float, ReviewTile]]] = {c: [] for c in CLASS_NAMES}
+
+    @classmethod
+    def from_options(cls, options: ReportOptions) -> ReviewSampler:
+        return cls(options.review_per_class, options.seed, options.count_border_particles, options.count_too_small)
+
+    @property
+    def tiles(self) -> dict[str, list[ReviewTile]]:
+        """The kept tiles per class, lowest rank first."""
+        return {c: [t for _, t in sorted(kept, key=lambda k: k[0])] for c, kept in self._kept.items()}
+
+    def thresholds(self) -> dict[str, float]:
+        """Per class, the rank a particle must beat to enter the sample now (1.0 while it is not full)."""
+        return {c: max(r for r, _ in kept) if len(kept) >= self.per_class else 1.0 for c, kept in self._kept.items()}
+
+    def offer(self, result: ImageResult, thresholds: Mapping[str, float] | None = None) -> ReviewOffer:
+        """This image's offer (see `offer_particles`), made with this sampler's options."""
+        return offer_particles(result, self.options, self.thresholds() if thresholds is None else thresholds)
+
+    def take(self, offer: ReviewOffer) -> None:
+        """Count an image's particles and keep those of its candidates that rank among the lowest."""
+        for c, n in offer.counted.items():
+            self.seen[c] += n
+        for c, rank, tile in offer.candidates:
+            kept = self._kept[c]
+            if len(kept) < self.per_class:
+                kept.append((rank, tile))
+                continue
+            worst = max(range(len(kept)), key=lambda i: kept[i][0])
+            if rank < kept[worst][0]:
+                kept[worst] = (rank, tile)
 
     def add(self, result: ImageResult) -> None:
-        """Offer every counted particle of an image."""
-        for p in result.particles:
-            if p.class_name not in self.seen:
-                continue
-            if not self._counting.counts(p.touches_border, p.too_small):
-                continue
-            self.seen[p.class_name] += 1
-            n, tiles = self.seen[p.class_name], self.tiles[p.class_name]
-            if len(tiles) < self.per_class:
-                slot = len(tiles)
-            else:
-                slot = int(self._rng.integers(0, n))
-                if slot >= self.per_class:
-                    continue
-            # Thumbnails are made only for kept particles: cheap even with many particles.
-            thumb = make_thumbnail(result, p)
-            prob = float(p.probs[CLASS_NAMES.index(p.class_name)])
-            tile = ReviewTile(thumb, f"{short_stem(result.stem)} #{p.particle_id}", prob)
-            if slot == len(tiles):
-                tiles.append(tile)
-            else:
-                tiles[slot] = tile
+        """Offer every counted particle of an image and keep what ranks low enough."""
+        self.take(self.offer(result))
 
     def write_sheets(self, output_dir: str | os.PathLike, columns: int = 8) -> list[Path]:
         """Write `review/contact_<class>.png` for every class; returns the paths."""

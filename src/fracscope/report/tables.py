@@ -328,20 +328,18 @@ class ParticleTableWriter:
         if resume and _read_header(self.particles_path):
             self._particles = _CsvAppender(self.particles_path, particle_columns(), resume=True)
 
-    def write_particles(self, result: ImageResult) -> None:
-        """Append the particle rows of one image (call `commit` after its other outputs)."""
-        rows = [particle_row(result, p) for p in result.particles]
+    def write_particles(self, rows: list[dict[str, object]]) -> None:
+        """Append the particle rows of one image (`particle_row`; call `commit` after its other outputs)."""
         if self._particles is None:
             extra = [k for r in rows for k in r]
             self._particles = _CsvAppender(self.particles_path, particle_columns(extra), resume=False)
         if rows:
             self._particles.append(rows)
 
-    def commit(self, result: ImageResult) -> None:
-        """Record the image in images.csv: from now on it counts as done."""
-        row = image_row(result)
+    def commit(self, row: dict[str, object]) -> None:
+        """Record the image's `image_row` in images.csv: from now on it counts as done."""
         self._images.append([row])
-        self.done.add(image_key(result))
+        self.done.add((str(row["image"]), int(row["page"])))  # type: ignore[call-overload]
         self.done_sources[(row["source_path"], row["page"])] = (row["source_size_bytes"], row["source_mtime_ns"])
 
     def close_files(self) -> None:

@@ -8,14 +8,20 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 
-from fracscope.io.tiff import write_label_tiff
 from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
-from fracscope.report.overlay import write_overlay
 from fracscope.report.plots import write_plots
+from fracscope.report.record import (
+    INSTANCES_DIR,
+    PHASES_DIR,
+    ImageRecord,
+    make_record,
+    write_image_files,
+    write_instances,
+    write_phases,
+)
 from fracscope.report.resume import RunLog
 from fracscope.report.review import ReviewSampler, write_low_confidence
 from fracscope.report.summary import (
@@ -29,10 +35,6 @@ from fracscope.report.summary import (
 from fracscope.report.tables import SKIPPED_PREFIX, ErrorTableWriter, ParticleTableWriter, image_key
 from fracscope.types import ImageResult
 
-INSTANCES_DIR = "instances"
-PHASES_DIR = "phases"
-
-
 def _plain_config(config: Mapping | None) -> dict:
     """The config as plain dicts and lists (OmegaConf objects converted)."""
     if config is None:
@@ -45,39 +47,6 @@ def _plain_config(config: Mapping | None) -> dict:
     except ImportError:  # omegaconf is a dependency, but the report does not need it
         pass
     return dict(config)
-
-
-def _write_map(
-    output_dir: str | os.PathLike, folder: str, result: ImageResult, labels: np.ndarray, dtype: type
-) -> Path:
-    """Write `<folder>/<stem>.tif` under a temporary name, then rename it: a file under its
-    real name is always whole, even when a run is killed while writing it."""
-    out = Path(output_dir) / folder
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result.stem}.tif"
-    tmp = path.with_name(path.name + ".tmp")
-    write_label_tiff(tmp, labels, result.image.pixel_size_um, dtype=dtype)
-    os.replace(tmp, path)
-    return path
-
-
-def write_instances(result: ImageResult, output_dir: str | os.PathLike) -> Path:
-    """Write `instances/<stem>.tif`: the uint32 label map, zlib-compressed.
-
-    When the pixel size is known it is stored as the TIFF resolution (pixels per cm),
-    so Fiji and other readers show µm.
-    """
-    return _write_map(output_dir, INSTANCES_DIR, result, result.instances, np.uint32)
-
-
-def write_phases(result: ImageResult, output_dir: str | os.PathLike) -> Path:
-    """Write `phases/<stem>.tif`: the uint8 phase map (`fracscope.types.Phase` codes) on the
-    image grid, zlib-compressed, with the same pixel size tag as `instances/<stem>.tif`.
-
-    Only the pixels of the particles in particles.csv carry codes (`pipeline.measure_particles`
-    leaves every other pixel 0).
-    """
-    return _write_map(output_dir, PHASES_DIR, result, result.phases, np.uint8)
 
 
 class ReportWriter:
@@ -130,14 +99,10 @@ class ReportWriter:
         self._tables = ParticleTableWriter(self.output_dir, resume)
         self._errors = ErrorTableWriter(self.output_dir, resume)
         self._coco = (
-            CocoWriter(self.output_dir, resume, self._tables.done, input_root) if self.options.write_coco else None
+            CocoWriter(self.output_dir, resume, self._tables.done) if self.options.write_coco else None
         )
-        self._review = ReviewSampler(
-            self.options.review_per_class,
-            self.options.seed,
-            include_border=self.options.count_border_particles,
-            include_too_small=self.options.count_too_small,
-        )
+        self.input_root = input_root
+        self._review = ReviewSampler.from_options(self.options)
         self._failures: list[tuple[str, int, str]] = []
         self._closed = False
         self._resume = resume
@@ -174,26 +139,33 @@ class ReportWriter:
         """Write everything for one image; returns False if it was already done (skipped)."""
         if self._closed:
             raise RuntimeError("ReportWriter is closed")
-        key = image_key(result)
-        if key in self._tables.done:
-            warnings.warn(f"{key} is already in the report; skipped", stacklevel=2)
+        if image_key(result) in self._tables.done:
+            warnings.warn(f"{image_key(result)} is already in the report; skipped", stacklevel=2)
+            return False
+        write_image_files(result, self.output_dir, self.options)
+        return self.add_record(make_record(result, self.options, self.input_root, self.review_thresholds()))
+
+    def review_thresholds(self) -> dict[str, float]:
+        """The ranks a particle must beat to enter the review sample now (for `make_record`)."""
+        return self._review.thresholds()
+
+    def add_record(self, record: ImageRecord) -> bool:
+        """Add one image whose files are written (`write_image_files`) to the tables, COCO and review
+        sample; returns False if it was already done (skipped)."""
+        if self._closed:
+            raise RuntimeError("ReportWriter is closed")
+        if record.key in self._tables.done:
+            warnings.warn(f"{record.key} is already in the report; skipped", stacklevel=2)
             return False
         self._record_run()
         self._n_added += 1
-        opts = self.options
-        if opts.write_instances:
-            write_instances(result, self.output_dir)
-        if opts.write_phases:
-            write_phases(result, self.output_dir)
-        if opts.write_overlays:
-            write_overlay(result, self.output_dir, opts.overlay_max_px, opts.overlay_ids, opts)
-        if opts.write_review:
-            self._review.add(result)
-        self._tables.write_particles(result)
-        if self._coco is not None:
-            self._coco.add(result)
+        if record.review is not None:
+            self._review.take(record.review)
+        self._tables.write_particles(record.particle_rows)
+        if self._coco is not None and record.coco is not None:
+            self._coco.add(record.coco)
         # Last: the images.csv row marks the image done (see tables.done_images).
-        self._tables.commit(result)
+        self._tables.commit(record.image_row)
         return True
 
     def add_failure(self, source: str, page: int, message: str) -> None:
