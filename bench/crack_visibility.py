@@ -274,7 +274,7 @@ class Pipeline:
     """What `analyse_field` needs: built once from the composed infer config."""
 
     detector: object
-    models: object  # fracscope.pipeline.Models
+    models: object  # fracscope.analysis.Models
     analysis: object
 
 
@@ -282,7 +282,8 @@ def build_pipeline(overrides: list[str]) -> Pipeline:
     """The infer config with `overrides`, composed as `infer.py` composes it, turned into its parts."""
     from fracscope.cli import compose
     from fracscope.detect import build_detector
-    from fracscope.pipeline import Models, RunSettings
+    from fracscope.analysis import Models
+    from fracscope.pipeline import RunSettings
 
     settings = RunSettings.from_config(compose("infer", *overrides))
     models = Models.for_settings(settings.analysis, settings)
@@ -301,7 +302,7 @@ class Prediction:
 def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int, Prediction]]:
     """Predicted instance map and a `Prediction` per predicted id. The one call into the pipeline's
     internals: when they change, only this function follows."""
-    from fracscope.pipeline import analyse_image
+    from fracscope.analysis import analyse_image
 
     result = analyse_image(image, image.source, "bench", run.detector, run.models, run.analysis)
     return result.instances, {

@@ -286,7 +286,7 @@ def save_judged_crops(dest: str, cfg, fields: Path, judged: pd.DataFrame) -> int
     from fracscope.detect import build_detector
     from fracscope.io import ReadFailure, iter_images
     from fracscope.locate import locate_particles
-    from fracscope.pipeline import image_stem
+    from fracscope.analysis import image_stem
     from fracscope.runtime import load_backend
 
     meta = load_backend(resolve_model(cfg.model_path)).metadata

@@ -64,6 +64,9 @@ def test_core_dependencies_hold_no_training_package_and_dev_installs_train() -> 
     assert not core & {"torch", "torchvision", "lightning", "albumentations", "tensorboard", "onnxscript"}
     assert {"torch", "torchvision", "lightning", "albumentations", "tensorboard"} <= train
     assert "fracscope[train]" in PYPROJECT["optional-dependencies"]["dev"]
+    # Dask is an extra for executor=dask, not a core dependency; the tests (dev) need it.
+    assert not core & {"dask", "distributed", "dask-jobqueue"}
+    assert "fracscope[dask]" in PYPROJECT["optional-dependencies"]["dev"]
 
 
 def test_inference_entry_points_import_no_training_package_at_module_level() -> None:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+import fracscope.analysis as analysis
 import fracscope.pipeline as pipeline
 from fracscope.assets import SAMPLE_DIR
 from fracscope.cli import compose
@@ -91,7 +92,7 @@ def sample_run(tmp_path_factory):
     shutil.copy(SAMPLE_DIR / "P-NCM_100cyc" / "field_00.tif", root / "GP" / "day 1" / "field_00.tif")
     out = tmp_path_factory.mktemp("out")
     trimmed_box = []
-    original = pipeline.particle_phases
+    original = analysis.particle_phases
 
     def box(mask: np.ndarray) -> tuple[int, ...]:
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
@@ -103,7 +104,7 @@ def sample_run(tmp_path_factory):
         return found
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(pipeline, "particle_phases", watched)
+    mp.setattr(analysis, "particle_phases", watched)
     try:
         pipeline.run(compose("infer", f"input={root}", f"output={out}", "report.n_boot=10"))
     finally:

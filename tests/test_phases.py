@@ -140,7 +140,7 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     """Both callers reach the paste-back only through `phases_on_image_grid`, with the same rule."""
     from fracscope.crop import CropSpec, crop_particles, paste_back
     from fracscope.locate import LocatedParticles
-    from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
+    from fracscope.analysis import AnalysisSettings, Predicted, StageTimes, measure_particles
     from fracscope.pores3d.segment import ModelVoids
     from fracscope.types import SEMImage
 
@@ -169,7 +169,7 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     ModelVoids(_Backend(), pore_weight=1.3).refine(block, phases)
     assert len(calls) == 2 and calls[0] == calls[1]
     np.testing.assert_array_equal(phases[0], result.phases)
-    assert fracscope.pores3d.segment.phases_on_image_grid is fracscope.pipeline.phases_on_image_grid
+    assert fracscope.pores3d.segment.phases_on_image_grid is fracscope.analysis.phases_on_image_grid
 
 
 def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path, monkeypatch):

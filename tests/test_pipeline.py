@@ -84,7 +84,7 @@ def test_corrupt_file_is_an_error_row_and_the_rest_is_processed(tmp_path, field_
 @pytest.mark.parametrize(
     ("module", "name", "stem", "error"),
     [
-        ("fracscope.report.writer", "write_overlay", "A__f1", OSError("disk full")),
+        ("fracscope.report.record", "write_overlay", "A__f1", OSError("disk full")),
         # Measuring runs on the writer thread: its failures must still become error rows.
         ("fracscope.pipeline", "measure_particles", "B__f0", ValueError("odd mask")),
     ],
@@ -269,7 +269,7 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
     from fracscope.locate import LocatedParticles
     from fracscope.measure import eq_diameter_um
     from fracscope.phases import ImagePhaseCodes
-    from fracscope.pipeline import AnalysisSettings, Predicted, StageTimes, measure_particles
+    from fracscope.analysis import AnalysisSettings, Predicted, StageTimes, measure_particles
     from fracscope.types import Phase, SEMImage
 
     px = 0.05
@@ -310,7 +310,8 @@ def test_models_loads_the_crop_model_only_when_the_settings_or_the_class_rule_ne
     from fracscope.assets import resolve_phase_model
     from fracscope.classify import CrackRule
     from fracscope.model_file import PhaseMetadata, read_metadata, write_metadata
-    from fracscope.pipeline import AnalysisSettings, Models, RunSettings
+    from fracscope.analysis import AnalysisSettings, Models
+    from fracscope.pipeline import RunSettings
 
     default = Models.for_settings(AnalysisSettings())
     assert default.phases is not None and default.crops is not None and default.crop_spec is not None

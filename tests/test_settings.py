@@ -96,7 +96,8 @@ def test_missing_mandatory_value_is_named():
 
 # ---------------------------------------------------------------- infer
 def test_infer_config_is_read_once_into_picklable_run_settings():
-    from fracscope.pipeline import AnalysisSettings, RunSettings
+    from fracscope.analysis import AnalysisSettings
+    from fracscope.pipeline import RunSettings
     from fracscope.report import ReportOptions
 
     s = RunSettings.from_config(compose("infer", "batch_size=8", "trim_rim=false", "report.n_boot=10"))

@@ -55,7 +55,8 @@ def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | 
     return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
 
 
-def _locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):
+def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):
+    """`locate_particles`, or a `LocateFailure` that says why it raised."""
     try:
         return locate_particles(image, detector, crop_spec)
     except Exception as exc:  # one bad image must not stop a run over thousands
@@ -77,7 +78,7 @@ def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, pare
 
 def _locate_in_worker(image: SEMImage):
     assert _worker_args is not None, "worker not initialised"
-    return _locate_safely(image, *_worker_args)
+    return locate_safely(image, *_worker_args)
 
 
 def locate_ahead(
@@ -90,12 +91,13 @@ def locate_ahead(
 
     With workers > 0, up to workers + 1 images are detected ahead in worker processes
     ("spawn", so no thread pools are forked), which bounds memory. With 0, everything
-    runs in this process. Read failures pass through in order.
+    runs in this process. Read failures, and any item that is not an image (a mosaic that
+    is analysed tile by tile, `fracscope.mosaic.MosaicPage`), pass through in order.
     """
     if workers <= 0:
         detector = build_detector(detect_cfg)
         for item in images:
-            yield item if isinstance(item, ReadFailure) else _locate_safely(item, detector, crop_spec)
+            yield locate_safely(item, detector, crop_spec) if isinstance(item, SEMImage) else item
         return
     build_detector(detect_cfg)  # fail here on a bad config, not in every worker
     depth = workers + 1
@@ -104,7 +106,7 @@ def locate_ahead(
                              initargs=(dict(detect_cfg), crop_spec, os.getpid())) as pool:
         pending: deque[Future | ReadFailure] = deque()
         for item in images:
-            if isinstance(item, ReadFailure):
+            if not isinstance(item, SEMImage):
                 pending.append(item)
             else:
                 with sigint_ignored():  # a submit may start a worker
@@ -115,5 +117,5 @@ def locate_ahead(
             yield _resolved(pending.popleft())
 
 
-def _resolved(entry: Future | ReadFailure):
+def _resolved(entry: Any):
     return entry.result() if isinstance(entry, Future) else entry

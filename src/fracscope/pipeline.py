@@ -1,14 +1,13 @@
-"""Bulk inference: SEM image → particle instances → phase maps → per-particle measurements and class → report.
+"""Bulk inference: SEM images → particle instances → phase maps → per-particle measurements and class → report.
 
-`run(cfg)` is what `infer.py` calls; `analyse_image` is the same sentence for one image.
-By default the phase maps come from the native-resolution phase model (`fracscope.phase_map`)
-and the class from the crack measurements on them (`fracscope.classify`); the crop model
-(``segmenter=crops``, ``classify=head|topology``) and the paper's threshold
-(``segmenter=threshold``) remain as options.
+`run(cfg)` is what `infer.py` calls: it reads the settings once, finds the inputs, loads the
+models, has every image analysed (`fracscope.analysis`, the same sentence for one image) here or on
+a Dask cluster (`executor`), and writes the report (`fracscope.report.ReportWriter`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,80 +17,43 @@ import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from scipy import ndimage as ndi
 from omegaconf import DictConfig, OmegaConf
 
 from fracscope import __version__
-from fracscope.detect import Detector, detector_factory
-from fracscope.assets import resolve_input, resolve_model, resolve_phase_model
+from fracscope.analysis import (
+    CLASSIFY_ROUTES,
+    SEGMENTERS,
+    AnalysisSettings,
+    Models,
+    Predicted,
+    StageTimes,
+    image_stem,
+    measure_particles,
+    predict_particles,
+)
+from fracscope.assets import resolve_input
 from fracscope.cli import UsageError
-from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images, relative_source
-from fracscope.locate import LocatedParticles, LocateFailure, locate_ahead, locate_particles
+from fracscope.detect import detector_factory
+from fracscope.executor import ExecutorSettings
+from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
-from fracscope.measure import measure_particle
-from fracscope.measure.threshold import image_threshold, threshold_phases
-from fracscope.classify import (
-    HEAD_FEATURES,
-    CrackClassifier,
-    CrackRule,
-    class_from_fragments,
-    class_rule_from_dict,
-    needs_head,
-)
+from fracscope.locate import LocateFailure, locate_ahead
+from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
+from fracscope.phases import check_polarity, resolve_pore_weight
 from fracscope.progress import RunProgress
-from fracscope.phase_map import PhaseMapModel
-from fracscope.phases import (
-    CropPhases,
-    ImagePhaseCodes,
-    PhaseRule,
-    check_polarity,
-    codes_from_probs,
-    particle_phases,
-    phases_on_image_grid,
-    predict_crops,
-    resolve_pore_weight,
-)
-from fracscope.refine import RIM_TRIM_PHASES
 from fracscope.report import ReportOptions, ReportWriter
 from fracscope.report.lock import OutputLock
 from fracscope.report.resume import RunLog
 from fracscope.report.tables import done_images, source_identity
-from fracscope.runtime import Backend, load_backend
 from fracscope.settings import settings_from_config
-from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
+from fracscope.types import ImageResult, SEMImage
 
 log = logging.getLogger(__name__)
-
-
-SEGMENTERS = ("model", "crops", "threshold")
-CLASSIFY_ROUTES = ("native", "head", "topology")
-
-
-@dataclass(frozen=True)
-class AnalysisSettings:
-    """How one image is turned into particle results (from the `infer` config)."""
-
-    batch_size: int = 64
-    # "model": the native-resolution phase model | "crops": the crop model's maps pasted back (the earlier
-    # route) | "threshold": the paper's Eq. 1 on an Otsu threshold
-    segmenter: str = "model"
-    # "native": the phase model file's class rule on the native crack measurements | "head": the crop
-    # model's class head | "topology": the head corrected by crack-mask connectivity
-    classify: str = "native"
-    pore_polarity: str = "dark"
-    low_confidence: float = 0.6  # flag particles whose top class probability is below this
-    min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
-    min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
-    keep_crops: bool = True  # keep crops on results for review contact sheets
-    pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
-    # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
-    # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
-    trim_rim: str = field(default="background", metadata={"convert": lambda v: _rim_trim_mode(v)})
 
 
 @dataclass(frozen=True)
@@ -119,6 +81,8 @@ class RunSettings:
     # settings that change results differ from the earlier run's; "force": go on anyway.
     resume: bool | str = field(default=False, metadata={"convert": lambda v: _resume_mode(v)})
     force_unlock: bool = False  # take over a lock another host holds on output/
+    model_threads: int | None = None  # onnxruntime intra-op threads of the phase and crop models (None: all cores)
+    executor: ExecutorSettings = ExecutorSettings()  # where images are analysed: here, or on a Dask cluster
     progress: bool = True  # stderr: a bar on a terminal, else a line per image (the log has the lines anyway)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings, metadata={"flatten": True})
     detect: Mapping[str, Any] = field(default_factory=lambda: {"name": "learned"})
@@ -162,203 +126,6 @@ class RunSettings:
         }
 
 
-@dataclass
-class StageTimes:
-    """Seconds spent per stage, summed over the run.
-
-    detect and crop run in worker processes when detect_workers > 0, overlapping the model:
-    then the stages add up to more than the wall time, and `wait` is the main process idling
-    for the workers. Particles are measured and outputs written on a background thread while
-    the model runs on the next image: `measure` is that thread's measuring time, and `write`
-    is the main process waiting for it (and the final summary, plots and sheets).
-    """
-
-    seconds: dict[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("decode", "detect", "crop", "wait", "model", "measure", "write"), 0.0)
-    )
-
-    def add(self, stage: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.seconds[stage] += now - t0
-        return now
-
-
-def _touches_border(bbox: tuple[int, int, int, int], shape: tuple[int, int]) -> bool:
-    r0, c0, r1, c1 = bbox
-    return r0 == 0 or c0 == 0 or r1 == shape[0] or c1 == shape[1]
-
-
-def _mask_box(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """(row0, col0, row1, col1), end-exclusive, of a window's mask in image pixels; None when empty."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not rows.size:
-        return None
-    return (origin[0] + int(rows[0]), origin[1] + int(cols[0]), origin[0] + int(rows[-1]) + 1,
-            origin[1] + int(cols[-1]) + 1)
-
-
-@dataclass(frozen=True)
-class Models:
-    """The networks a run uses: the phase model and/or the crop model, as the settings need them."""
-
-    phases: PhaseMapModel | None = None  # segmenter=model or classify=native
-    crops: Backend | None = None  # segmenter=crops or classify=head|topology
-    class_rule: CrackRule | CrackClassifier | None = None  # the phase model file's, read once
-
-    @classmethod
-    def for_settings(cls, settings: AnalysisSettings, run: RunSettings | None = None) -> Models:
-        """Load what `settings` need (model paths and device from `run`; shipped defaults without)."""
-        run = run or RunSettings()
-        phases = crops = class_rule = None
-        if settings.segmenter == "model" or settings.classify == "native":
-            phases = PhaseMapModel(resolve_phase_model(run.phase_model_path), device=run.device)
-            class_rule = class_rule_from_dict(phases.metadata.class_rule)
-        # A class rule that also reads the crop model's class head needs that model.
-        head_for_rule = settings.classify == "native" and needs_head(class_rule)
-        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or head_for_rule:
-            crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device)
-        return cls(phases, crops, class_rule)
-
-    @property
-    def crop_spec(self):
-        """The crop model's crop spec, or None when no crops are needed."""
-        return self.crops.metadata.crop_spec if self.crops is not None else None
-
-
-@dataclass
-class Predicted:
-    """One image's particles after the models: what `measure_particles` turns into results."""
-
-    located: LocatedParticles
-    stem: str
-    group: str
-    codes: ImagePhaseCodes | None  # the phase model's, on the image grid
-    class_rule: CrackRule | CrackClassifier | None  # the phase model file's
-    class_probs: np.ndarray | None  # (N, 3), the crop model's, in crop order
-    phase_probs: np.ndarray | None  # (N, 4, S, S), the crop model's, on the crop grid
-    pore_weight: float  # the crop model file's, or the run's override
-
-
-def predict_particles(
-    located: LocatedParticles,
-    stem: str,
-    group: str,
-    models: Models,
-    settings: AnalysisSettings,
-    times: StageTimes,
-) -> Predicted:
-    """Phase codes of the whole image (native model) and/or class and phase probabilities of every crop."""
-    t = time.perf_counter()
-    codes = class_probs = phase_probs = None
-    pore_weight = 1.0
-    if models.phases is not None:
-        image = located.image
-        # Without a pixel size the image is taken to be at the model's working pixel size.
-        px = image.pixel_size_um or models.phases.working_pixel_size_um
-        codes = codes_from_probs(models.phases.predict(image.pixels, px)) if located.instances.any() else None
-    if models.crops is not None:
-        class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
-        pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
-    times.add("model", t)
-    return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight)
-
-
-def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
-    """Phases pasted back onto the image's own pixel grid, and every particle measured there."""
-    located, stem, group = predicted.located, predicted.stem, predicted.group
-    image, instances = located.image, located.instances
-    t = time.perf_counter()
-    trim = RIM_TRIM_PHASES[settings.trim_rim]
-    rule = PhaseRule(predicted.pore_weight, trim)
-    phases = np.zeros(instances.shape, np.uint8)
-    grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
-    boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
-    particles: list[ParticleResult] = []
-    px = image.pixel_size_um
-    # The detector's size rule, applied again to the outline that is measured (trimmed, at full
-    # resolution), so that no reported section is smaller than the minimum. Needs a pixel size.
-    min_d = located.min_diameter_um if px else None
-    crops = {c.particle_id: (i, c) for i, c in enumerate(located.crops)}
-    for pid in (i + 1 for i, b in enumerate(boxes) if b is not None):
-        rows, cols = boxes[pid - 1]
-        box = (rows.start, cols.start, rows.stop, cols.stop)
-        r0, c0, r1, c1 = box
-        own = instances[r0:r1, c0:c1] == pid
-        index, crop = crops.get(pid, (None, None))
-        native = particle_phases(predicted.codes, box, own, trim) if predicted.codes is not None else None
-        if settings.segmenter == "threshold":
-            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
-        else:
-            found = native if settings.segmenter == "model" else phases_on_image_grid(
-                CropPhases(predicted.phase_probs[index], crop, box, own), rule)
-            instances[r0:r1, c0:c1][own & ~found.mask] = 0  # the trimmed rim leaves the particle
-            own, local = found.mask, found.phases
-        m = measure_particle(own, local, px)
-        if min_d and m["eq_diameter_um"] < min_d:
-            instances[r0:r1, c0:c1][own] = 0  # its id stays unused
-            continue
-        phases[r0:r1, c0:c1][own] = local[own]
-        if settings.classify == "native":
-            evidence = dict(m if settings.segmenter == "model" else measure_particle(native.mask, native.phases, px))
-            if predicted.class_probs is not None:
-                evidence.update(zip(HEAD_FEATURES, map(float, predicted.class_probs[index])))
-            probs = predicted.class_rule.predict_measured(evidence)
-            class_index = int(np.argmax(probs))
-        elif settings.classify == "topology" and settings.segmenter != "threshold":
-            probs = predicted.class_probs[index]
-            # measure_particle already counted the fragments (same crumb rule as the classifier's).
-            class_index = class_from_fragments(probs, int(m["n_fragments"]))
-        else:
-            probs = predicted.class_probs[index]
-            class_index = int(np.argmax(probs))
-        diameter = m["eq_diameter_um"]
-        too_small = diameter < (settings.min_judge_diameter_um if px else settings.min_judge_diameter_px)
-        particles.append(
-            ParticleResult(
-                particle_id=pid,
-                class_name=CLASS_NAMES[class_index],
-                probs=tuple(float(p) for p in probs),
-                low_confidence=bool(np.max(probs) < settings.low_confidence),
-                touches_border=_touches_border((r0, c0, r1, c1), instances.shape),  # as detected: cut is cut
-                too_small=bool(too_small),
-                bbox=_mask_box(own, (r0, c0)) or (r0, c0, r1, c1),  # the measured (trimmed) section's box
-                measurements=m,
-                crop=crop if settings.keep_crops else None,
-            )
-        )
-    times.add("measure", t)
-    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
-
-
-def analyse_image(
-    image: SEMImage,
-    stem: str,
-    group: str,
-    detector: Detector,
-    models: Models,
-    settings: AnalysisSettings,
-    times: StageTimes | None = None,
-) -> ImageResult:
-    """Find, segment, measure and classify every particle of one image."""
-    times = times or StageTimes()
-    located = locate_particles(image, detector, models.crop_spec)
-    for stage, seconds in located.seconds.items():
-        times.seconds[stage] += seconds
-    return measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)
-
-
-def image_stem(image: SEMImage, root: Path | None) -> str:
-    """Unique, flat name of one image page for output files.
-
-    The path below the input root joins with "__" (A/f0.tif -> A__f0), so files of the same
-    name in different group folders never overwrite each other; pages of a multi-page file
-    get _p000, _p001, ...
-    """
-    rel = relative_source(image.source, root).with_suffix("")
-    stem = "__".join(rel.parts)
-    return f"{stem}_p{image.page:03d}" if image.n_pages > 1 else stem
-
-
 def input_root(spec: str) -> Path | None:
     """The folder that groups and output names are relative to: the input folder, or a glob's fixed prefix."""
     path = Path(spec)
@@ -379,15 +146,6 @@ def _resume_mode(value: object) -> bool | str:
     raise ValueError(f"resume must be true, false or force, got {value!r}")
 
 
-def _rim_trim_mode(value: object) -> str:
-    """infer.py's `trim_rim` as a `RIM_TRIM_PHASES` key (true = background, the default; false = none)."""
-    if isinstance(value, bool):
-        return "background" if value else "none"
-    if value not in RIM_TRIM_PHASES:
-        raise ValueError(f"trim_rim must be true, false or one of {sorted(RIM_TRIM_PHASES)}, got {value!r}")
-    return str(value)
-
-
 @dataclass
 class RunOutcome:
     n_images: int
@@ -398,6 +156,7 @@ class RunOutcome:
     searched: str = ""  # what was searched for input images, for messages
     skipped_types: dict[str, int] = field(default_factory=dict)  # unsupported files passed over, by extension
     n_images_total: int = 0  # images in the output folder after the run (resumed runs' included)
+    n_retried: int = 0  # images run again because their worker died (executor=dask)
 
     @property
     def all_failed(self) -> bool:
@@ -481,6 +240,16 @@ def run(cfg: DictConfig | RunSettings) -> RunOutcome:
         return _run(cfg, run_settings)
 
 
+def _cluster(executor: ExecutorSettings):
+    """A context that gives a Dask client for ``executor=dask`` (one line and exit 2 when its scheduler
+    cannot be reached, before any output is written), and None for ``executor=local``."""
+    if executor.name != "dask":
+        return contextlib.nullcontext()
+    from fracscope.executor.dask import connected
+
+    return connected(executor)
+
+
 def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome:
     settings = run_settings.analysis
     if settings.segmenter not in SEGMENTERS:
@@ -502,6 +271,13 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     group_map = load_group_map(run_settings.groups_csv) if run_settings.groups_csv else None
     if group_map is not None:
         _check_groups(group_map, found, root, run_settings)
+    with _cluster(run_settings.executor) as client:
+        return _report(cfg, run_settings, models, input_spec, found, root, group_map, client)
+
+
+def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Models, input_spec: str,
+            found: FoundFiles, root: Path | None, group_map: dict[str, str] | None, client: Any) -> RunOutcome:
+    """Analyse `found`'s images here (client None) or on the Dask cluster of `client`; write the report."""
     _log_settings(cfg)
     output = Path(run_settings.output)
     provenance = {
@@ -531,16 +307,56 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     for path in found.unsupported:
         writer.add_skipped(str(path), f"unsupported format {_extension(path)}")
     times = StageTimes()
-    skipped: list[SEMImage] = []
     t_start = time.perf_counter()
+    progress = RunProgress(len(found.files), enabled=run_settings.progress)
+    analyse = _analyse_here if client is None else partial(_analyse_on_dask, client=client)
+    n_images, n_particles, n_skipped = analyse(found.files, run_settings, models, root, group_map, writer, done,
+                                               progress, times)
+    if writer.nothing_new():  # a resume with nothing left to do: every output stays as it was
+        writer.close_unchanged()
+        log.info("nothing left to do in %s: %d image(s) already done", output, n_skipped)
+        return RunOutcome(0, 0, [], times.seconds, time.perf_counter() - t_start)
+    t = time.perf_counter()
+    writer.close()
+    times.add("write", t)
+    wall = time.perf_counter() - t_start
+    skipped_types = _by_extension(found.unsupported)
+    outcome = RunOutcome(
+        n_images, n_particles, list(writer.failures), times.seconds, wall,
+        _searched(input_spec), skipped_types, len(writer.done), progress.n_retried,
+    )
+    _write_timings(output, outcome, n_skipped)
+    log.info(
+        "done: %d particles in %d images, %d failed, %.1f s%s",
+        n_particles, n_images, len(outcome.failures), wall, f"; {outcome.skipped_note()}" if skipped_types else "",
+    )
+    return outcome
+
+
+def _analyse_here(
+    files: list[Path],
+    run_settings: RunSettings,
+    models: Models,
+    root: Path | None,
+    group_map: dict[str, str] | None,
+    writer: ReportWriter,
+    done: dict,
+    progress: RunProgress,
+    times: StageTimes,
+) -> tuple[int, int, int]:
+    """``executor=local``: decode ahead in threads, detect ahead in `detect_workers` processes, run the
+    models here and measure and write on a background thread; (images, particles, resumed pages skipped)."""
+    settings = run_settings.analysis
+    skipped: list[SEMImage] = []
+    tiled = mosaic_detector(run_settings.detect)
     sources = iter_images(
-        found.files,
+        files,
         pixel_size_um=run_settings.pixel_size_um,
         crop_bar=run_settings.crop_data_bar,
         n_threads=run_settings.decode_threads,
     )
     todo = (
-        todo_item
+        as_mosaic(todo_item, tiled)
         for item in _timed(sources, times, "decode")
         if (todo_item := _not_done(item, done, skipped)) is not None
     )
@@ -551,7 +367,6 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         workers=run_settings.detect_workers,
     )
     warned_scale = False
-    progress = RunProgress(len(found.files), enabled=run_settings.progress)
     # One writer thread, in input order: image i is measured and written while the model runs
     # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)
@@ -571,42 +386,83 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         if image.pixel_size_um is None and not warned_scale:
             log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", image.source)
             warned_scale = True
-        for stage, seconds in item.seconds.items():
-            times.seconds[stage] += seconds
+        stem, group = image_stem(image, root), group_for(image.source, root, group_map)
         try:
-            predicted = predict_particles(
-                item, image_stem(image, root), group_for(image.source, root, group_map), models, settings, times
-            )
+            if isinstance(item, MosaicPage):
+                out_queue.add_result(analyse_mosaic(item, tiled, models, settings, stem, group, times))
+            else:
+                for stage, seconds in item.seconds.items():
+                    times.seconds[stage] += seconds
+                out_queue.add(predict_particles(item, stem, group, models, settings, times), settings)
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)
             out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             progress.step(_page_name(image), out_queue.n_particles, "failed")
             continue
-        out_queue.add(predicted, settings)
         progress.step(_page_name(image), out_queue.n_particles)
     progress.close()
     out_queue.drain()
-    n_images, n_particles = out_queue.n_images, out_queue.n_particles
-    n_skipped = len(skipped)
-    if writer.nothing_new():  # a resume with nothing left to do: every output stays as it was
-        writer.close_unchanged()
-        log.info("nothing left to do in %s: %d image(s) already done", output, n_skipped)
-        return RunOutcome(0, 0, [], times.seconds, time.perf_counter() - t_start)
-    t = time.perf_counter()
-    writer.close()
-    times.add("write", t)
-    wall = time.perf_counter() - t_start
-    skipped_types = _by_extension(found.unsupported)
-    outcome = RunOutcome(
-        n_images, n_particles, list(writer.failures), times.seconds, wall,
-        _searched(input_spec), skipped_types, len(writer.done),
-    )
-    _write_timings(output, outcome, n_skipped)
-    log.info(
-        "done: %d particles in %d images, %d failed, %.1f s%s",
-        n_particles, n_images, len(outcome.failures), wall, f"; {outcome.skipped_note()}" if skipped_types else "",
-    )
-    return outcome
+    return out_queue.n_images, out_queue.n_particles, len(skipped)
+
+
+def _analyse_on_dask(
+    files: list[Path],
+    run_settings: RunSettings,
+    models: Models,
+    root: Path | None,
+    group_map: dict[str, str] | None,
+    writer: ReportWriter,
+    done: dict,
+    progress: RunProgress,
+    times: StageTimes,
+    client: Any,
+) -> tuple[int, int, int]:
+    """``executor=dask``: one task per file on the cluster, its records committed here in input order
+    (`fracscope.executor.dask`); (images, particles, resumed pages skipped)."""
+    from fracscope.executor.dask import analyse_on_dask
+    from fracscope.executor.work import FileTask, ImageFailure
+
+    counts = {"images": 0, "particles": 0, "skipped": 0}
+    times.seconds.setdefault("worker", 0.0)
+    warned_scale = False
+
+    def tasks():
+        for f in files:
+            path, size, mtime = source_identity(f)
+            done_pages = frozenset(page for (p, page) in done if p == path)
+            if any(done[(path, page)] != (size, mtime) for page in done_pages):
+                log.warning(
+                    "%s changed since an earlier run analysed it (size or mtime); its earlier results are kept: "
+                    "use another output= to analyse it again", f,
+                )
+            yield FileTask(str(f), path, group_for(f, root, group_map), done_pages)
+
+    def on_outcome(task, outcome, retried: int) -> None:
+        nonlocal warned_scale
+        for stage, seconds in outcome.seconds.items():
+            times.seconds[stage] += seconds
+        times.seconds["worker"] += outcome.wall_s
+        progress.retried(retried)
+        progress.skip(outcome.n_skipped)
+        counts["skipped"] += outcome.n_skipped
+        for item in outcome.items:
+            if isinstance(item, ImageFailure):
+                log.error("failed on %s page %d: %s", item.source, item.page, item.error)
+                writer.add_failure(item.source, item.page, item.error)
+                progress.step(f"{item.source} page {item.page}" if item.page else item.source, counts["particles"],
+                              "failed")
+                continue
+            if item.image_row["pixel_size_um"] is None and not warned_scale:
+                log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", task.source)
+                warned_scale = True
+            if writer.add_record(item):
+                counts["images"] += 1
+                counts["particles"] += item.n_particles
+            progress.step(f"{item.key[0]} page {item.key[1]}" if item.key[1] else item.key[0], counts["particles"])
+
+    analyse_on_dask(client, tasks(), run_settings, root, writer.review_thresholds, on_outcome)
+    progress.close()
+    return counts["images"], counts["particles"], counts["skipped"]
 
 
 class _WriteQueue:
@@ -627,6 +483,10 @@ class _WriteQueue:
 
     def add(self, predicted: Predicted, settings: AnalysisSettings) -> None:
         self._submit(self._measure_and_write, predicted, settings)
+
+    def add_result(self, result: ImageResult) -> None:
+        """An image already measured (a mosaic analysed tile by tile): only written."""
+        self._submit(self._write, result)
 
     def failure(self, source: str, page: int, message: str) -> None:
         self._submit(self.writer.add_failure, source, page, message)
@@ -657,6 +517,10 @@ class _WriteQueue:
             log.exception("failed on %s page %d", image.source, image.page)
             self.writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             return None
+        return self._write(result)
+
+    def _write(self, result: ImageResult) -> int | None:
+        """Write one measured image; the particle count, or None when it failed."""
         try:
             self.writer.add(result)
         except Exception as exc:  # a full disk or an odd image must not stop the run
@@ -714,6 +578,7 @@ def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:
         "n_images_skipped_resume": n_skipped,
         "n_particles": outcome.n_particles,
         "n_failed": len(outcome.failures),
+        "n_retried": outcome.n_retried,
         "wall_s": outcome.wall_s,
         "particles_per_s": outcome.n_particles / max(outcome.wall_s, 1e-9),
         "stage_s": outcome.seconds,

@@ -40,6 +40,8 @@ class RunProgress:
         self.stream = stream or sys.stderr
         self.n_done = 0
         self.n_resumed = 0
+        self.n_failed = 0
+        self.n_retried = 0  # images run again after their worker died (executor=dask)
         self.t_start = time.perf_counter()
         on_terminal = self.stream.isatty()
         self.lines = enabled and not on_terminal
@@ -51,15 +53,22 @@ class RunProgress:
         self.n_resumed += n
         self.bar.update(n)
 
+    def retried(self, n: int) -> None:
+        """Count `n` more runs of an image that were started again because its worker died."""
+        self.n_retried += n
+
     def step(self, name: str, n_particles: int, status: str = "") -> None:
         """One more image finished; `n_particles` is the run's total so far, `status` e.g. "failed"."""
         self.n_done += 1
+        self.n_failed += status == "failed"
         elapsed = time.perf_counter() - self.t_start
         rate = n_particles / max(elapsed, 1e-9)
         self.bar.update()
         self.bar.set_postfix(particles=n_particles, per_s=f"{rate:.1f}")
         line = f"image {self.n_done}{f'/{self.total}' if self.total else ''} {name}{f' {status}' if status else ''}: "
         line += f"{n_particles} particles so far, {rate:.1f} particles/s, {self._eta(elapsed)}"
+        if self.n_failed or self.n_retried:
+            line += f" ({self.n_failed} failed, {self.n_retried} retried)"
         log.info(line)
         if self.lines:
             print(line, file=self.stream, flush=True)

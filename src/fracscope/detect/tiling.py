@@ -201,6 +201,53 @@ def default_overlap_px(pixel_size_um: float | None) -> int:
     return math.ceil(MAX_PARTICLE_DIAMETER_UM / pixel_size_um) + _OVERLAP_MARGIN_PX
 
 
+def tile_objects(tile: Tile, labels: np.ndarray) -> Iterator[tuple[int, tuple[slice, slice], bool]]:
+    """The objects of a tile's label map that this tile keeps, as (label, box, oversized), in label order.
+
+    An object that touches no tile edge interior to the image is whole here, and kept iff the centre of
+    its bounding box lies in the tile's core. One cut at an interior edge is kept only as an *oversized*
+    piece, when it spans the whole overlap on that side (no tile sees it whole); a narrower one is whole
+    in the neighbouring tile and is left to it.
+    """
+    r0, c0 = tile.bbox[:2]
+    k0, l0, k1, l1 = tile.core
+    h, w = labels.shape
+    top, left, bottom, right = tile.interior
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        if sl is None:
+            continue
+        a0, a1, b0, b1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        # Overlap on each side the object is cut at (0 where not cut).
+        cut_rows = (tile.overlap[0] if top and a0 == 0 else 0, tile.overlap[2] if bottom and a1 == h else 0)
+        cut_cols = (tile.overlap[1] if left and b0 == 0 else 0, tile.overlap[3] if right and b1 == w else 0)
+        if not any(cut_rows + cut_cols):
+            cy, cx = r0 + (a0 + a1 - 1) // 2, c0 + (b0 + b1 - 1) // 2
+            if k0 <= cy < k1 and l0 <= cx < l1:
+                yield k, sl, False
+        elif any(0 < o <= a1 - a0 for o in cut_rows) or any(0 < o <= b1 - b0 for o in cut_cols):
+            yield k, sl, True
+
+
+def owned_objects(tile: Tile, labels: np.ndarray) -> tuple[list[tuple[int, tuple[slice, slice]]], int]:
+    """The objects this tile sees whole and owns (label, box), and how many oversized pieces it left out."""
+    kept, n_oversized = [], 0
+    for k, sl, oversized in tile_objects(tile, labels):
+        if oversized:
+            n_oversized += 1
+        else:
+            kept.append((k, sl))
+    return kept, n_oversized
+
+
+def tile_grid(shape: tuple[int, ...], tile_px: int, overlap_px: int | None, pixel_size_um: float | None) -> TileGrid:
+    """The grid `detect_tiled` uses: without `overlap_px`, one that covers a `MAX_PARTICLE_DIAMETER_UM`
+    particle at this pixel size, with tiles grown to at least 4x that overlap."""
+    if overlap_px is None:
+        overlap_px = default_overlap_px(pixel_size_um)
+        tile_px = max(int(tile_px), 4 * overlap_px)
+    return TileGrid((int(shape[0]), int(shape[1])), int(tile_px), int(overlap_px))
+
+
 def _as_source(image: SEMImage | np.ndarray, pixel_size_um: float | None) -> tuple[Any, float | None, str]:
     if isinstance(image, SEMImage):
         return image.pixels, image.pixel_size_um, image.pixel_size_source
@@ -234,29 +281,13 @@ class _Stitcher:
     def add_tile(self, tile: Tile, labels: np.ndarray) -> None:
         """Keep this tile's objects that it owns; link oversized pieces to earlier ones."""
         r0, c0, r1, c1 = tile.bbox
-        k0, l0, k1, l1 = tile.core
-        h, w = labels.shape
-        top, left, bottom, right = tile.interior
         block = np.array(self.out[r0:r1, c0:c1])
-        for k, sl in enumerate(ndi.find_objects(labels), start=1):
-            if sl is None:
-                continue
-            a0, a1, b0, b1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
-            # Overlap on each side the object is cut at (0 where not cut).
-            cut_rows = (tile.overlap[0] if top and a0 == 0 else 0, tile.overlap[2] if bottom and a1 == h else 0)
-            cut_cols = (tile.overlap[1] if left and b0 == 0 else 0, tile.overlap[3] if right and b1 == w else 0)
-            if not any(cut_rows + cut_cols):
-                # Whole in this tile: the owner is the tile whose core holds the bbox centre.
-                cy, cx = r0 + (a0 + a1 - 1) // 2, c0 + (b0 + b1 - 1) // 2
-                if k0 <= cy < k1 and l0 <= cx < l1:
-                    gid = self._write(block, sl, labels[sl] == k, oversized=False)
-                    if gid and (a1 - a0 > self.max_extent[0] or b1 - b0 > self.max_extent[1]):
-                        self.large.add(gid)
-                continue
-            oversized = any(0 < o <= a1 - a0 for o in cut_rows) or any(0 < o <= b1 - b0 for o in cut_cols)
-            if oversized:
-                self._write(block, sl, labels[sl] == k, oversized=True)
-            # Otherwise it is narrower than the overlap it is cut at: whole in that neighbour.
+        for k, sl, oversized in tile_objects(tile, labels):
+            gid = self._write(block, sl, labels[sl] == k, oversized=oversized)
+            if gid and not oversized and (
+                sl[0].stop - sl[0].start > self.max_extent[0] or sl[1].stop - sl[1].start > self.max_extent[1]
+            ):
+                self.large.add(gid)
         self.out[r0:r1, c0:c1] = block
 
     def _write(self, block: np.ndarray, sl: tuple[slice, slice], obj: np.ndarray, oversized: bool) -> int:
@@ -333,11 +364,9 @@ def detect_tiled_report(
     shape = tuple(int(s) for s in pixels.shape)
     if len(shape) != 2:
         raise ValueError(f"expected a 2-D grey image, got shape {shape}")
-    if overlap_px is None:
-        overlap_px = default_overlap_px(px_um)
-        # At fine pixel sizes the default overlap outgrows the tile: grow the tile.
-        tile_px = max(int(tile_px), 4 * overlap_px)
-    grid = TileGrid(shape, tile_px, int(overlap_px))
+    # At fine pixel sizes the default overlap outgrows the tile: the grid grows the tile.
+    grid = tile_grid(shape, tile_px, overlap_px, px_um)
+    tile_px, overlap_px = grid.tile, grid.overlap
     if out is None:
         out = np.zeros(shape, np.uint32)
     elif tuple(out.shape) != shape or out.dtype != np.uint32:

@@ -1,0 +1,74 @@
+"""Mosaics analysed tile by tile (`fracscope.mosaic`): the particles `detect_tiled` finds, each measured once."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from fracscope.analysis import AnalysisSettings, Models, StageTimes
+from fracscope.cli import compose
+from fracscope.detect import build_detector
+from fracscope.detect.tiling import detect_tiled, owned_objects
+from fracscope.io import write_image_tiff
+from fracscope.mosaic import MosaicPage, analyse_mosaic, mosaic_detector, mosaic_grid
+from fracscope.pipeline import run
+
+TILED = {"_target_": "fracscope.detect.tiling.TiledDetector", "tile_px": 640, "overlap_px": 300,
+         "detector": {"_target_": "fracscope.detect.classical.ClassicalDetector"}}
+
+
+@pytest.fixture(scope="module")
+def mosaic(tmp_path_factory):
+    """A 1,024 x 1,536 px field at 0.05 µm/px: a grid of 3 x 4 tiles of 640 px (300 px overlap)."""
+    from fracscope.synth import load_config, make_field
+
+    item = make_field(load_config("p", overrides=["electrode.field_px=[1024,1536]"]), 5, 0)
+    path = tmp_path_factory.mktemp("mosaic") / "mosaic.tif"
+    write_image_tiff(path, item.image.pixels, item.image.pixel_size_um)
+    return path, item.image
+
+
+def test_tiles_find_exactly_what_tiled_detection_finds(mosaic):
+    _, image = mosaic
+    detector = build_detector(TILED)
+    grid = mosaic_grid(image, detector)
+    assert grid is not None and (grid.n_rows, grid.n_cols) == (3, 4)
+    inner = detector.detector
+    assert all(owned_objects(t, inner.detect(image.__class__(image.pixels[t.slices], image.pixel_size_um)))[1] == 0
+               for t in grid), "the test field should have no particle larger than the overlap"
+    settings = AnalysisSettings(trim_rim="none", segmenter="threshold", classify="head")
+    result = analyse_mosaic(MosaicPage(image, grid), detector, Models.for_settings(settings), settings, "m", "",
+                            StageTimes())
+    # Same ids, same pixels: the tiles' owners and their raster-order numbering are detect_tiled's.
+    np.testing.assert_array_equal(result.instances, detect_tiled(image, inner, 640, 300))
+    ids = [p.particle_id for p in result.particles]
+    assert len(ids) == len(set(ids)) > 20
+    boxes = ndi.find_objects(result.instances)
+    for p in result.particles:  # boxes moved from tile windows to image pixels
+        rows, cols = boxes[p.particle_id - 1]
+        assert p.bbox == (rows.start, cols.start, rows.stop, cols.stop)
+
+
+def test_an_image_that_fits_one_tile_or_another_detector_is_analysed_whole(mosaic):
+    _, image = mosaic
+    assert mosaic_detector({"name": "classical"}) is None
+    assert mosaic_grid(image, build_detector({**TILED, "tile_px": 4096})) is None
+
+
+def test_infer_with_detect_tiled_analyses_tile_by_tile(mosaic, tmp_path):
+    path, image = mosaic
+    infer = partial(compose, "infer", f"input={path}", "detect=tiled", "detect.tile_px=640", "detect.overlap_px=300",
+                    "report.n_boot=20", "progress=false", "detect_workers=0")
+    outcome = run(infer(f"output={tmp_path / 'tiles'}"))
+    table = pd.read_csv(tmp_path / "tiles" / "particles.csv")
+    labels = tifffile.imread(tmp_path / "tiles" / "instances" / "mosaic.tif")
+    assert outcome.n_particles == len(table) > 20
+    assert set(table["particle_id"]) == set(np.unique(labels[labels > 0]).tolist())
+    # One tile as large as the image: the same run analyses it whole; the particle count barely moves.
+    whole = run(infer(f"output={tmp_path / 'whole'}", "detect.tile_px=2048"))
+    assert abs(whole.n_particles - outcome.n_particles) <= 0.05 * whole.n_particles
