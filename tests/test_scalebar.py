@@ -284,18 +284,23 @@ def test_file_without_data_bar_keeps_no_pixel_size(tmp_path):
     assert (image.pixel_size_um, image.pixel_size_source) == (None, "none")
 
 
-def test_missing_ocr_warns_once_and_gives_none(monkeypatch, caplog):
-    import builtins
+@pytest.mark.parametrize("missing", ["pytesseract", "tesseract binary"])
+def test_missing_ocr_warns_once_and_gives_none(monkeypatch, caplog, missing):
+    if missing == "pytesseract":
+        import builtins
 
-    real_import = builtins.__import__
+        real_import = builtins.__import__
 
-    def no_pytesseract(name, *args, **kwargs):
-        if name == "pytesseract":
-            raise ImportError("No module named 'pytesseract'")
-        return real_import(name, *args, **kwargs)
+        def no_pytesseract(name, *args, **kwargs):
+            if name == "pytesseract":
+                raise ImportError("No module named 'pytesseract'")
+            return real_import(name, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "__import__", no_pytesseract)
-    scalebar._tesseract.cache_clear()
+        monkeypatch.setattr(builtins, "__import__", no_pytesseract)
+    else:
+        pytesseract = pytest.importorskip("pytesseract")
+        monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    scalebar._load_tesseract.cache_clear()
     try:
         r = render("fei", "10 µm", 240)
         with caplog.at_level(logging.WARNING, logger="fracscope.io.scalebar"):
@@ -307,4 +312,13 @@ def test_missing_ocr_warns_once_and_gives_none(monkeypatch, caplog):
         assert "apt-get install tesseract-ocr" in warnings[0].getMessage()
     finally:
         monkeypatch.undo()
-        scalebar._tesseract.cache_clear()
+        scalebar._load_tesseract.cache_clear()
+
+
+def test_tags_win_over_the_scale_bar(tmp_path):
+    from fracscope.io import SEMTags, write_sem_tiff
+
+    r = render("fei", "10 µm", 240)
+    path = write_sem_tiff(tmp_path / "tagged.tif", r.pixels, SEMTags(fei_pixel_size_um=0.05))
+    (image,) = read_image_pages(path)
+    assert (image.pixel_size_um, image.pixel_size_source) == (pytest.approx(0.05), "fei")

@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import re
+import threading
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -193,9 +194,18 @@ def parse_scale_label(text: str | None) -> float | None:
     return value * scale
 
 
-@functools.cache
+# Decode threads (`fracscope.io.prefetch`) may ask at once; the warning is given once.
+_OCR_LOCK = threading.Lock()
+
+
 def _tesseract() -> ModuleType | None:
-    """pytesseract when it and the tesseract binary are usable; else None, warned about once."""
+    """pytesseract when it and the tesseract binary are usable; else None, warned about once per process."""
+    with _OCR_LOCK:
+        return _load_tesseract()
+
+
+@functools.cache
+def _load_tesseract() -> ModuleType | None:
     try:
         import pytesseract
 
