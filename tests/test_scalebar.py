@@ -322,3 +322,13 @@ def test_tags_win_over_the_scale_bar(tmp_path):
     path = write_sem_tiff(tmp_path / "tagged.tif", r.pixels, SEMTags(fei_pixel_size_um=0.05))
     (image,) = read_image_pages(path)
     assert (image.pixel_size_um, image.pixel_size_source) == (pytest.approx(0.05), "fei")
+
+
+def test_jpeg_file_gets_pixel_size_from_scale_bar(tmp_path):
+    # JPEG blurs the bar's ends and speckles the flat strip; bar and label still read.
+    _ocr_available()
+    r = render("fei", "5 µm", 177, seed=6)
+    Image.fromarray(r.pixels).save(tmp_path / "untagged.jpg", quality=80)
+    (image,) = read_image_pages(tmp_path / "untagged.jpg")
+    assert image.pixel_size_source == "scale_bar"
+    assert image.pixel_size_um == pytest.approx(5.0 / 177, rel=0.02)
