@@ -41,7 +41,7 @@ class SEMImage:
     pixels: 2-D array as read (uint8, uint16 or float32); never rescaled here.
     pixel_size_um: edge length of one pixel in µm, or None when unknown.
     pixel_size_source: where pixel_size_um came from ("override", "fei", "zeiss",
-        "tiff_resolution", "imagej", "coco", "synthetic", "none").
+        "tiff_resolution", "imagej", "coco", "scale_bar", "synthetic", "none").
     """
 
     pixels: np.ndarray

@@ -52,6 +52,9 @@ def find_data_bar(
     limit = int(height * max_fraction)
     if pixels.ndim != 2 or limit < min_rows:
         return 0
+    # Most images have no bar: one row decides that before the whole band is scanned.
+    if _mode_fraction(pixels[height - 1]) < min_mode_fraction:
+        return 0
     flat = np.array([_mode_fraction(pixels[height - 1 - i]) >= min_mode_fraction for i in range(limit + 1)])
     if not flat[0]:
         return 0

@@ -9,7 +9,9 @@ Sources, first present wins (recorded as ``PixelSize.source``):
 4. ImageJ description ``unit=`` with XResolution           -> "imagej", or
    plain TIFF XResolution with ResolutionUnit cm/inch      -> "tiff_resolution"
 5. a COCO ``pixel_size_um`` looked up by file name         -> "coco"
-6. nothing                                                  -> "none"
+6. the scale bar in the image's data bar (needs the pixels,
+   so applied in `fracscope.io.read`; `fracscope.io.scalebar`) -> "scale_bar"
+7. nothing                                                  -> "none"
 
 Resolution tags are often written by image editors (72, 96, 300 dpi); such values
 give pixel sizes of tens to hundreds of µm, which no SEM image of cathode particles

@@ -21,6 +21,7 @@ from fracscope.io.pixel_size import (
     tiff_page_pixel_size,
 )
 from fracscope.io.prefetch import prefetch
+from fracscope.io.scalebar import scale_bar_pixel_size_um
 from fracscope.types import ReadFailure, SEMImage
 
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
@@ -89,14 +90,19 @@ def _finish(
     pixels: np.ndarray, size: PixelSize, source: str, page: int, bar_rows: int | None, options: ReadOptions
 ) -> SEMImage:
     pixels = to_grey(pixels)
-    if options.crop_bar:
-        pixels, _ = crop_data_bar(pixels, known_rows=bar_rows)
     if options.pixel_size_um is not None:
         size = PixelSize(float(options.pixel_size_um), "override")
     elif size.value_um is None:
         coco = coco_pixel_size_um(source, options.coco_pixel_sizes)
         if coco is not None:
             size = PixelSize(coco, "coco")
+    if size.value_um is None:
+        # Last resort, read before the bar is cropped: the scale bar in the data bar.
+        reading = scale_bar_pixel_size_um(pixels, bar_rows)
+        if reading is not None:
+            size = PixelSize(reading.pixel_size_um, "scale_bar")
+    if options.crop_bar:
+        pixels, _ = crop_data_bar(pixels, known_rows=bar_rows)
     return SEMImage(pixels=pixels, pixel_size_um=size.value_um, pixel_size_source=size.source, source=source, page=page)
 
 
