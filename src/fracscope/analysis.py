@@ -180,8 +180,8 @@ def predict_particles(
     pore_weight = 1.0
     if models.phases is not None:
         image = located.image
-        # Without a pixel size the image is taken to be at the model's working pixel size.
-        px = image.pixel_size_um or models.phases.working_pixel_size_um
+        # Without a pixel size: the estimate (`locate.with_estimated_scale`), else the model's working one.
+        px = image.working_pixel_size_um or models.phases.working_pixel_size_um
         codes = codes_from_probs(models.phases.predict(image.pixels, px)) if located.instances.any() else None
     if models.crops is not None:
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
@@ -202,9 +202,12 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
+    # Reported lengths times this are µm, for the size rules only: 1 with a pixel size; the estimate
+    # (`locate.with_estimated_scale`) without one, whose lengths stay in pixels; None: neither.
+    to_um = 1.0 if px else image.estimated_pixel_size_um
     # The detector's size rule, applied again to the outline that is measured (trimmed, at full
-    # resolution), so that no reported section is smaller than the minimum. Needs a pixel size.
-    min_d = located.min_diameter_um if px else None
+    # resolution), so that no reported section is smaller than the minimum. Needs a (estimated) pixel size.
+    min_d = located.min_diameter_um if to_um else None
     crops = {c.particle_id: (i, c) for i, c in enumerate(located.crops)}
     for pid in (i + 1 for i, b in enumerate(boxes) if b is not None):
         rows, cols = boxes[pid - 1]
@@ -221,7 +224,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             instances[r0:r1, c0:c1][own & ~found.mask] = 0  # the trimmed rim leaves the particle
             own, local = found.mask, found.phases
         m = measure_particle(own, local, px)
-        if min_d and m["eq_diameter_um"] < min_d:
+        if min_d and m["eq_diameter_um"] * to_um < min_d:
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
             continue
         phases[r0:r1, c0:c1][own] = local[own]
@@ -239,7 +242,10 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             probs = predicted.class_probs[index]
             class_index = int(np.argmax(probs))
         diameter = m["eq_diameter_um"]
-        too_small = diameter < (settings.min_judge_diameter_um if px else settings.min_judge_diameter_px)
+        if to_um:
+            too_small = diameter * to_um < settings.min_judge_diameter_um
+        else:
+            too_small = diameter < settings.min_judge_diameter_px
         particles.append(
             ParticleResult(
                 particle_id=pid,

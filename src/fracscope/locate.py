@@ -6,6 +6,7 @@ process runs the model on the current one, so detection and the network share th
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import time
@@ -45,14 +46,27 @@ class LocateFailure:
 
 def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | None) -> LocatedParticles:
     """Detect the particles of one image and cut a crop around each, as `crop_spec` (the crop model's)
-    says; no crops when it is None (no crop model runs)."""
+    says; no crops when it is None (no crop model runs). An image without a pixel size first gets
+    the detector's estimate (`with_estimated_scale`), which the detector and the phase model use."""
     t0 = time.perf_counter()
+    image = with_estimated_scale(image, detector)
     instances = detector.detect(image)
     t1 = time.perf_counter()
     crops = crop_particles(image.pixels, instances, crop_spec) if crop_spec is not None else []
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
     return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
+
+
+def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:
+    """`image` with the detector's pixel-size estimate when it has no pixel size (source
+    "estimated"; lengths stay in pixels); unchanged when it has one or the detector gives none."""
+    if image.working_pixel_size_um is not None:
+        return image
+    estimate = detector.estimate_pixel_size_um(image.pixels)
+    if estimate is None:
+        return image
+    return dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
 
 
 def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):

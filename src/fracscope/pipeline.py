@@ -126,6 +126,14 @@ class RunSettings:
         }
 
 
+def no_pixel_size_message(source: object, estimate_um: float | None) -> str:
+    """The run's one warning about images without a pixel size."""
+    if estimate_um is None:
+        return f"{source} has no pixel size: lengths are reported in pixels (length_unit=px)"
+    return (f"{source} has no pixel size: estimated {estimate_um:.3g} µm/px from the image (images.csv "
+            "pixel_size_estimate_um), detected at that scale; lengths are reported in pixels (length_unit=px)")
+
+
 def input_root(spec: str) -> Path | None:
     """The folder that groups and output names are relative to: the input folder, or a glob's fixed prefix."""
     path = Path(spec)
@@ -384,7 +392,7 @@ def _analyse_here(
             continue
         image = item.image
         if image.pixel_size_um is None and not warned_scale:
-            log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", image.source)
+            log.warning("%s", no_pixel_size_message(image.source, image.estimated_pixel_size_um))
             warned_scale = True
         stem, group = image_stem(image, root), group_for(image.source, root, group_map)
         try:
@@ -453,7 +461,7 @@ def _analyse_on_dask(
                               "failed")
                 continue
             if item.image_row["pixel_size_um"] is None and not warned_scale:
-                log.warning("%s has no pixel size: lengths are reported in pixels (length_unit=px)", task.source)
+                log.warning("%s", no_pixel_size_message(task.source, item.image_row["pixel_size_estimate_um"]))
                 warned_scale = True
             if writer.add_record(item):
                 counts["images"] += 1

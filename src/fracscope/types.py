@@ -41,7 +41,11 @@ class SEMImage:
     pixels: 2-D array as read (uint8, uint16 or float32); never rescaled here.
     pixel_size_um: edge length of one pixel in µm, or None when unknown.
     pixel_size_source: where pixel_size_um came from ("override", "fei", "zeiss",
-        "tiff_resolution", "imagej", "coco", "scale_bar", "synthetic", "none").
+        "tiff_resolution", "imagej", "coco", "scale_bar", "synthetic", "none"), or "estimated"
+        when it is None and estimated_pixel_size_um holds an estimate.
+    estimated_pixel_size_um: the pixel size estimated from the image itself
+        (`fracscope.detect.scale`) when none is known: detection and the phase model run at it,
+        lengths stay in pixels.
     """
 
     pixels: np.ndarray
@@ -50,6 +54,12 @@ class SEMImage:
     source: str = ""
     page: int = 0
     n_pages: int = 1
+    estimated_pixel_size_um: float | None = None
+
+    @property
+    def working_pixel_size_um(self) -> float | None:
+        """The pixel size the networks run at: the known one, else the estimate, else None."""
+        return self.pixel_size_um if self.pixel_size_um is not None else self.estimated_pixel_size_um
 
 
 @dataclass

@@ -38,6 +38,11 @@ class Detector(ABC):
     def detect(self, image: SEMImage) -> np.ndarray:
         """Instance label map of `image`."""
 
+    def estimate_pixel_size_um(self, pixels: np.ndarray) -> float | None:
+        """The pixel size this detector estimates for an image that has none; None: it does not
+        estimate (the classical detector uses its pixel-unit settings instead)."""
+        return None
+
 
 def _locate(dotted: str) -> Any:
     module, _, attr = dotted.rpartition(".")

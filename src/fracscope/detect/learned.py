@@ -48,7 +48,7 @@ from fracscope.detect.postprocess import grow_labels, labels_from_maps, mean_per
 from fracscope.model_file import DETECTOR_INPUT_NAME, DETECTOR_OUTPUT_NAMES, DetectorMetadata, open_onnx_session
 from fracscope.types import SEMImage
 
-# Pixel size assumed for images without one (typical SEM cross-section at ~50 nm/px).
+# Pixel size assumed for images without one when none can be estimated (typical SEM cross-section at ~50 nm/px).
 FALLBACK_PIXEL_SIZE_UM = 0.05
 
 
@@ -143,8 +143,11 @@ class LearnedDetector(Detector):
         tile (`detect_tiled`, overlap from the pixel size).
     threads : int, optional
         onnxruntime intra-op threads (None = its default).
-    fallback_pixel_size_um : float
-        Pixel size assumed for images without one (a warning says so).
+    fallback_pixel_size_um : float, optional
+        None (default): images without a pixel size get one estimated from the image
+        (`fracscope.detect.scale.estimate_pixel_size_um`). A number: assume it for them (a
+        warning says so), as before estimation existed; it is also assumed when the estimate
+        finds nothing.
     min_diameter_um : float, optional
         Objects with a smaller area-equivalent diameter are dropped (the classical
         detector's rule, same default). The network fires on sub-µm bright specks of the
@@ -171,7 +174,7 @@ class LearnedDetector(Detector):
         refine_boundary: bool = True,
         tile_px: int | None = None,
         threads: int | None = None,
-        fallback_pixel_size_um: float = FALLBACK_PIXEL_SIZE_UM,
+        fallback_pixel_size_um: float | None = None,
         min_diameter_um: float | None = 1.5,
     ) -> None:
         from fracscope.assets import resolve_detector
@@ -198,7 +201,7 @@ class LearnedDetector(Detector):
         self.percentiles = self.metadata.percentiles
         self.refine_boundary = bool(refine_boundary)
         self.tile_px = int(tile_px) if tile_px else None
-        self.fallback_pixel_size_um = float(fallback_pixel_size_um)
+        self.fallback_pixel_size_um = float(fallback_pixel_size_um) if fallback_pixel_size_um else None
 
     # -------------------------------------------------------------- public
     def detect(self, image: SEMImage) -> np.ndarray:
@@ -207,8 +210,21 @@ class LearnedDetector(Detector):
         if self.tile_px is not None and max(shape) > self.tile_px:
             from fracscope.detect.tiling import detect_tiled
 
+            # One pixel size for every tile: estimated once on the whole page.
+            if image.working_pixel_size_um is None:
+                image = dataclasses.replace(image, estimated_pixel_size_um=self._pixel_size_for(image))
             return detect_tiled(image, _Untiled(self), tile_px=self.tile_px)
         return self.detect_with_scores(image).labels
+
+    def estimate_pixel_size_um(self, pixels: np.ndarray) -> float | None:
+        """The pixel size estimated from `pixels` (`fracscope.detect.scale`); None when the detector
+        is set to assume `fallback_pixel_size_um` instead, or finds nothing to estimate from."""
+        if self.fallback_pixel_size_um is not None:
+            return None
+        from fracscope.detect.scale import estimate_pixel_size_um
+
+        estimate = estimate_pixel_size_um(pixels, self)
+        return None if estimate is None else estimate.pixel_size_um
 
     def predict_maps(self, pixels: np.ndarray, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(foreground_prob, distance, scale) at working scale for raw `pixels`."""
@@ -224,13 +240,9 @@ class LearnedDetector(Detector):
         pixels = np.asarray(image.pixels)
         if pixels.ndim != 2:
             raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
-        px = image.pixel_size_um
+        px = image.working_pixel_size_um
         if px is None or not px > 0:
-            warnings.warn(
-                f"{image.source or 'image'} has no pixel size; the learned detector assumes "
-                f"{self.fallback_pixel_size_um} µm/px", stacklevel=2,
-            )
-            px = self.fallback_pixel_size_um
+            px = self._pixel_size_for(image)
         fg, dist, scale = self.predict_maps(pixels, px)
         small = labels_from_maps(fg, dist, params=self.params)
         scores = mean_per_label(fg, small)[1:].astype(np.float32)
@@ -241,6 +253,17 @@ class LearnedDetector(Detector):
         return LearnedDetection(labels=labels, scores=scores[kept - 1], foreground_prob=fg, distance=dist, scale=scale)
 
     # -------------------------------------------------------------- helpers
+    def _pixel_size_for(self, image: SEMImage) -> float:
+        """For an image without a pixel size: the estimate, else the fallback (warned)."""
+        estimate = self.estimate_pixel_size_um(np.asarray(image.pixels))
+        if estimate is not None:
+            return estimate
+        assumed = self.fallback_pixel_size_um or FALLBACK_PIXEL_SIZE_UM
+        why = "" if self.fallback_pixel_size_um is not None else " and none could be estimated from it"
+        warnings.warn(f"{image.source or 'image'} has no pixel size{why}; the learned detector assumes "
+                      f"{assumed} µm/px", stacklevel=3)
+        return assumed
+
     def _to_full_resolution(
         self, small: np.ndarray, fg: np.ndarray, shape: tuple[int, int], scale: float
     ) -> np.ndarray:

@@ -383,6 +383,7 @@ def detect_tiled_report(
             pixel_size_source=px_source,
             source=getattr(image, "source", ""),
             page=getattr(image, "page", 0),
+            estimated_pixel_size_um=getattr(image, "estimated_pixel_size_um", None),  # one scale for all tiles
         )
         labels = np.asarray(detector.detect(sub))
         if labels.shape != sub.pixels.shape:

@@ -55,6 +55,7 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "pixel_size_um",
     "pixel_size_source",
     "length_unit",
+    "pixel_size_estimate_um",  # estimated from the image when none was known (lengths stay in px)
     "n_particles",
     "n_touches_border",
     "n_too_small",
@@ -170,6 +171,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
         "pixel_size_um": px,
         "pixel_size_source": result.image.pixel_size_source,
         "length_unit": length_unit(px),
+        "pixel_size_estimate_um": result.image.estimated_pixel_size_um,
         "n_particles": len(parts),
         "n_touches_border": sum(p.touches_border for p in parts),
         "n_too_small": sum(p.too_small for p in parts),
