@@ -3,7 +3,8 @@
 When neither the file's tags, a ``pixel_size_um=`` override nor the SEM scale bar give a pixel
 size, the learned detector is run on the image at a log grid of candidate pixel sizes, each on a
 window of at most `WINDOW_PX` working pixels (a shrunk copy, so every pass is cheap); candidates at
-which the whole image would span fewer than two typical sections are not tried. Over a wide
+which the whole image would span less than one typical section are not tried, and a candidate at
+which one object fills most of the window (the image shrunk to one blob) counts as finding nothing. Over a wide
 range around the true pixel size (about 0.5x to 1.4x) the detector finds the same particles;
 their size in image pixels is then fixed, and their size in µm scales with the candidate. The
 estimate is the candidate at which the detected sections' area-weighted mean equivalent diameter
@@ -46,9 +47,11 @@ WINDOW_PX = 512
 MIN_OBJECT_DIAMETER_UM = 1.5
 # "Plausible" secondary-particle sections for choosing between crossings.
 PLAUSIBLE_DIAMETER_UM = (2.0, 20.0)
-# A candidate at which the whole image spans fewer than this many reference diameters is skipped:
-# shrunk that far, the image is one blob that fills the window (not a particle).
-MIN_FIELD_DIAMETERS = 2.0
+# A candidate at which the whole image spans fewer than this many reference diameters is skipped.
+MIN_FIELD_DIAMETERS = 1.0
+# A candidate at which one object covers more than this share of the window says nothing: shrunk
+# that far, the image is one blob that fills the window (not a particle).
+MAX_OBJECT_SHARE = 0.5
 # The diameter statistic leaves out objects cut by the window's border when at least this many
 # objects lie wholly inside (a cut section looks smaller than it is).
 MIN_INTERIOR_OBJECTS = 3
@@ -94,7 +97,7 @@ def summarise_objects(
     d, a = np.asarray(diameters_um, float), np.asarray(areas_px, float)
     border, s = np.asarray(on_border, bool), np.asarray(scores, float)
     keep = d >= MIN_OBJECT_DIAMETER_UM
-    if not keep.any():
+    if not keep.any() or a.max() > MAX_OBJECT_SHARE * window_px:
         return ScaleCandidate(pixel_size_um, 0, 0.0, 0.0, 0.0)
     sized = keep & ~border if (keep & ~border).sum() >= MIN_INTERIOR_OBJECTS else keep
     diameter = float((d[sized] * a[sized]).sum() / a[sized].sum())
