@@ -12,6 +12,7 @@ from fracscope.detect.scale import (
     REFERENCE_DIAMETER_UM,
     ScaleCandidate,
     estimate_pixel_size_um,
+    fitted_circle_diameter_px,
     pick_estimate,
     summarise_objects,
 )
@@ -66,13 +67,21 @@ def test_nothing_found_is_no_estimate_and_no_crossing_is_score_zero() -> None:
     assert small.score == 0.0 and small.pixel_size_um == pytest.approx(0.2)
 
 
-def test_sections_cut_by_the_window_leave_the_diameter_when_enough_lie_inside() -> None:
-    d, a = np.array([8.0, 8.0, 8.0, 2.0]), np.array([100.0, 100.0, 100.0, 10.0])
-    inside = summarise_objects(0.05, d, a, np.array([False, False, False, True]), np.full(4, 0.9), 1000)
-    assert inside.diameter_um == pytest.approx(8.0) and inside.n_objects == 4
-    assert inside.plausibility == pytest.approx(0.31 * 0.9)
-    few_inside = summarise_objects(0.05, d, a, np.array([False, False, True, True]), np.full(4, 0.9), 1000)
-    assert few_inside.diameter_um == pytest.approx((3 * 800 + 20) / 310)
+def test_a_section_cut_by_the_window_is_sized_by_its_fitted_circle() -> None:
+    yy, xx = np.mgrid[:200, :200]
+    cut = np.hypot(yy - 15, xx - 100) <= 40  # a disc of diameter 80 px, most of its upper half cut off
+    visible_d = 2 * np.sqrt(cut.sum() / np.pi)
+    assert visible_d < 70
+    assert fitted_circle_diameter_px(cut) == pytest.approx(80, rel=0.03)
+    assert fitted_circle_diameter_px(np.zeros((50, 50), bool)) == 0.0
+
+
+def test_one_blob_filling_the_window_says_nothing() -> None:
+    d, a, s = np.array([8.0, 8.0, 3.0]), np.array([100.0, 100.0, 10.0]), np.full(3, 0.9)
+    found = summarise_objects(0.05, d, a, s, 1000)
+    assert found.n_objects == 3 and found.diameter_um == pytest.approx((1600 + 30) / 210)
+    assert found.plausibility == pytest.approx(0.21 * 0.9)
+    assert summarise_objects(0.05, np.array([20.0]), np.array([600.0]), np.array([0.99]), 1000).n_objects == 0
 
 
 def test_a_fixed_fallback_or_a_known_size_is_not_estimated(detector) -> None:
