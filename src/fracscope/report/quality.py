@@ -10,7 +10,7 @@ defines every flag.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -271,12 +271,3 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
                          "class boundary, check the classes by eye")
     return words
 
-
-def count_flags(rows: Iterable[Mapping[str, object]]) -> dict[str, int]:
-    """How many rows raise each flag (`FLAGS` order, zeros left out)."""
-    counts = dict.fromkeys(FLAGS, 0)
-    for row in rows:
-        for f in parse_flags(row.get("quality_flags")):
-            if f in counts:
-                counts[f] += 1
-    return {f: n for f, n in counts.items() if n}
