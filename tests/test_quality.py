@@ -218,3 +218,17 @@ def test_both_shipped_models_check_before_they_allocate():
         PhaseMapModel().predict(pixels, 50.0)
     with pytest.raises(ImplausiblePixelSize, match="333x to the detector's 0.15 µm/px; nm typed as µm"):
         LearnedDetector().detect(SEMImage(pixels, 50.0))
+
+
+def test_summary_md_lists_at_most_100_flagged_images_and_counts_the_rest(tmp_path):
+    from fracscope.report.markdown import MAX_FLAGGED_LINES
+    from fracscope.report.options import ReportOptions
+    from fracscope.report.summary import build_summary
+
+    writer = ReportWriter(tmp_path, {"report": {"n_boot": 10}}, None)
+    scan = scan_particles(tmp_path, writer.options)
+    scan.flagged = [{"image": f"i{k}.tif", "page": "0", "quality_flags": "few_particles"} for k in range(103)]
+    md = render_markdown(build_summary(scan, ReportOptions(n_boot=10), {}, []))
+    listed = [line for line in md.splitlines() if line.startswith("- `i")]
+    assert len(listed) == MAX_FLAGGED_LINES and listed[0].startswith("- `i0.tif`: no particle found")
+    assert "- … and 3 more: images.csv rows with a non-empty `quality_flags`" in md

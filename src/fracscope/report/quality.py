@@ -244,7 +244,8 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
     for flag in (f for f in FLAGS if f in parse_flags(row.get("quality_flags"))):
         if flag == SCALE_IMPLAUSIBLE:
             causes = scale_causes(px, _number(row, "median_eq_diameter"), trained_range_um)
-            words.append("scale implausible: " + ("; ".join(causes) or f"pixel size {px:g} µm/px"))
+            known = f"pixel size {px:g} µm/px" if px is not None else "pixel size unknown"
+            words.append("scale implausible: " + ("; ".join(causes) or known))
         elif flag == FEW_PARTICLES:
             words.append("no particle found: wrong scale, an unfamiliar contrast, or no particles in the field")
         elif flag == PARTICLE_AREA_FRACTION:
