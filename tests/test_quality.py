@@ -26,7 +26,7 @@ from fracscope.types import ImageResult, ParticleResult, SEMImage
 TRAINED = (0.035, 0.08)
 
 
-def _particle(pid: int, box: tuple[int, int, int, int], d: float, top: float = 0.9, score: float | None = 0.95,
+def _particle(pid: int, box: tuple[int, int, int, int], d: float, top: float = 0.9, score: float | None = 0.99,
               border: bool = False) -> ParticleResult:
     rest = (1.0 - top) / 2
     return ParticleResult(pid, "intact", (top, rest, rest), top < 0.6, border, False, box,
@@ -49,7 +49,7 @@ def _result(particles: list[ParticleResult], px: float | None = 0.05, pixels: np
 def _fine() -> list[ParticleResult]:
     # 3 sections of 5, 6 and 7 µm covering 3 x 400 of 10000 px (12 %); one touches the border
     return [_particle(1, (0, 0, 20, 20), 50.0, border=True), _particle(2, (30, 30, 50, 50), 6.0, top=0.8),
-            _particle(3, (60, 60, 80, 80), 7.0, top=1.0, score=0.85)]
+            _particle(3, (60, 60, 80, 80), 7.0, top=1.0, score=0.97)]
 
 
 def test_a_plausible_image_has_no_flag_and_exact_numbers():
@@ -58,7 +58,7 @@ def test_a_plausible_image_has_no_flag_and_exact_numbers():
     assert q.particle_area_fraction == 0.12
     assert q.median_eq_diameter == 6.5  # the border section (50 µm) is left out
     assert q.mean_class_confidence == pytest.approx(0.9)
-    assert q.mean_detector_score == pytest.approx(0.9166666, abs=1e-6)
+    assert q.mean_detector_score == pytest.approx(0.9833333, abs=1e-6)
     assert q.saturated_fraction == 0.0
     assert q.grey_range_fraction == pytest.approx((218 - 22) / 255, abs=0.01)
 
@@ -110,14 +110,14 @@ def test_a_particle_area_fraction_outside_5_to_95_percent_is_flagged(boxes, frac
 
 
 def test_low_mean_class_confidence_and_detector_score():
-    parts = [_particle(1, (10, 10, 40, 40), 6.0, top=0.5, score=0.7),
-             _particle(2, (50, 50, 80, 80), 6.0, top=0.89, score=0.89)]
+    parts = [_particle(1, (10, 10, 40, 40), 6.0, top=0.5, score=0.94),
+             _particle(2, (50, 50, 80, 80), 6.0, top=0.89, score=0.97)]
     q = image_quality(_result(parts))
-    assert q.mean_class_confidence == pytest.approx(0.695) and q.mean_detector_score == pytest.approx(0.795)
+    assert q.mean_class_confidence == pytest.approx(0.695) and q.mean_detector_score == pytest.approx(0.955)
     assert q.flags == ("low_detector_score", "low_class_confidence")
     parts[0] = _particle(1, (10, 10, 40, 40), 6.0, top=0.51, score=None)  # mean 0.7: not below
     q = image_quality(_result(parts))
-    assert q.flags == () and q.mean_detector_score == pytest.approx(0.89)
+    assert q.flags == () and q.mean_detector_score == pytest.approx(0.97)
     no_scores = [_particle(1, (10, 10, 40, 40), 6.0, score=None)]
     assert image_quality(_result(no_scores)).mean_detector_score is None  # e.g. the classical detector
 
