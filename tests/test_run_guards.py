@@ -218,6 +218,15 @@ def test_a_pixel_size_10x_too_large_is_flagged_warned_and_listed_first_and_the_r
     assert flags == ["scale_implausible"]
     assert any("scale implausible" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
 
+    # 10x too small: the detector sees the image shrunk 30x and finds next to nothing; flagged, status 0.
+    caplog.clear()
+    outcome = run(_cfg(ok, tmp_path / "fine", "pixel_size_um=0.005"))
+    assert outcome.exit_code == 0
+    flags = pd.read_csv(tmp_path / "fine" / "images.csv", keep_default_na=False)["quality_flags"].tolist()
+    assert flags[0].split(";")[0] == "scale_implausible"
+    warned = [r.getMessage() for r in caplog.records if "scale implausible" in r.getMessage()]
+    assert len(warned) == 1 and "~10x too small" in warned[0]
+
 
 def test_nm_typed_as_um_fails_each_image_in_one_line_not_with_a_memory_error(tmp_path, small_field, capsys,
                                                                             caplog):
