@@ -69,6 +69,10 @@ MAX_SATURATED_FRACTION = 0.20
 MIN_GREY_RANGE_FRACTION = 0.05
 # Percentiles come from a regular subsample of at most about this many pixels (bounded cost).
 GREY_SAMPLE_PX = 1 << 20
+# The numbers are rounded to this many decimals before the flags are taken from them: the table
+# then reproduces every flag, and the last digits of the class probabilities, which differ by
+# ~1e-10 between executor=local and executor=dask, do not make the two images.csv differ.
+DECIMALS = 6
 
 
 @dataclass(frozen=True)
@@ -222,6 +226,7 @@ def image_quality(result: ImageResult) -> ImageQuality:
         "saturated_fraction": saturated,
         "grey_range_fraction": grey_range,
     }
+    numbers = {k: None if v is None else round(v, DECIMALS) for k, v in numbers.items()}
     flags = flags_of(numbers, result.image.pixel_size_um, len(parts), result.pixel_size_range_um)
     return ImageQuality(**numbers, flags=flags)
 
