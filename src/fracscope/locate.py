@@ -33,6 +33,7 @@ class LocatedParticles:
     crops: list[ParticleCrop]
     seconds: dict[str, float]
     min_diameter_um: float | None = None  # the detector's; sections whose final outline is smaller are dropped
+    scores: np.ndarray | None = None  # the detector's confidence per object (label k at k - 1); None: it gives none
 
 
 @dataclass
@@ -47,12 +48,12 @@ def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | 
     """Detect the particles of one image and cut a crop around each, as `crop_spec` (the crop model's)
     says; no crops when it is None (no crop model runs)."""
     t0 = time.perf_counter()
-    instances = detector.detect(image)
+    instances, scores = detector.detect_scored(image)
     t1 = time.perf_counter()
     crops = crop_particles(image.pixels, instances, crop_spec) if crop_spec is not None else []
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
-    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
+    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um, scores)
 
 
 def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):

@@ -103,7 +103,8 @@ def analyse_tile(window: SEMImage, tile: Tile, detector: Detector, models: Model
     return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds))
 
 
-def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str) -> ImageResult:
+def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str,
+             pixel_size_range_um: tuple[float, float] | None = None) -> ImageResult:
     """The image's result from its tiles' pieces, in tile raster order: ids numbered on from tile to
     tile, boxes moved to image pixels; where two tiles' particles claim a pixel the earlier keeps it."""
     instances = np.zeros(image.pixels.shape, np.uint32)
@@ -128,7 +129,8 @@ def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str
             "raise detect.overlap_px above the largest particle's diameter in pixels",
             OversizedObjectWarning, stacklevel=2,
         )
-    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
+    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
+                       pixel_size_range_um=pixel_size_range_um)
 
 
 def analyse_mosaic(
@@ -150,7 +152,7 @@ def analyse_mosaic(
     for piece in pieces:
         for stage, seconds in piece.seconds.items():
             times.seconds[stage] = times.seconds.get(stage, 0.0) + seconds
-    return assemble(page.image, pieces, stem, group)
+    return assemble(page.image, pieces, stem, group, models.pixel_size_range_um)
 
 
 __all__ = ["MosaicPage", "TilePiece", "analyse_mosaic", "analyse_tile", "as_mosaic", "assemble", "mosaic_detector",

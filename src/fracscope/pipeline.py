@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import resource
 import sys
 import time
@@ -37,6 +38,7 @@ from fracscope.analysis import (
 from fracscope.assets import resolve_input
 from fracscope.cli import UsageError
 from fracscope.detect import detector_factory
+from fracscope.detect.learned import ImplausiblePixelSize
 from fracscope.executor import ExecutorSettings
 from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images
 from fracscope.io.groups import group_for, load_group_map, match_group_map
@@ -88,9 +90,11 @@ class RunSettings:
     report: ReportOptions = ReportOptions()
 
     def __post_init__(self) -> None:
-        # 0 would report every area as 0 µm², a negative size fails on every image: refuse at start-up.
-        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
-            raise ValueError(f"pixel_size_um must be a positive number of µm per pixel, got {self.pixel_size_um}")
+        # 0 would report every area as 0 µm², a negative or infinite size fails on every image, NaN
+        # compares false with every size: refuse at start-up, in one line.
+        px = self.pixel_size_um
+        if px is not None and not (math.isfinite(px) and px > 0):
+            raise ValueError(f"pixel_size_um must be a positive, finite number of µm per pixel, got {px}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> RunSettings:
@@ -400,7 +404,10 @@ def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
                     times.seconds[stage] += seconds
                 out_queue.add(predict_particles(item, stem, group, models, settings, times), settings)
         except Exception as exc:  # one bad image must not stop a run over thousands
-            log.exception("failed on %s page %d", image.source, image.page)
+            if isinstance(exc, ImplausiblePixelSize):  # the message says it all: no traceback
+                log.error("failed on %s page %d: %s", image.source, image.page, exc)
+            else:
+                log.exception("failed on %s page %d", image.source, image.page)
             out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             progress.step(_page_name(image), out_queue.n_particles, "failed")
             continue

@@ -111,6 +111,8 @@ class ParticleResult:
         the image's pixel size is known, pixel units otherwise).
     bbox: (row0, col0, row1, col1) of the particle in the image, end-exclusive.
     crop: the ParticleCrop the model saw (kept for review sheets; may be None).
+    detector_score: the learned detector's confidence in this object (mean foreground
+        probability over it), or None for detectors without scores.
     """
 
     particle_id: int
@@ -122,6 +124,7 @@ class ParticleResult:
     bbox: tuple[int, int, int, int]
     measurements: dict[str, float] = field(default_factory=dict)
     crop: ParticleCrop | None = None
+    detector_score: float | None = None
 
 
 @dataclass
@@ -131,6 +134,8 @@ class ImageResult:
     instances: uint32 label map whose ids are the particles' particle_id.
     phases: uint8 predicted phase map on the image grid (Phase codes).
     group: the sample group (sub-folder name or from a mapping CSV).
+    pixel_size_range_um: (min, max) pixel size of the images the run's models were trained on
+        (their files'), or None when unknown; `fracscope.report.quality` compares the image's with it.
     """
 
     image: SEMImage
@@ -139,3 +144,4 @@ class ImageResult:
     instances: np.ndarray
     phases: np.ndarray
     particles: list[ParticleResult] = field(default_factory=list)
+    pixel_size_range_um: tuple[float, float] | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fracscope.measure import measure_particle
+from fracscope.report.quality import QUALITY_COLUMNS, image_quality
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult
 
 PARTICLES_CSV = "particles.csv"
@@ -65,10 +66,12 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "source_path",
     "source_size_bytes",
     "source_mtime_ns",
+    # Which images to check first (`fracscope.report.quality`); appended, so older columns keep their place.
+    *QUALITY_COLUMNS,
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
-_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error"}
+_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "quality_flags"}
 _INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
@@ -155,7 +158,8 @@ def particle_row(result: ImageResult, particle: ParticleResult) -> dict[str, obj
 
 
 def image_row(result: ImageResult) -> dict[str, object]:
-    """The images.csv row of one image page (counts over all detected particles)."""
+    """The images.csv row of one image page (counts over all detected particles, then the quality
+    numbers and flags of `fracscope.report.quality`)."""
     image, page = image_key(result)
     px = result.image.pixel_size_um
     h, w = result.instances.shape[:2]
@@ -178,6 +182,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
     for name in CLASS_NAMES:
         row[f"n_{name}"] = sum(p.class_name == name for p in parts)
     row["source_path"], row["source_size_bytes"], row["source_mtime_ns"] = source_identity(result.image.source)
+    row.update(image_quality(result).columns())
     return row
 
 
