@@ -251,6 +251,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                 bbox=_mask_box(own, (r0, c0)) or (r0, c0, r1, c1),  # the measured (trimmed) section's box
                 measurements=m,
                 crop=crop if settings.keep_crops else None,
+                head_probs=None if predicted.class_probs is None or index is None
+                else tuple(float(v) for v in predicted.class_probs[index]),
             )
         )
     times.add("measure", t)

@@ -111,6 +111,8 @@ class ParticleResult:
         the image's pixel size is known, pixel units otherwise).
     bbox: (row0, col0, row1, col1) of the particle in the image, end-exclusive.
     crop: the ParticleCrop the model saw (kept for review sheets; may be None).
+    head_probs: the crop model's class-head probabilities in CLASS_NAMES order, when the crop
+        model ran (the evidence a lab's class rule is refitted on); None otherwise.
     """
 
     particle_id: int
@@ -122,6 +124,7 @@ class ParticleResult:
     bbox: tuple[int, int, int, int]
     measurements: dict[str, float] = field(default_factory=dict)
     crop: ParticleCrop | None = None
+    head_probs: tuple[float, ...] | None = None
 
 
 @dataclass
