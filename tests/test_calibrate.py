@@ -38,7 +38,8 @@ def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     table = pd.DataFrame({
         "image": [f"lab/field{i % 10}.tif" for i in range(n)], "page": 0, "particle_id": np.arange(n) // 10 + 1,
         "eq_diameter_um": diameter, "crack_pct": 2.5 * longest, "crack_length_um": 1.3 * longest * diameter,
-        "crack_reach_frac": np.minimum(1.0, 1.5 * longest), "crack_reaches_surface": (has & (rng.random(n) < 0.5)) * 1.0,
+        "crack_reach_frac": np.minimum(1.0, 1.5 * longest),
+        "crack_reaches_surface": (has & (rng.random(n) < 0.5)) * 1.0,
         "crack_splits_section": splits * 1.0, "longest_crack_frac": longest,
         "n_cracks": has * rng.integers(1, 3, n) * 1.0,
         "head_p_intact": 1 - p_damaged, "head_p_mildly_damaged": p_damaged - head_broken, "head_p_broken": head_broken,
@@ -48,7 +49,8 @@ def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _write_labels(path, table: pd.DataFrame, label: np.ndarray) -> None:
-    table[["image", "page", "particle_id"]].assign(**{"class": [CLASS_NAMES[c] for c in label]}).to_csv(path, index=False)
+    classes = [CLASS_NAMES[c] for c in label]
+    table[["image", "page", "particle_id"]].assign(**{"class": classes}).to_csv(path, index=False)
 
 
 @pytest.mark.parametrize("plain", [False, True])
@@ -64,7 +66,8 @@ def test_calibration_recovers_a_shifted_intact_mild_boundary(tmp_path, plain):
     after = ClassScores.from_labels(label[held], result.rule.predict_proba(x[held]).argmax(1)).kappa
     assert after > before + 0.15 and after > 0.85, (before, after)
     # The lab's line: a 0.3-diameter crack is intact for it, a 0.7 one mildly damaged.
-    short, long_ = (np.flatnonzero((table["longest_crack_frac"] > a) & (table["longest_crack_frac"] < b) & (label != BROKEN))
+    longest = table["longest_crack_frac"]
+    short, long_ = (np.flatnonzero((longest > a) & (longest < b) & (label != BROKEN))
                     for a, b in ((0.25, 0.35), (0.65, 0.75)))
     assert (result.rule.predict_proba(x[short]).argmax(1) == INTACT).mean() > 0.8
     assert (result.rule.predict_proba(x[long_]).argmax(1) == MILD).mean() > 0.8
@@ -124,10 +127,12 @@ def test_the_written_file_carries_the_rule_into_infer(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda lab: lab.assign(particle_id=lab["particle_id"] + 1000), "labelled particle(s) are not in particles.csv"),
-        (lambda lab: lab.assign(**{"class": ["cracked"] + list(lab["class"][1:])}), "unknown class name(s) 'cracked'"),
-        (lambda lab: lab[lab["class"] != "broken"].head(40).pipe(
-            lambda d: pd.concat([d, lab[lab["class"] == "broken"].head(2)])), "too few labels: each class needs at least 3"),
+        (lambda lab: lab.assign(particle_id=lab["particle_id"] + 1000),
+         "labelled particle(s) are not in particles.csv"),
+        (lambda lab: lab.assign(**{"class": ["cracked"] + list(lab["class"][1:])}),
+         "unknown class name(s) 'cracked'"),
+        (lambda lab: pd.concat([lab[lab["class"] != "broken"].head(40), lab[lab["class"] == "broken"].head(2)]),
+         "too few labels: each class needs at least 3"),
         (lambda lab: lab.drop(columns="particle_id"), "lacks the column(s) particle_id"),
         (lambda lab: pd.concat([lab, lab.head(1)]), "is labelled twice"),
     ],

@@ -149,8 +149,9 @@ def cross_validated_kappa(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier
     return ClassScores.from_labels(y, pred).kappa
 
 
-def run(particles_csv: str | Path, labels_csv: str | Path, out_path: str | Path, phase_model_path: str | Path | None = None,
-        prior_strength: float = DEFAULT_PRIOR_STRENGTH, plain: bool = False) -> Calibration:
+def run(particles_csv: str | Path, labels_csv: str | Path, out_path: str | Path,
+        phase_model_path: str | Path | None = None, prior_strength: float = DEFAULT_PRIOR_STRENGTH,
+        plain: bool = False) -> Calibration:
     """Fit the lab's class rule and write it into a copy of the phase model file at `out_path`.
 
     `particles_csv` is a run's particles.csv (or its folder), `labels_csv` the lab's labels,
