@@ -53,13 +53,13 @@ def _write_labels(path, table: pd.DataFrame, label: np.ndarray) -> None:
     table[["image", "page", "particle_id"]].assign(**{"class": classes}).to_csv(path, index=False)
 
 
-@pytest.mark.parametrize("plain", [False, True])
-def test_calibration_recovers_a_shifted_intact_mild_boundary(tmp_path, plain):
+@pytest.mark.parametrize("strength", ["auto", None, 1.0])  # chosen by cross-validation, plain, towards the shipped
+def test_calibration_recovers_a_shifted_intact_mild_boundary(tmp_path, strength):
     table, label = constructed_table(600, seed=1)
     table.to_csv(tmp_path / "particles.csv", index=False)
     fit = slice(0, 100)  # 100 labels; scored on the other 500 sections
     _write_labels(tmp_path / "labels.csv", table.iloc[fit], label[fit])
-    result = run(tmp_path / "particles.csv", tmp_path / "labels.csv", tmp_path / "lab.onnx", plain=plain)
+    result = run(tmp_path / "particles.csv", tmp_path / "labels.csv", tmp_path / "lab.onnx", strength=strength)
 
     x, held = evidence(table, result.rule.features), slice(100, None)
     before = ClassScores.from_labels(label[held], _shipped().predict_proba(x[held]).argmax(1)).kappa
@@ -73,6 +73,7 @@ def test_calibration_recovers_a_shifted_intact_mild_boundary(tmp_path, plain):
     assert (result.rule.predict_proba(x[long_]).argmax(1) == MILD).mean() > 0.8
     assert result.n_per_class == tuple(np.bincount(label[fit], minlength=3))
     assert result.kappa_cv > result.kappa_shipped
+    assert result.strength == strength or strength == "auto"
 
 
 def test_the_prior_keeps_the_shipped_rule_where_labels_are_few(tmp_path):
@@ -148,6 +149,18 @@ def test_bad_labels_are_one_line(tmp_path, capsys, edit, message):
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith("fracscope-calibrate: error: ") and message in err, err
     assert not (tmp_path / "lab.onnx").exists()
+
+
+def test_a_bad_prior_strength_is_one_line(tmp_path, capsys):
+    table, label = constructed_table(60, seed=4)
+    table.to_csv(tmp_path / "particles.csv", index=False)
+    _write_labels(tmp_path / "labels.csv", table, label)
+    for bad in ("strong", "-1"):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "particles.csv"), str(tmp_path / "labels.csv"), str(tmp_path / "lab.onnx"),
+                  f"--prior-strength={bad}"])
+        err = capsys.readouterr().err
+        assert "--prior-strength must be auto or a number >= 0" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_table_without_head_probabilities_is_one_line(tmp_path, capsys):

@@ -1,6 +1,6 @@
 """A lab's own class boundaries: refit the phase model file's class rule on the lab's labels.
 
-    fracscope-calibrate RUN_DIR/particles.csv labels.csv my_phases.onnx [--prior-strength 1] [--plain]
+    fracscope-calibrate RUN_DIR/particles.csv labels.csv my_phases.onnx [--prior-strength auto|S] [--plain]
 
 Labs draw the line between *intact* and *mildly damaged* differently. The class of the default route
 (``classify=native``) is a multinomial logistic regression on each particle's crack columns and the crop
@@ -9,9 +9,10 @@ model file). Those inputs are all columns of particles.csv, so the rule can be r
 and a labels CSV (``image,page,particle_id,class``) without running any network again: the new rule is
 written into a copy of the phase model file, which ``infer.py phase_model_path=NEW.onnx`` then uses.
 
-By default the fit is pulled towards the shipped rule (an L2 penalty on the difference of the
-coefficients, `--prior-strength`; the intercepts are free), so a few dozen labels shift its boundaries
-instead of drawing new ones; `--plain` refits from scratch (needs more labels; bench/few_labels.py compares).
+The fit can be pulled towards the shipped rule (an L2 penalty on the difference of the coefficients,
+`--prior-strength`; the intercepts are free), so that a few dozen labels shift its boundaries instead of drawing
+new ones, or refit from scratch (`--plain`). By default the command picks between them by cross-validation on
+the labels themselves (`choose_strength`); bench/few_labels.py compares the routes.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ from fracscope.types import CLASS_NAMES
 LABEL_COLUMNS: tuple[str, ...] = ("image", "page", "particle_id", "class")
 #: Fewer labels of a class than this cannot place its boundary (and 5-fold agreement cannot be reported).
 MIN_LABELS_PER_CLASS = 3
-#: L2 pull (per labelled particle) of the coefficients towards the shipped rule's. Chosen on
-#: bench/few_labels.py's shifted fields (seed 303), where 0.3-3 were within noise of each other.
-DEFAULT_PRIOR_STRENGTH = 1.0
+#: The routes `choose_strength` picks from: None = a plain refit, a number = the L2 pull (per labelled particle)
+#: of the coefficients towards the shipped rule's. A lab whose line lies near the shipped one gains from a
+#: strong pull with few labels; one that draws it elsewhere needs a weak one (bench/few_labels.py).
+STRENGTHS: tuple[float | None, ...] = (None, 0.1, 1.0, 10.0)
+#: Choose the strength by cross-validation on the labels themselves.
+AUTO = "auto"
 #: L2 penalty towards 0 of a plain refit (`CrackClassifier.fit`'s default).
 PLAIN_L2 = 1e-2
 
@@ -47,9 +51,10 @@ class Calibration:
 
     out_path: Path
     rule: CrackClassifier
+    strength: float | None  # the pull towards the shipped rule it was fitted with; None: a plain refit
     n_per_class: tuple[int, ...]  # labels per class, CLASS_NAMES order
     kappa_shipped: float  # the shipped rule against the labels
-    kappa_cv: float  # the refitted rule against the labels, 5-fold cross-validated (each fold fitted without it)
+    kappa_cv: float  # the refitted route against the labels, 5-fold cross-validated (each fold fitted without it)
     seconds: float
 
 
@@ -121,41 +126,54 @@ def evidence(rows: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     return np.stack([crack_features(r, features) for r in records]) if records else np.zeros((0, len(features)))
 
 
-def fit_rule(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None,
-             prior_strength: float = DEFAULT_PRIOR_STRENGTH, plain: bool = False) -> CrackClassifier:
-    """The lab's rule: pulled towards `shipped` by `prior_strength`, or (plain / no shipped logistic) refitted
-    from scratch with a small L2 towards 0."""
+def fit_rule(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None, strength: float | None) -> CrackClassifier:
+    """The lab's rule: pulled towards `shipped` with L2 `strength`, or (None / no shipped logistic) refitted from
+    scratch with a small L2 towards 0."""
     features = shipped.features if shipped is not None else CRACK_FEATURES
-    if plain or shipped is None:
+    if strength is None or shipped is None:
         return CrackClassifier.fit(x, y, features, l2=PLAIN_L2)
-    return CrackClassifier.fit(x, y, features, l2=prior_strength, prior=shipped)
+    return CrackClassifier.fit(x, y, features, l2=strength, prior=shipped)
 
 
-def cross_validated_kappa(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None, prior_strength: float,
-                          plain: bool, folds: int = 5, seed: int = 0) -> float:
-    """κ of the refitted rule against the labels, each label predicted by a rule fitted without its fold
-    (folds stratified by class)."""
+def cross_validated(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None, strength: float | None,
+                    folds: int = 5, seed: int = 0) -> np.ndarray:
+    """(N, 3) probabilities of every label from a rule fitted without its fold (folds stratified by class)."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(y), np.int64)
     for c in range(len(CLASS_NAMES)):
         idx = rng.permutation(np.flatnonzero(y == c))
         fold[idx] = np.arange(len(idx)) % folds
-    pred = np.empty(len(y), np.int64)
+    probs = np.empty((len(y), len(CLASS_NAMES)))
     for k in range(folds):
         test = fold == k
         if test.any():
-            rule = fit_rule(x[~test], y[~test], shipped, prior_strength, plain)
-            pred[test] = rule.predict_proba(x[test]).argmax(1)
-    return ClassScores.from_labels(y, pred).kappa
+            probs[test] = fit_rule(x[~test], y[~test], shipped, strength).predict_proba(x[test])
+    return probs
+
+
+def choose_strength(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None) -> float | None:
+    """The route of `STRENGTHS` whose 5-fold cross-validated log-loss on the labels is lowest (ties: the first)."""
+    if shipped is None:
+        return None
+    losses = [-np.log(np.clip(cross_validated(x, y, shipped, s)[np.arange(len(y)), y], 1e-12, None)).mean()
+              for s in STRENGTHS]
+    return STRENGTHS[int(np.argmin(losses))]
+
+
+def calibrated_rule(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None,
+                    strength: float | None | str = AUTO) -> tuple[CrackClassifier, float | None]:
+    """The lab's rule and the strength it was fitted with (`AUTO`: `choose_strength`)."""
+    chosen = choose_strength(x, y, shipped) if strength == AUTO else strength
+    return fit_rule(x, y, shipped, chosen), chosen  # type: ignore[arg-type]
 
 
 def run(particles_csv: str | Path, labels_csv: str | Path, out_path: str | Path,
-        phase_model_path: str | Path | None = None, prior_strength: float = DEFAULT_PRIOR_STRENGTH,
-        plain: bool = False) -> Calibration:
+        phase_model_path: str | Path | None = None, strength: float | None | str = AUTO) -> Calibration:
     """Fit the lab's class rule and write it into a copy of the phase model file at `out_path`.
 
     `particles_csv` is a run's particles.csv (or its folder), `labels_csv` the lab's labels,
-    `phase_model_path` the phase model file the run used (default: the shipped one).
+    `phase_model_path` the phase model file the run used (default: the shipped one). `strength`: the pull
+    towards the shipped rule (a number >= 0), None for a plain refit, or `AUTO` (`choose_strength`).
     """
     from fracscope.assets import resolve_phase_model
     from fracscope.model_file import PhaseMetadata, read_metadata, write_metadata
@@ -167,8 +185,8 @@ def run(particles_csv: str | Path, labels_csv: str | Path, out_path: str | Path,
         raise UsageError(f"the new phase model file must end in .onnx, got {out_path}")
     if out_path.exists() and out_path.resolve() == source.resolve():
         raise UsageError(f"{out_path} is the phase model file the rule starts from: write the new one elsewhere")
-    if prior_strength < 0:
-        raise UsageError(f"--prior-strength must be >= 0, got {prior_strength}")
+    if strength != AUTO and strength is not None and not float(strength) >= 0:  # type: ignore[arg-type]
+        raise UsageError(f"--prior-strength must be auto or a number >= 0, got {strength}")
     meta = read_metadata(source, PhaseMetadata)
     shipped_rule = class_rule_from_dict(meta.class_rule)
     shipped = shipped_rule if isinstance(shipped_rule, CrackClassifier) else None
@@ -184,15 +202,15 @@ def run(particles_csv: str | Path, labels_csv: str | Path, out_path: str | Path,
                          f"(have {have})")
     x = evidence(rows, features)
 
-    rule = fit_rule(x, y, shipped, prior_strength, plain)
+    rule, chosen = calibrated_rule(x, y, shipped, strength)
     kappa_shipped = ClassScores.from_labels(y, shipped_rule.predict_proba(x, features).argmax(1)).kappa
-    kappa_cv = cross_validated_kappa(x, y, shipped, prior_strength, plain)
+    kappa_cv = ClassScores.from_labels(y, cross_validated(x, y, shipped, chosen).argmax(1)).kappa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
     shutil.copyfile(source, tmp)
     write_metadata(tmp, dataclasses.replace(meta, class_rule=rule.to_dict()))
     tmp.replace(out_path)
-    return Calibration(out_path, rule, tuple(int(n) for n in counts), kappa_shipped, kappa_cv,
+    return Calibration(out_path, rule, chosen, tuple(int(n) for n in counts), kappa_shipped, kappa_cv,
                        time.perf_counter() - t0)
 
 
@@ -222,16 +240,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out", help="the new phase model file (.onnx) to write")
     parser.add_argument("--phase-model", default=None,
                         help="the phase model file the run used (default: the shipped models/fracscope_phases.onnx)")
-    parser.add_argument("--prior-strength", type=float, default=DEFAULT_PRIOR_STRENGTH,
-                        help=f"pull towards the shipped rule (default {DEFAULT_PRIOR_STRENGTH}; 0: none, but still "
-                             "starting from it)")
+    parser.add_argument("--prior-strength", default=AUTO,
+                        help="L2 pull of the coefficients towards the shipped rule's (a number >= 0), or auto "
+                             f"(default): the one of plain, {', '.join(str(s) for s in STRENGTHS if s is not None)} "
+                             "with the best 5-fold cross-validated log-loss on the labels")
     parser.add_argument("--plain", action="store_true", help="refit from scratch, ignoring the shipped rule")
     args = parser.parse_args(argv)
     with usage_errors(parser.prog):
-        result = run(args.particles, args.labels, args.out, args.phase_model, args.prior_strength, args.plain)
+        strength = None if args.plain else args.prior_strength
+        if strength not in (None, AUTO):
+            try:
+                strength = float(strength)
+            except ValueError:
+                raise UsageError(f"--prior-strength must be auto or a number >= 0, got {strength!r}") from None
+        result = run(args.particles, args.labels, args.out, args.phase_model, strength)
     counts = ", ".join(f"{n} {c}" for c, n in zip(CLASS_NAMES, result.n_per_class))
     print(f"{sum(result.n_per_class)} labels ({counts}); agreement with them (Cohen's kappa): shipped rule "
-          f"{result.kappa_shipped:.3f}, refitted rule {result.kappa_cv:.3f} (5-fold cross-validated)")
+          f"{result.kappa_shipped:.3f}, refitted rule {result.kappa_cv:.3f} (5-fold cross-validated; "
+          + ("plain refit" if result.strength is None else f"pulled towards the shipped rule, strength "
+             f"{result.strength:g}") + ")")
     print(f"wrote {result.out_path} in {result.seconds:.1f} s; use it: "
           f"python infer.py input=... output=... phase_model_path={result.out_path}")
     return 0
