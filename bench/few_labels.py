@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,6 +74,8 @@ def make_run(work: Path, seed: int, n_fields: int, field_px: tuple[int, int]) ->
     if pairs_csv.exists() and meta_json.exists() and json.loads(meta_json.read_text())["key"] == key:
         meta = json.loads(meta_json.read_text())
         return pd.read_csv(pairs_csv, dtype={"image": str}), meta["gen_s"], meta["infer_s"]
+    for stale in (work / "fields", work / "out"):  # an earlier call's fields or run must not mix in
+        shutil.rmtree(stale, ignore_errors=True)
     t0 = time.perf_counter()
     truth = {}
     for preset in PRESETS:
