@@ -219,7 +219,7 @@ Refit the class rule (intact / mildly_damaged / broken) of a phase model file on
 finished run's particles.csv, and write it into a copy of the file. Then: infer.py phase_model_path=NEW.onnx
 
 The labels CSV has the columns image,page,particle_id,class (image and particle_id as in particles.csv; class one
-of intact, mildly_damaged, broken), at least 3 particles of each class; 50-100 labels recover most of a lab's
+of intact, mildly_damaged, broken), at least 3 particles of each class; 100-200 labels recover most of a lab's
 boundary (docs/BENCHMARKS.md, "Few-label calibration").
 
 example:
