@@ -264,6 +264,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                 measurements=m,
                 crop=crop if settings.keep_crops else None,
                 detector_score=score,
+                head_probs=None if predicted.class_probs is None or index is None
+                else tuple(float(v) for v in predicted.class_probs[index]),
             )
         )
     times.add("measure", t)

@@ -113,6 +113,8 @@ class ParticleResult:
     crop: the ParticleCrop the model saw (kept for review sheets; may be None).
     detector_score: the learned detector's confidence in this object (mean foreground
         probability over it), or None for detectors without scores.
+    head_probs: the crop model's class-head probabilities in CLASS_NAMES order, when the crop
+        model ran (the evidence a lab's class rule is refitted on); None otherwise.
     """
 
     particle_id: int
@@ -125,6 +127,7 @@ class ParticleResult:
     measurements: dict[str, float] = field(default_factory=dict)
     crop: ParticleCrop | None = None
     detector_score: float | None = None
+    head_probs: tuple[float, ...] | None = None
 
 
 @dataclass
