@@ -27,7 +27,7 @@ def _run(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
 
 
 def test_every_script_names_a_main_of_the_package() -> None:
-    assert set(SCRIPTS) == {f"fracscope-{x}" for x in ("infer", "train", "synth", "pores3d", "evaluate", "export")}
+    assert set(SCRIPTS) == {f"fracscope-{x}" for x in ("infer", "train", "synth", "pores3d", "evaluate", "export", "calibrate")}
     for name, target in SCRIPTS.items():
         module, _, attr = target.partition(":")
         # Read, not imported: the training commands' modules import torch.
@@ -44,6 +44,7 @@ def test_every_script_names_a_main_of_the_package() -> None:
                      marks=pytest.mark.train),  # fracscope.evaluate imports the training stack
         (["-m", "fracscope.pores3d"], ["fracscope-pores3d", "input=", "voxel_size_um="]),
         (["-m", "fracscope.synth"], ["fracscope-synth", "kind=crops|electrode", "preset: gp, p"]),
+        (["-m", "fracscope.calibrate"], ["fracscope-calibrate", "image,page,particle_id,class", "phase_model_path="]),
     ],
 )
 def test_help_says_what_the_command_does(command, says) -> None:

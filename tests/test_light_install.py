@@ -75,7 +75,7 @@ def test_inference_entry_points_import_no_training_package_at_module_level() -> 
     as it is reached only after `require_torch`."""
     graph = import_graph()
     names = module_names()
-    roots = ["fracscope.infer", "fracscope.pores3d.__main__", "fracscope.synth.__main__"]
+    roots = ["fracscope.infer", "fracscope.pores3d.__main__", "fracscope.synth.__main__", "fracscope.calibrate"]
     reached, todo = set(), list(roots)
     while todo:
         module = todo.pop()

@@ -63,8 +63,8 @@ def _substitute(args: list[str], assets: dict, run_dir: Path) -> list[str]:
         key, _, value = a.partition("=")
         if key == "data.path":
             a = f"data.path={assets['coco']}"
-        elif key == "init_from":
-            a = f"init_from={assets['ckpt']}"
+        elif key == "init_from" and not (REPO / value).exists():
+            a = f"init_from={assets['ckpt']}"  # a shipped model file (models/...) is used as it is
         elif key == "ckpt_path" or key.startswith("hydra."):
             continue  # resuming needs a real interrupted run: covered by tests/test_train.py
         out.append(a)

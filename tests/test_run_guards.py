@@ -8,6 +8,7 @@ gets that line too when it is not a terminal.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,85 @@ def test_infer_log_of_a_command_run_is_not_empty(tmp_path, fields):
     log = (out / "infer.log").read_text()
     assert "settings:" in log and "image 1/1 " in log
     assert "image 1/1 " in proc.stderr and "[INFO]" not in proc.stdout
+
+
+# Issue 21: pixel sizes that cannot be right ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_field():
+    """The pixels of one small generated field at 0.05 µm/px."""
+    from fracscope.synth import load_config, make_field
+
+    item = make_field(load_config("p", overrides=["electrode.field_px=[192,224]"]), 3, 0)
+    assert item.image.pixel_size_um == 0.05
+    return item.image.pixels
+
+
+def _copy_tagged(pixels, folder: Path, name: str, pixel_size_um: float) -> Path:
+    """`pixels` as `folder/name` with `pixel_size_um` in the tags."""
+    folder.mkdir(exist_ok=True)
+    write_image_tiff(folder / name, pixels, pixel_size_um)
+    return folder / name
+
+
+def test_a_pixel_size_10x_too_large_is_flagged_warned_and_listed_first_and_the_run_exits_0(
+        tmp_path, small_field, caplog):
+    folder = tmp_path / "in"
+    ok = _copy_tagged(small_field, folder, "a_ok.tif", 0.05)
+    coarse = _copy_tagged(small_field, folder, "b_coarse.tif", 0.5)  # 10x too large in the tags
+    out = tmp_path / "out"
+    infer(_cfg(folder, out))  # no SystemExit: status 0
+    images = pd.read_csv(out / "images.csv", keep_default_na=False).set_index("image")
+    assert images.loc[str(ok), "quality_flags"] == ""
+    assert images.loc[str(coarse), "quality_flags"] == "scale_implausible"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    scale = [m for m in warned if "scale implausible" in m]
+    assert len(scale) == 1 and scale[0].startswith(f"{coarse}: ") and "~10x too large" in scale[0]
+    md = (out / "summary.md").read_text()
+    first = md[md.index("## Images to check first"):md.index("## Damage classes")]
+    assert "1 of 2 images flagged" in first and f"- `{coarse}`: scale implausible: pixel size 0.5 µm/px" in first
+    assert str(ok) not in first
+    flagged = json.loads((out / "summary.json").read_text())["flagged_images"]
+    assert [(f["image"], f["page"], f["flags"]) for f in flagged] == [(str(coarse), 0, ["scale_implausible"])]
+
+    # The same through pixel_size_um= on the command line: a warning, a flag, status 0.
+    caplog.clear()
+    outcome = run(_cfg(ok, tmp_path / "given", "pixel_size_um=0.5"))
+    assert outcome.exit_code == 0 and not outcome.failures
+    flags = pd.read_csv(tmp_path / "given" / "images.csv", keep_default_na=False)["quality_flags"].tolist()
+    assert flags == ["scale_implausible"]
+    assert any("scale implausible" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+    # 10x too small: the detector sees the image shrunk 30x and finds next to nothing; flagged, status 0.
+    caplog.clear()
+    outcome = run(_cfg(ok, tmp_path / "fine", "pixel_size_um=0.005"))
+    assert outcome.exit_code == 0
+    flags = pd.read_csv(tmp_path / "fine" / "images.csv", keep_default_na=False)["quality_flags"].tolist()
+    assert flags[0].split(";")[0] == "scale_implausible"
+    warned = [r.getMessage() for r in caplog.records if "scale implausible" in r.getMessage()]
+    assert len(warned) == 1 and "~10x too small" in warned[0]
+
+
+def test_nm_typed_as_um_fails_each_image_in_one_line_not_with_a_memory_error(tmp_path, small_field, capsys,
+                                                                            caplog):
+    ok = _copy_tagged(small_field, tmp_path / "in", "a_ok.tif", 0.05)
+    out = tmp_path / "out"
+    line = _one_line_usage_error(lambda: infer(_cfg(ok, out, "pixel_size_um=50")), capsys)
+    assert "all 1 input image(s) failed" in line
+    errors = pd.read_csv(out / "errors.csv")
+    assert errors["image"].tolist() == [str(ok)]
+    assert errors["error"].tolist() == ["ImplausiblePixelSize: pixel size 50 µm/px would enlarge the image 333x to "
+                                        "the detector's 0.15 µm/px; nm typed as µm?"]
+    assert not any("MemoryError" in r.getMessage() or r.exc_info for r in caplog.records)
+
+
+def test_an_image_whose_tags_would_enlarge_it_absurdly_fails_alone(tmp_path, small_field):
+    # A tag of 5 µm/px (the readers take up to 10): the detector would enlarge the image 33x.
+    ok = _copy_tagged(small_field, tmp_path / "in", "a_ok.tif", 0.05)
+    coarse = _copy_tagged(small_field, tmp_path / "in", "b_5um.tif", 5.0)
+    outcome = run(_cfg(tmp_path / "in", tmp_path / "out"))
+    assert outcome.exit_code == 1 and outcome.n_images == 1
+    assert outcome.failures == [(str(coarse), 0, "ImplausiblePixelSize: pixel size 5 µm/px would enlarge the image "
+                                                 "33x to the detector's 0.15 µm/px; nm typed as µm?")]
+    assert pd.read_csv(tmp_path / "out" / "images.csv")["image"].tolist() == [str(ok)]

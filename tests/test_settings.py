@@ -264,7 +264,9 @@ def test_synth_config_loads_inside_a_running_hydra_app():
     assert all(cfg.imaging.randomize == {"noise_sd": (0.01, 0.05)} for _, cfg, _ in jobs)
 
 
-@pytest.mark.parametrize(("value", "message"), [("0", "must be a positive number"), ("-0.05", "must be a positive number"),
+@pytest.mark.parametrize(("value", "message"), [("0", "must be a positive, finite number"),
+                                                ("-0.05", "must be a positive, finite number"),
+                                                ("inf", "must be a positive, finite number"),
                                                 ("abc", "bad value of 'pixel_size_um'")])
 def test_a_pixel_size_that_is_not_positive_or_not_a_number_is_refused_at_start_up(value, message):
     from fracscope.pipeline import RunSettings

@@ -74,6 +74,20 @@ def test_hydras_hint_for_a_typo_does_not_lead_to_an_ignored_key(tmp_path) -> Non
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("value", "says"), [
+    ("0", "pixel_size_um must be a positive, finite number of µm per pixel, got 0.0"),
+    ("-0.05", "pixel_size_um must be a positive, finite number of µm per pixel, got -0.05"),
+    ("nan", "pixel_size_um must be a positive, finite number of µm per pixel, got nan"),
+    ("inf", "pixel_size_um must be a positive, finite number of µm per pixel, got inf"),
+    ("abc", "bad value of 'pixel_size_um' in the infer config: could not convert string to float: 'abc'"),
+])
+def test_a_pixel_size_that_cannot_be_right_is_refused_before_anything_is_written(tmp_path, value, says) -> None:
+    # issue 21: 0 gave areas of 0 µm², -0.05 and abc tracebacks on every image, inf was taken
+    out = tmp_path / "out"
+    _one_line(_infer(f"pixel_size_um={value}", f"output={out}"), says)
+    assert not out.exists()
+
+
 def test_ctrl_c_is_one_line_that_says_how_to_resume(tmp_path) -> None:
     out = tmp_path / "out"
     # The bundled sample linked 8 times (48 images): on a fast machine the 6 alone can finish between

@@ -147,6 +147,14 @@ class Models:
         return cls(phases, crops, class_rule)
 
     @property
+    def pixel_size_range_um(self) -> tuple[float, float] | None:
+        """Pixel sizes the phase model (else the crop model) was trained on, from its file; None: unknown."""
+        for model in (self.phases, self.crops):
+            if model is not None and model.metadata.pixel_size_range_um is not None:
+                return tuple(float(v) for v in model.metadata.pixel_size_range_um)
+        return None
+
+    @property
     def crop_spec(self):
         """The crop model's crop spec, or None when no crops are needed."""
         return self.crops.metadata.crop_spec if self.crops is not None else None
@@ -164,6 +172,7 @@ class Predicted:
     class_probs: np.ndarray | None  # (N, 3), the crop model's, in crop order
     phase_probs: np.ndarray | None  # (N, 4, S, S), the crop model's, on the crop grid
     pore_weight: float  # the crop model file's, or the run's override
+    pixel_size_range_um: tuple[float, float] | None = None  # the models' training pixel sizes (quality flags)
 
 
 def predict_particles(
@@ -187,7 +196,8 @@ def predict_particles(
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
-    return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight)
+    return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight,
+                     models.pixel_size_range_um)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
@@ -241,6 +251,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         else:
             probs = predicted.class_probs[index]
             class_index = int(np.argmax(probs))
+        scores = located.scores
+        score = float(scores[pid - 1]) if scores is not None and pid <= len(scores) else None
         diameter = m["eq_diameter_um"]
         if to_um:
             too_small = diameter * to_um < settings.min_judge_diameter_um
@@ -257,10 +269,14 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                 bbox=_mask_box(own, (r0, c0)) or (r0, c0, r1, c1),  # the measured (trimmed) section's box
                 measurements=m,
                 crop=crop if settings.keep_crops else None,
+                detector_score=score,
+                head_probs=None if predicted.class_probs is None or index is None
+                else tuple(float(v) for v in predicted.class_probs[index]),
             )
         )
     times.add("measure", t)
-    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
+    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
+                       pixel_size_range_um=predicted.pixel_size_range_um)
 
 
 def analyse_image(

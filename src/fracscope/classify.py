@@ -175,16 +175,31 @@ class CrackClassifier:
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, features: Sequence[str] = CRACK_FEATURES,
-            l2: float = 1e-2, class_weight: Sequence[float] | None = None) -> CrackClassifier:
-        """Maximum-likelihood fit with an L2 penalty `l2` (per sample) on the coefficients (L-BFGS)."""
+            l2: float = 1e-2, class_weight: Sequence[float] | None = None,
+            prior: CrackClassifier | None = None) -> CrackClassifier:
+        """Maximum-likelihood fit with an L2 penalty `l2` (per sample) on the coefficients (L-BFGS).
+
+        With a `prior` (a fitted rule on the same `features`) the features keep the prior's standardisation,
+        the fit starts from its coefficients and the penalty pulls the coefficients towards them instead of
+        towards 0 (the intercepts are free): few labels then move the prior's boundaries rather than draw
+        new ones from scratch.
+        """
         from scipy.optimize import minimize
 
         x = np.asarray(x, np.float64)
         y = np.asarray(y, np.int64)
         k, f = len(CLASS_NAMES), x.shape[1]
-        mean = x.mean(axis=0)
-        scale = x.std(axis=0)
-        scale[scale < 1e-9] = 1.0
+        if prior is not None:
+            if tuple(prior.features) != tuple(features):
+                raise ValueError(f"the prior reads {list(prior.features)}, not {list(features)}")
+            mean, scale = np.asarray(prior.mean, np.float64), np.asarray(prior.scale, np.float64)
+            coef0 = np.asarray(prior.coef, np.float64)
+            theta0 = np.concatenate([coef0.ravel(), np.asarray(prior.intercept, np.float64)])
+        else:
+            mean = x.mean(axis=0)
+            scale = x.std(axis=0)
+            scale[scale < 1e-9] = 1.0
+            coef0, theta0 = np.zeros((k, f)), np.zeros(k * f + k)
         z = (x - mean) / scale
         onehot = np.eye(k)[y]
         w_class = np.ones(k) if class_weight is None else np.asarray(class_weight, np.float64)
@@ -196,12 +211,12 @@ class CrackClassifier:
             logits -= logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             p = np.exp(logp)
-            value = -(w * (onehot * logp).sum(axis=1)).sum() + 0.5 * l2 * (coef**2).sum()
+            value = -(w * (onehot * logp).sum(axis=1)).sum() + 0.5 * l2 * ((coef - coef0) ** 2).sum()
             g = (p - onehot) * w[:, None]
-            grad = np.concatenate([(g.T @ z + l2 * coef).ravel(), g.sum(axis=0)])
+            grad = np.concatenate([(g.T @ z + l2 * (coef - coef0)).ravel(), g.sum(axis=0)])
             return float(value), grad
 
-        res = minimize(loss, np.zeros(k * f + k), jac=True, method="L-BFGS-B")
+        res = minimize(loss, theta0, jac=True, method="L-BFGS-B")
         coef, b = res.x[: k * f].reshape(k, f), res.x[k * f:]
         return cls(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)),
                    tuple(tuple(map(float, row)) for row in coef), tuple(map(float, b)))

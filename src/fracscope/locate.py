@@ -34,6 +34,7 @@ class LocatedParticles:
     crops: list[ParticleCrop]
     seconds: dict[str, float]
     min_diameter_um: float | None = None  # the detector's; sections whose final outline is smaller are dropped
+    scores: np.ndarray | None = None  # the detector's confidence per object (label k at k - 1); None: it gives none
 
 
 @dataclass
@@ -50,12 +51,12 @@ def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | 
     the detector's estimate (`with_estimated_scale`), which the detector and the phase model use."""
     t0 = time.perf_counter()
     image = with_estimated_scale(image, detector)
-    instances = detector.detect(image)
+    instances, scores = detector.detect_scored(image)
     t1 = time.perf_counter()
     crops = crop_particles(image.pixels, instances, crop_spec) if crop_spec is not None else []
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
-    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um)
+    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um, scores)
 
 
 def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:

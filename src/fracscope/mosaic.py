@@ -28,7 +28,7 @@ from fracscope.analysis import AnalysisSettings, Models, StageTimes, measure_par
 from fracscope.crop import crop_particles
 from fracscope.detect import Detector, build_detector, detector_factory
 from fracscope.detect.tiling import OversizedObjectWarning, Tile, TiledDetector, TileGrid, owned_objects, tile_grid
-from fracscope.locate import LocatedParticles
+from fracscope.locate import LocatedParticles, with_estimated_scale
 from fracscope.types import ImageResult, ParticleResult, SEMImage
 
 
@@ -66,6 +66,11 @@ def as_mosaic(item: Any, detector: TiledDetector | None) -> Any:
     """`item` as a `MosaicPage` when it is an image larger than one tile of the tiled detector, else as is."""
     if detector is None or not isinstance(item, SEMImage):
         return item
+    if mosaic_grid(item, detector) is None:
+        return item
+    # An image without a pixel size gets one estimate for the whole mosaic (not one per tile), and the
+    # grid's overlap follows it.
+    item = with_estimated_scale(item, detector)
     grid = mosaic_grid(item, detector)
     return item if grid is None else MosaicPage(item, grid)
 
@@ -75,7 +80,7 @@ def mosaic_grid(image: SEMImage, detector: Detector) -> TileGrid | None:
     tiled, or an image that fits one tile)."""
     if not isinstance(detector, TiledDetector):
         return None
-    grid = tile_grid(image.pixels.shape, detector.tile_px, detector.overlap_px, image.pixel_size_um)
+    grid = tile_grid(image.pixels.shape, detector.tile_px, detector.overlap_px, image.working_pixel_size_um)
     return grid if len(grid) > 1 else None
 
 
@@ -103,7 +108,8 @@ def analyse_tile(window: SEMImage, tile: Tile, detector: Detector, models: Model
     return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds))
 
 
-def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str) -> ImageResult:
+def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str,
+             pixel_size_range_um: tuple[float, float] | None = None) -> ImageResult:
     """The image's result from its tiles' pieces, in tile raster order: ids numbered on from tile to
     tile, boxes moved to image pixels; where two tiles' particles claim a pixel the earlier keeps it."""
     instances = np.zeros(image.pixels.shape, np.uint32)
@@ -128,7 +134,8 @@ def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str
             "raise detect.overlap_px above the largest particle's diameter in pixels",
             OversizedObjectWarning, stacklevel=2,
         )
-    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles)
+    return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
+                       pixel_size_range_um=pixel_size_range_um)
 
 
 def analyse_mosaic(
@@ -150,7 +157,7 @@ def analyse_mosaic(
     for piece in pieces:
         for stage, seconds in piece.seconds.items():
             times.seconds[stage] = times.seconds.get(stage, 0.0) + seconds
-    return assemble(page.image, pieces, stem, group)
+    return assemble(page.image, pieces, stem, group, models.pixel_size_range_um)
 
 
 __all__ = ["MosaicPage", "TilePiece", "analyse_mosaic", "analyse_tile", "as_mosaic", "assemble", "mosaic_detector",

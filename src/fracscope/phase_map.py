@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracscope.detect.learned import normalise_image, pad_to_multiple, to_working_scale
+from fracscope.detect.learned import check_enlargement, normalise_image, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
 from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
 
@@ -165,7 +165,7 @@ class PhaseMapModel:
             raise ValueError(f"expected a 2-D grey image, got shape {pixels.shape}")
         if not (math.isfinite(float(pixel_size_um)) and float(pixel_size_um) > 0):
             raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um}")
-        scale = float(pixel_size_um) / self.working_pixel_size_um
+        scale = check_enlargement(pixel_size_um, self.working_pixel_size_um, "phase model")
         work = normalise_working(to_working_scale(pixels, scale), self.metadata.percentiles)
         probs = self.predict_working(work)
         del work

@@ -11,13 +11,13 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import resource
 import sys
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from fracscope.analysis import (
 from fracscope.assets import resolve_input
 from fracscope.cli import UsageError
 from fracscope.detect import detector_factory
+from fracscope.detect.learned import ImplausiblePixelSize
 from fracscope.executor import ExecutorSettings
 from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image_files, iter_images
 from fracscope.io.groups import group_for, load_group_map, match_group_map
@@ -89,9 +90,11 @@ class RunSettings:
     report: ReportOptions = ReportOptions()
 
     def __post_init__(self) -> None:
-        # 0 would report every area as 0 µm², a negative size fails on every image: refuse at start-up.
-        if self.pixel_size_um is not None and not self.pixel_size_um > 0:
-            raise ValueError(f"pixel_size_um must be a positive number of µm per pixel, got {self.pixel_size_um}")
+        # 0 would report every area as 0 µm², a negative or infinite size fails on every image, NaN
+        # compares false with every size: refuse at start-up, in one line.
+        px = self.pixel_size_um
+        if px is not None and not (math.isfinite(px) and px > 0):
+            raise ValueError(f"pixel_size_um must be a positive, finite number of µm per pixel, got {px}")
 
     @classmethod
     def from_config(cls, cfg: Any) -> RunSettings:
@@ -317,9 +320,8 @@ def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Mo
     times = StageTimes()
     t_start = time.perf_counter()
     progress = RunProgress(len(found.files), enabled=run_settings.progress)
-    analyse = _analyse_here if client is None else partial(_analyse_on_dask, client=client)
-    n_images, n_particles, n_skipped = analyse(found.files, run_settings, models, root, group_map, writer, done,
-                                               progress, times)
+    batch = _Batch(found.files, run_settings, models, root, group_map, writer, done, progress, times)
+    n_images, n_particles, n_skipped = _analyse_here(batch) if client is None else _analyse_on_dask(batch, client)
     if writer.nothing_new():  # a resume with nothing left to do: every output stays as it was
         writer.close_unchanged()
         log.info("nothing left to do in %s: %d image(s) already done", output, n_skipped)
@@ -341,19 +343,26 @@ def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Mo
     return outcome
 
 
-def _analyse_here(
-    files: list[Path],
-    run_settings: RunSettings,
-    models: Models,
-    root: Path | None,
-    group_map: dict[str, str] | None,
-    writer: ReportWriter,
-    done: dict,
-    progress: RunProgress,
-    times: StageTimes,
-) -> tuple[int, int, int]:
+@dataclass
+class _Batch:
+    """A run's images and what analysing them needs, on either executor."""
+
+    files: list[Path]
+    settings: RunSettings
+    models: Models  # loaded here (a Dask run loads them again on each worker)
+    root: Path | None
+    group_map: dict[str, str] | None
+    writer: ReportWriter
+    done: dict  # resume: (resolved path, page) -> (size, mtime_ns) of the images done earlier
+    progress: RunProgress
+    times: StageTimes
+
+
+def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
     """``executor=local``: decode ahead in threads, detect ahead in `detect_workers` processes, run the
     models here and measure and write on a background thread; (images, particles, resumed pages skipped)."""
+    files, run_settings, models, root, group_map = batch.files, batch.settings, batch.models, batch.root, batch.group_map
+    writer, done, progress, times = batch.writer, batch.done, batch.progress, batch.times
     settings = run_settings.analysis
     skipped: list[SEMImage] = []
     tiled = mosaic_detector(run_settings.detect)
@@ -403,7 +412,10 @@ def _analyse_here(
                     times.seconds[stage] += seconds
                 out_queue.add(predict_particles(item, stem, group, models, settings, times), settings)
         except Exception as exc:  # one bad image must not stop a run over thousands
-            log.exception("failed on %s page %d", image.source, image.page)
+            if isinstance(exc, ImplausiblePixelSize):  # the message says it all: no traceback
+                log.error("failed on %s page %d: %s", image.source, image.page, exc)
+            else:
+                log.exception("failed on %s page %d", image.source, image.page)
             out_queue.failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
             progress.step(_page_name(image), out_queue.n_particles, "failed")
             continue
@@ -413,20 +425,11 @@ def _analyse_here(
     return out_queue.n_images, out_queue.n_particles, len(skipped)
 
 
-def _analyse_on_dask(
-    files: list[Path],
-    run_settings: RunSettings,
-    models: Models,
-    root: Path | None,
-    group_map: dict[str, str] | None,
-    writer: ReportWriter,
-    done: dict,
-    progress: RunProgress,
-    times: StageTimes,
-    client: Any,
-) -> tuple[int, int, int]:
+def _analyse_on_dask(batch: _Batch, client: Any) -> tuple[int, int, int]:
     """``executor=dask``: one task per file on the cluster, its records committed here in input order
     (`fracscope.executor.dask`); (images, particles, resumed pages skipped)."""
+    files, run_settings, root, group_map = batch.files, batch.settings, batch.root, batch.group_map
+    writer, done, progress, times = batch.writer, batch.done, batch.progress, batch.times
     from fracscope.executor.dask import analyse_on_dask
     from fracscope.executor.work import FileTask, ImageFailure
 

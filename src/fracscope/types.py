@@ -121,6 +121,10 @@ class ParticleResult:
         the image's pixel size is known, pixel units otherwise).
     bbox: (row0, col0, row1, col1) of the particle in the image, end-exclusive.
     crop: the ParticleCrop the model saw (kept for review sheets; may be None).
+    detector_score: the learned detector's confidence in this object (mean foreground
+        probability over it), or None for detectors without scores.
+    head_probs: the crop model's class-head probabilities in CLASS_NAMES order, when the crop
+        model ran (the evidence a lab's class rule is refitted on); None otherwise.
     """
 
     particle_id: int
@@ -132,6 +136,8 @@ class ParticleResult:
     bbox: tuple[int, int, int, int]
     measurements: dict[str, float] = field(default_factory=dict)
     crop: ParticleCrop | None = None
+    detector_score: float | None = None
+    head_probs: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -141,6 +147,8 @@ class ImageResult:
     instances: uint32 label map whose ids are the particles' particle_id.
     phases: uint8 predicted phase map on the image grid (Phase codes).
     group: the sample group (sub-folder name or from a mapping CSV).
+    pixel_size_range_um: (min, max) pixel size of the images the run's models were trained on
+        (their files'), or None when unknown; `fracscope.report.quality` compares the image's with it.
     """
 
     image: SEMImage
@@ -149,3 +157,4 @@ class ImageResult:
     instances: np.ndarray
     phases: np.ndarray
     particles: list[ParticleResult] = field(default_factory=list)
+    pixel_size_range_um: tuple[float, float] | None = None

@@ -43,6 +43,11 @@ class Detector(ABC):
         estimate (the classical detector uses its pixel-unit settings instead)."""
         return None
 
+    def detect_scored(self, image: SEMImage) -> tuple[np.ndarray, np.ndarray | None]:
+        """The label map and a confidence per object (label k at index k - 1), or None where the
+        detector gives none (this default)."""
+        return self.detect(image), None
+
 
 def _locate(dotted: str) -> Any:
     module, _, attr = dotted.rpartition(".")

@@ -52,7 +52,38 @@ from fracscope.types import SEMImage
 FALLBACK_PIXEL_SIZE_UM = 0.05
 
 
+# The most a model may enlarge an image to reach its working pixel size. Real SEM cross-sections of
+# secondary particles lie between about 0.005 and 0.2 µm/px, i.e. at most 4x coarser than the phase
+# model's 0.05 µm/px; beyond 20x (1 µm/px for the phase model, 3 µm/px for the detector) a 5-15 µm
+# particle is a few pixels wide and the pixel size is almost surely wrong (nm typed as µm), while
+# the enlarged image (400x the pixels) would exhaust memory.
+MAX_ENLARGEMENT = 20.0
+
+
+class ImplausiblePixelSize(ValueError):
+    """A pixel size that would make a model resample the image to an absurd size: that image fails
+    (a row of errors.csv), the run goes on."""
+
+
 # ------------------------------------------------------------------------------ scale helpers
+
+
+def check_enlargement(pixel_size_um: float, working_pixel_size_um: float, model: str) -> float:
+    """The scale (working px per image px) a model resamples an image by; `ImplausiblePixelSize`
+    (one line that names the likely cause) when it would enlarge the image over `MAX_ENLARGEMENT`.
+
+    Every model that resamples whole images to a working pixel size (the learned detector, the
+    phase model) calls this before it allocates the working image.
+    """
+    scale = float(pixel_size_um) / float(working_pixel_size_um)
+    if scale > MAX_ENLARGEMENT:
+        # nm typed as µm puts a 5-200 nm/px image at 5-200 "µm"/px
+        cause = "nm typed as µm?" if pixel_size_um >= 1 else "a wrong pixel size?"
+        raise ImplausiblePixelSize(
+            f"pixel size {pixel_size_um:g} µm/px would enlarge the image {scale:.0f}x to the {model}'s "
+            f"{working_pixel_size_um:g} µm/px; {cause}"
+        )
+    return scale
 
 
 def working_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -226,9 +257,17 @@ class LearnedDetector(Detector):
         estimate = estimate_pixel_size_um(pixels, self)
         return None if estimate is None else estimate.pixel_size_um
 
+    def detect_scored(self, image: SEMImage) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels and each object's score (`detect_with_scores`); no scores when tiled."""
+        shape = np.shape(image.pixels)
+        if self.tile_px is not None and max(shape) > self.tile_px:
+            return self.detect(image), None
+        found = self.detect_with_scores(image)
+        return found.labels, found.scores
+
     def predict_maps(self, pixels: np.ndarray, pixel_size_um: float) -> tuple[np.ndarray, np.ndarray, float]:
         """(foreground_prob, distance, scale) at working scale for raw `pixels`."""
-        scale = float(pixel_size_um) / self.working_pixel_size_um
+        scale = check_enlargement(pixel_size_um, self.working_pixel_size_um, "detector")
         work = normalise_image(to_working_scale(pixels, scale), self.percentiles)
         h, w = work.shape
         x = pad_to_multiple(work, int(self.metadata.pad_multiple))[None, None].astype(np.float32)

@@ -497,6 +497,10 @@ class TiledDetector(Detector):
         self.overlap_px = overlap_px
         self.min_diameter_um = self.detector.min_diameter_um
 
+    def estimate_pixel_size_um(self, pixels: np.ndarray) -> float | None:
+        """The inner detector's estimate (`Detector.estimate_pixel_size_um`)."""
+        return self.detector.estimate_pixel_size_um(pixels)
+
     def detect(self, image: SEMImage) -> np.ndarray:
         """Instance label map of `image`, detected tile by tile."""
         return detect_tiled(image, self.detector, self.tile_px, self.overlap_px)

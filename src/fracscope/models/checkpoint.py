@@ -91,8 +91,8 @@ class InitReport:
     skipped: dict[str, str]
 
 
-def _source_of_onnx(path: Path) -> Path:
-    """The training checkpoint an exported ONNX model came from (its metadata must say)."""
+def _source_of_onnx(path: Path) -> Path | None:
+    """The training checkpoint an exported ONNX model came from (its metadata or a sibling .ckpt), if found."""
     try:
         extra = read_metadata(path, ModelMetadata).extra  # unknown top-level keys land in extra too
     except MetadataError:
@@ -106,12 +106,7 @@ def _source_of_onnx(path: Path) -> Path:
             if cand.exists():
                 return cand
     sibling = path.with_suffix(".ckpt")
-    if sibling.exists():
-        return sibling
-    raise ValueError(
-        f"{path}: ONNX graphs cannot be fine-tuned; pass the checkpoint it was exported from "
-        "(its metadata names no existing source checkpoint, and no sibling .ckpt exists)"
-    )
+    return sibling if sibling.exists() else None
 
 
 def init_weights_from(net: torch.nn.Module, path: str | Path) -> InitReport:
@@ -120,14 +115,19 @@ def init_weights_from(net: torch.nn.Module, path: str | Path) -> InitReport:
     Parameters
     ----------
     path : str or Path
-        A fracscope ``.ckpt``, a ``.pt``/``.pth`` state dict of the network, or an
-        exported ``.onnx`` whose source checkpoint can be found (metadata or sibling).
+        A fracscope ``.ckpt``, a ``.pt``/``.pth`` state dict of the network, or an exported
+        ``.onnx``: its source checkpoint when that can be found (metadata or sibling), else the
+        weights stored in the file itself (`fracscope.models.onnx_weights`; an int8 file gives its
+        dequantized weights), e.g. the shipped ``models/fracscope_*.onnx``.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"init_from: {path} does not exist")
     if path.suffix.lower() == ".onnx":
-        path = _source_of_onnx(path)
+        source = _source_of_onnx(path)
+        if source is None:
+            return _init_from_onnx_weights(net, path)
+        path = source
     sd = net_state_dict(load_checkpoint_dict(path))
     own = net.state_dict()
     take, skipped = {}, {}
@@ -142,3 +142,18 @@ def init_weights_from(net: torch.nn.Module, path: str | Path) -> InitReport:
         raise ValueError(f"init_from: no tensor of {path} fits this network (different encoder?)")
     net.load_state_dict(take, strict=False)
     return InitReport(source=path, loaded=len(take), skipped=skipped)
+
+
+def _init_from_onnx_weights(net: torch.nn.Module, path: Path) -> InitReport:
+    """`init_weights_from` a model file with no checkpoint beside it: the file's own weights."""
+    from fracscope.models.onnx_weights import state_dict_from_onnx
+
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    try:
+        sd = state_dict_from_onnx(net, path, torch.zeros(1, first.in_channels, 128, 128))
+    except ValueError as err:
+        raise ValueError(f"init_from: {err}") from None
+    net.load_state_dict(sd, strict=False)
+    own = net.state_dict()
+    skipped = {k: "not stored in the ONNX file" for k in own if k not in sd and not k.endswith("num_batches_tracked")}
+    return InitReport(source=path, loaded=len(sd), skipped=skipped)

@@ -11,6 +11,7 @@ from fracscope.report.summary import GroupSummary, Summary, display_name
 from fracscope.types import CLASS_NAMES
 
 SUMMARY_MD = "summary.md"
+MAX_FLAGGED_LINES = 100  # flagged images listed one per line; the rest are counted (images.csv has them all)
 
 _LABEL = {"intact": "intact", "mildly_damaged": "mildly damaged", "broken": "broken"}
 _TEST_LABEL = {
@@ -152,6 +153,23 @@ def _size_section(summary: Summary) -> list[str]:
     return lines
 
 
+def _check_first_section(summary: Summary) -> list[str]:
+    """The flagged images, one line each with the reasons in words (`fracscope.report.quality`)."""
+    lines = ["## Images to check first", ""]
+    n_images = summary.total.n_images
+    if not summary.flagged:
+        return lines + [f"No image was flagged ({n_images} checked; the flags are defined in docs/OUTPUTS.md).", ""]
+    n = len(summary.flagged)
+    lines += [f"{n} of {n_images} image{'s' if n_images != 1 else ''} flagged (images.csv column `quality_flags`; "
+              "definitions in docs/OUTPUTS.md):", ""]
+    for f in summary.flagged[:MAX_FLAGGED_LINES]:
+        page = f" page {f['page']}" if f["page"] else ""
+        lines.append(f"- `{f['image']}`{page}: " + "; ".join(f["reasons"] or f["flags"]))
+    if n > MAX_FLAGGED_LINES:
+        lines.append(f"- … and {n - MAX_FLAGGED_LINES} more: images.csv rows with a non-empty `quality_flags`")
+    return lines + [""]
+
+
 def render_markdown(summary: Summary) -> str:
     """The text of summary.md."""
     prov = summary.provenance
@@ -168,6 +186,7 @@ def render_markdown(summary: Summary) -> str:
         f"failed files/pages: {len(summary.failed)}",
         "",
     ]
+    lines += _check_first_section(summary)
     lines += _class_section(summary) + _porosity_section(summary) + _size_section(summary)
     if summary.failed:
         lines += ["## Failed files", ""]

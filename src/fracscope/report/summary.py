@@ -20,6 +20,7 @@ import pandas as pd
 
 from fracscope.measure import PROFILE_FRACTIONS
 from fracscope.report.options import ReportOptions
+from fracscope.report.quality import QUALITY_COLUMNS, describe_flags, parse_flags
 from fracscope.report.stats import (
     TestResult,
     bootstrap_fraction_ci,
@@ -32,7 +33,7 @@ from fracscope.report.stats import (
 from fracscope.report.tables import IMAGES_CSV, PARTICLES_CSV
 from fracscope.types import CLASS_NAMES
 
-SUMMARY_SCHEMA_VERSION = "1.0"
+SUMMARY_SCHEMA_VERSION = "1.1"  # 1.1: flagged_images
 SUMMARY_JSON = "summary.json"
 TOTAL = "all"  # name of the pooled group
 
@@ -65,6 +66,7 @@ class ParticleScan:
     eq_diameter_um: np.ndarray
     porosity_pct: np.ndarray
     profile_pct: np.ndarray
+    flagged: list[dict] = field(default_factory=list)  # images.csv rows with quality flags (`_read_flagged`)
 
 
 def display_name(group: str) -> str:
@@ -79,6 +81,29 @@ def _read_images(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, usecols=cols, dtype={"image": str, "group": str}, keep_default_na=False)
     df["page"] = pd.to_numeric(df["page"], errors="coerce")
     return df.dropna(subset=["page"]).astype({"page": np.int64}).drop_duplicates(["image", "page"])
+
+
+def _read_flagged(path: Path) -> list[dict]:
+    """The images.csv rows (as str dicts: image, page, pixel size and the quality columns) whose
+    `quality_flags` is not empty, in images.csv order; none for an images.csv of an older run."""
+    if not path.exists() or path.stat().st_size == 0:
+        return []
+    header = pd.read_csv(path, nrows=0).columns
+    if "quality_flags" not in header:
+        return []
+    cols = ["image", "page", "pixel_size_um", *(c for c in QUALITY_COLUMNS if c in header)]
+    df = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, on_bad_lines="skip")
+    df = df[(df["quality_flags"] != "") & df["page"].str.fullmatch(r"\d+")].drop_duplicates(["image", "page"])
+    return df.to_dict("records")
+
+
+def trained_pixel_sizes(provenance: dict) -> tuple[float, float] | None:
+    """The pixel sizes the run's phase model (else crop model) was trained on, from the provenance."""
+    for key in ("phase_model_metadata", "model_metadata"):
+        found = (provenance.get(key) or {}).get("pixel_size_range_um")
+        if found:
+            return float(found[0]), float(found[1])
+    return None
 
 
 def scan_particles(output_dir: str | os.PathLike, options: ReportOptions, chunksize: int = 200_000) -> ParticleScan:
@@ -153,6 +178,7 @@ def scan_particles(output_dir: str | os.PathLike, options: ReportOptions, chunks
         eq_diameter_um=cat("d", np.float32),
         porosity_pct=cat("por", np.float32),
         profile_pct=cat("prof", np.float32, (0, len(PROFILE_COLUMNS))),
+        flagged=_read_flagged(out / IMAGES_CSV),
     )
 
 
@@ -237,7 +263,8 @@ class Summary:
     """The run's summary: per group, pooled ("all"), the test between groups, provenance.
 
     `test` is None with fewer than two groups. `failed` lists the files or pages that
-    could not be processed (image, page, error).
+    could not be processed (image, page, error). `flagged` lists the images with quality flags
+    (image, page, flags, reasons: the flags in words), in images.csv order.
     """
 
     groups: list[GroupSummary]
@@ -246,6 +273,7 @@ class Summary:
     provenance: dict
     failed: list[dict] = field(default_factory=list)
     options: dict = field(default_factory=dict)
+    flagged: list[dict] = field(default_factory=list)
     schema_version: str = SUMMARY_SCHEMA_VERSION
 
     def group(self, name: str) -> GroupSummary:
@@ -269,6 +297,7 @@ class Summary:
                 "options": self.options,
                 "provenance": self.provenance,
                 "failed": self.failed,
+                "flagged_images": self.flagged,
             }
         )
 
@@ -304,7 +333,13 @@ def build_summary(scan: ParticleScan, options: ReportOptions, provenance: dict, 
         table = np.array([[g.counts[c] for c in CLASS_NAMES] for g in groups])
         test = compare_groups(table, seed=options.seed)
     opts = asdict(options)
-    return Summary(groups, total, test, provenance, failed, opts)
+    trained = trained_pixel_sizes(provenance)
+    flagged = [
+        {"image": r["image"], "page": int(r["page"]), "flags": parse_flags(r["quality_flags"]),
+         "reasons": describe_flags(r, trained)}
+        for r in scan.flagged
+    ]
+    return Summary(groups, total, test, provenance, failed, opts, flagged)
 
 
 def make_provenance(config: dict, provenance: dict) -> dict:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from fracscope.classify import HEAD_FEATURES
 from fracscope.measure import measure_particle
+from fracscope.report.quality import QUALITY_COLUMNS, image_quality
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult
 
 PARTICLES_CSV = "particles.csv"
@@ -29,6 +31,9 @@ ERRORS_CSV = "errors.csv"
 SKIPPED_PREFIX = "skipped: "
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
+#: The crop model's class-head probabilities (empty when it did not run): evidence the class rule reads,
+#: kept so that a lab can refit the rule on its own labels (`fracscope.calibrate`).
+HEAD_PROB_COLUMNS: tuple[str, ...] = HEAD_FEATURES
 BBOX_COLUMNS: tuple[str, ...] = ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1")
 KEY_COLUMNS: tuple[str, ...] = (
     "image",
@@ -66,10 +71,12 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "source_path",
     "source_size_bytes",
     "source_mtime_ns",
+    # Which images to check first (`fracscope.report.quality`); appended, so older columns keep their place.
+    *QUALITY_COLUMNS,
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
-_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error"}
+_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "quality_flags"}
 _INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
@@ -84,8 +91,8 @@ def measurement_columns() -> tuple[str, ...]:
 
 
 def particle_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:
-    """Header of particles.csv: key columns, measurement columns, then `extra` ones."""
-    cols = [*KEY_COLUMNS, *measurement_columns()]
+    """Header of particles.csv: key columns, measurement columns, the class-head columns, then `extra` ones."""
+    cols = [*KEY_COLUMNS, *measurement_columns(), *HEAD_PROB_COLUMNS]
     cols += [c for c in extra if c not in cols]
     return tuple(cols)
 
@@ -152,11 +159,14 @@ def particle_row(result: ImageResult, particle: ParticleResult) -> dict[str, obj
     for col, v in zip(BBOX_COLUMNS, particle.bbox):
         row[col] = int(v)
     row.update(particle.measurements)
+    head = particle.head_probs if particle.head_probs is not None else (None,) * len(HEAD_PROB_COLUMNS)
+    row.update(zip(HEAD_PROB_COLUMNS, head))
     return row
 
 
 def image_row(result: ImageResult) -> dict[str, object]:
-    """The images.csv row of one image page (counts over all detected particles)."""
+    """The images.csv row of one image page (counts over all detected particles, then the quality
+    numbers and flags of `fracscope.report.quality`)."""
     image, page = image_key(result)
     px = result.image.pixel_size_um
     h, w = result.instances.shape[:2]
@@ -180,6 +190,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
     for name in CLASS_NAMES:
         row[f"n_{name}"] = sum(p.class_name == name for p in parts)
     row["source_path"], row["source_size_bytes"], row["source_mtime_ns"] = source_identity(result.image.source)
+    row.update(image_quality(result).columns())
     return row
 
 

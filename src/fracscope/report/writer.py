@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
 from fracscope.report.plots import write_plots
+from fracscope.report.quality import SCALE_IMPLAUSIBLE, describe_flags, parse_flags
 from fracscope.report.record import (
     INSTANCES_DIR,
     PHASES_DIR,
@@ -30,10 +32,14 @@ from fracscope.report.summary import (
     build_summary,
     make_provenance,
     scan_particles,
+    trained_pixel_sizes,
     write_summary_json,
 )
 from fracscope.report.tables import SKIPPED_PREFIX, ErrorTableWriter, ParticleTableWriter, image_key
 from fracscope.types import ImageResult
+
+log = logging.getLogger(__name__)
+
 
 def _plain_config(config: Mapping | None) -> dict:
     """The config as plain dicts and lists (OmegaConf objects converted)."""
@@ -166,7 +172,15 @@ class ReportWriter:
             self._coco.add(record.coco)
         # Last: the images.csv row marks the image done (see tables.done_images).
         self._tables.commit(record.image_row)
+        self._warn_scale(record.image_row)
         return True
+
+    def _warn_scale(self, row: Mapping[str, object]) -> None:
+        """A warning per image whose scale looks wrong (images.csv flags it too), naming the likely cause."""
+        if SCALE_IMPLAUSIBLE in parse_flags(row.get("quality_flags")):
+            (words,) = describe_flags({**row, "quality_flags": SCALE_IMPLAUSIBLE}, trained_pixel_sizes(self.provenance))
+            page = f" page {row['page']}" if row.get("page") else ""
+            log.warning("%s%s: %s", row["image"], page, words)
 
     def add_failure(self, source: str, page: int, message: str) -> None:
         """Record a file or page that could not be processed (errors.csv)."""
