@@ -157,10 +157,13 @@ def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
 
 
 def test_a_resume_of_an_older_images_csv_keeps_its_header_and_reports_no_flags(tmp_path):
-    old = IMAGE_COLUMNS[: -len(QUALITY_COLUMNS)]
+    # The header before this session's columns (the pixel-size estimate and the quality columns).
+    old = tuple(c for c in IMAGE_COLUMNS[: -len(QUALITY_COLUMNS)] if c != "pixel_size_estimate_um")
+    values = {"image": "a.tif", "page": 0, "stem": "a", "group": "g", "height_px": 10, "width_px": 10,
+              "pixel_size_um": 0.05, "pixel_size_source": "tags", "length_unit": "um",
+              "source_path": "/x/a.tif", "source_size_bytes": 1, "source_mtime_ns": 1}
     with (tmp_path / "images.csv").open("w", newline="") as f:
-        csv.writer(f).writerows([old, ["a.tif", 0, "a", "g", 10, 10, 0.05, "tags", "um", 0, 0, 0, 0, 0, 0, 0,
-                                       "/x/a.tif", 1, 1]])
+        csv.writer(f).writerows([old, [values.get(c, 0) for c in old]])
     tables = ParticleTableWriter(tmp_path, resume=True)
     assert tables.done == {("a.tif", 0)}
     with pytest.warns(UserWarning, match="not in the header; dropped"):

@@ -26,14 +26,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from fracscope.detect.postprocess import labels_from_maps, mean_per_label
 
-if TYPE_CHECKING:
-    from fracscope.detect.learned import LearnedDetector
+# The learned detector (`fracscope.detect.learned.LearnedDetector`, which calls this module): anything
+# with its `predict_maps(pixels, pixel_size_um)` and `params`.
+LearnedDetector = Any
 
 # Area-weighted mean equivalent diameter of the sections of a calendered electrode (secondary
 # particles of d50 ~ 11 µm, cut at random heights, 40 % fines). Calibrated on generated fields of
