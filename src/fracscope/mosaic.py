@@ -62,8 +62,9 @@ def mosaic_detector(detect: Mapping[str, Any]) -> TiledDetector | None:
     return None
 
 
-def as_mosaic(item: Any, detector: TiledDetector | None) -> Any:
-    """`item` as a `MosaicPage` when it is an image larger than one tile of the tiled detector, else as is."""
+def as_mosaic(item: Any, detector: Detector | None) -> Any:
+    """`item` as a `MosaicPage` when it is an image larger than one tile of a tiled detector, else as is
+    (any other detector, or None, leaves it as it is)."""
     if detector is None or not isinstance(item, SEMImage):
         return item
     if mosaic_grid(item, detector) is None:

@@ -437,16 +437,18 @@ def _analyse_on_dask(batch: _Batch, client: Any) -> tuple[int, int, int]:
     times.seconds.setdefault("worker", 0.0)
     warned_scale = False
 
+    # The resume keys by file, once: looking each file's pages up in the whole list would cost files x done.
+    done_by_path: dict[str, dict[int, tuple]] = {}
+    for (path, page), identity in done.items():
+        done_by_path.setdefault(path, {})[page] = identity
+
     def tasks():
         for f in files:
             path, size, mtime = source_identity(f)
-            done_pages = frozenset(page for (p, page) in done if p == path)
-            if any(done[(path, page)] != (size, mtime) for page in done_pages):
-                log.warning(
-                    "%s changed since an earlier run analysed it (size or mtime); its earlier results are kept: "
-                    "use another output= to analyse it again", f,
-                )
-            yield FileTask(str(f), path, group_for(f, root, group_map), done_pages)
+            earlier = done_by_path.get(path, {})
+            if any(identity != (size, mtime) for identity in earlier.values()):
+                _warn_changed(f)
+            yield FileTask(str(f), path, group_for(f, root, group_map), frozenset(earlier))
 
     def on_outcome(task, outcome, retried: int) -> None:
         nonlocal warned_scale
@@ -572,13 +574,18 @@ def _not_done(item, done: dict, skipped: list):
     if earlier is None:
         return item
     if earlier != (size, mtime):
-        log.warning(
-            "%s changed since an earlier run analysed it (size or mtime); its earlier results are kept: "
-            "use another output= to analyse it again",
-            item.source,
-        )
+        _warn_changed(item.source)
     skipped.append(item)
     return None
+
+
+def _warn_changed(source: str | Path) -> None:
+    """A resumed file changed since an earlier run did it: say so (its earlier results are kept)."""
+    log.warning(
+        "%s changed since an earlier run analysed it (size or mtime); its earlier results are kept: "
+        "use another output= to analyse it again",
+        source,
+    )
 
 
 def _write_timings(output: Path, outcome: RunOutcome, n_skipped: int) -> None:

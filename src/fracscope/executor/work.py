@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fracscope.analysis import Models, StageTimes, image_stem, measure_particles, predict_particles
 from fracscope.detect import Detector, build_detector
-from fracscope.detect.tiling import Tile, TiledDetector
+from fracscope.detect.tiling import Tile
 from fracscope.io import ReadFailure
 from fracscope.io.read import ReadOptions, load_file
 from fracscope.locate import LocateFailure, locate_safely
@@ -96,7 +96,7 @@ def analyse_file(task: FileTask, run, input_root: str | None) -> FileOutcome:
             continue
         image: SEMImage = dataclasses.replace(item, source=task.path)
         stem = image_stem(image, root)
-        page = as_mosaic(image, detector if isinstance(detector, TiledDetector) else None)
+        page = as_mosaic(image, detector)  # itself when the detector is not tiled or one tile holds it
         located = locate_safely(image, detector, models.crop_spec) if page is image else page
         if isinstance(located, LocateFailure):
             outcome.items.append(ImageFailure(task.source, image.page, located.error))
