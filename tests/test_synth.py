@@ -208,3 +208,30 @@ def test_cli_writes_dataset(tmp_path):
     assert all(im["pixel_size_um"] == pytest.approx(0.09) for im in ann["images"])
     assert (out / "preview.png").is_file()
     assert len(list((out / "images").glob("*.tif"))) == 3
+
+
+def test_short_cracks_are_short_thin_and_mild():
+    """particle.short_crack_fraction=1: every mildly damaged section holds only 1-2 short cracks (skeleton no
+    longer than their drawn length allows), and a config without short cracks draws the same images as before
+    the option existed (no extra random draw)."""
+    from skimage.morphology import skeletonize
+
+    px = 0.08
+    lengths = (1.0, 2.0)
+    cfg = load_config("gp", [*FAST_PX, "damage=[0,1,0]", "particle.short_crack_fraction=1.0",
+                             f"particle.short_crack_length_um=[{lengths[0]},{lengths[1]}]"])
+    crops = list(generate_crops(cfg, 24, seed=21))
+    longs = list(generate_crops(load_config("gp", [*FAST_PX, "damage=[0,1,0]"]), 24, seed=21))
+    short_um, long_um = [], []
+    for sample, out in ((crops, short_um), (longs, long_um)):
+        for crop in sample:
+            mask = crop.instances == 1
+            assert independent_class(mask, crop.phases) == crop.particles[0].class_name
+            crack = mask & (crop.phases == 3)
+            out.append(skeletonize(crack).sum() * px)
+    # Two cracks at most, each routed along grain boundaries (<= ~2x its straight length) plus its width.
+    assert max(short_um) <= 2 * 2.5 * lengths[1] + 1.0
+    assert min(short_um) > 0
+    assert np.median(short_um) < 0.5 * np.median(long_um)
+    same = list(generate_crops(load_config("gp", [*FAST_PX, "damage=[0,1,0]", "particle.short_crack_fraction=0.0"]), 3, seed=21))
+    assert all(_same(a, b) for a, b in zip(same, longs[:3]))

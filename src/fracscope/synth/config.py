@@ -53,6 +53,9 @@ class ParticleConfig:
     crack_width_um: tuple[float, float]
     crack_branches: tuple[int, int]
     crack_min_width_px: float
+    short_crack_fraction: float
+    short_crack_length_um: tuple[float, float]
+    short_crack_width_um: tuple[float, float]
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,19 @@ class CrackStyle:
     width_um : (min, max) crack opening; log-uniform per crack.
     branches : (min, max) number of side branches per particle.
     min_width_px : cracks narrower than this on the output grid are widened to it.
+    short_fraction : share of mildly damaged sections drawn with one or two short cracks only
+        (anywhere in the section, half of them open to the surface) instead of long cracks from
+        the core: the early damage a person sees at native resolution.
+    short_length_um : (min, max) straight-line length of a short crack; log-uniform.
+    short_width_um : (min, max) opening of a short crack; log-uniform (thin: 1-3 px at 0.05 µm/px).
     """
 
     width_um: tuple[float, float] = (0.03, 0.3)
     branches: tuple[int, int] = (0, 3)
     min_width_px: float = 1.0
+    short_fraction: float = 0.0
+    short_length_um: tuple[float, float] = (0.8, 4.0)
+    short_width_um: tuple[float, float] = (0.03, 0.15)
 
 
 def canonical_class(mask: np.ndarray, crack: np.ndarray) -> tuple[np.ndarray, str]:
@@ -136,6 +144,46 @@ def _crack_pattern(
     return _paint(paths, mask.shape) & mask
 
 
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return math.exp(rng.uniform(math.log(lo_hi[0]), math.log(lo_hi[1])))
+
+
+def _short_crack_pattern(
+    geom: ParticleGeometry, style: CrackStyle, pixel_size_um: float, rng: np.random.Generator
+) -> np.ndarray:
+    """One or two short cracks along grain boundaries, each from a surface or inner start.
+
+    A start on the outline runs inward; an inner start keeps 3 px from the outline. The end is
+    `short_length_um` away in a random direction (inward for a surface start) and inside the section.
+    """
+    mask = geom.mask
+    inner = ndi.binary_erosion(mask, iterations=3)
+    rim = mask & ~ndi.binary_erosion(mask)
+    if not inner.any():
+        return np.zeros_like(mask)
+    rows, cols = np.nonzero(mask)
+    cy, cx = float(rows.mean()), float(cols.mean())
+    cost = np.where(geom.boundary, 1.0, 12.0) * rng.uniform(1.0, 1.6, mask.shape)
+    cost[~mask] = 1e4
+    paths: list[tuple[np.ndarray, float]] = []
+    for _ in range(int(rng.integers(1, 3))):
+        length_px = _log_uniform(rng, style.short_length_um) / pixel_size_um
+        from_surface = rng.random() < 0.5
+        pool = np.argwhere(rim if from_surface else inner)
+        for _attempt in range(20):
+            start = tuple(int(v) for v in pool[int(rng.integers(len(pool)))])
+            if from_surface:  # inward, within +-60 degrees of the direction to the centre
+                ang = math.atan2(cy - start[0], cx - start[1]) + rng.uniform(-1.05, 1.05)
+            else:
+                ang = rng.uniform(0, 2 * np.pi)
+            end = (int(round(start[0] + length_px * math.sin(ang))), int(round(start[1] + length_px * math.cos(ang))))
+            if 0 <= end[0] < mask.shape[0] and 0 <= end[1] < mask.shape[1] and inner[end]:
+                width_px = max(_log_uniform(rng, style.short_width_um) / pixel_size_um, style.min_width_px)
+                paths.append((_path(cost, start, end), width_px))
+                break
+    return _paint(paths, mask.shape) & mask
+
+
 def make_cracks(
     geom: ParticleGeometry,
     class_name: str,
@@ -155,8 +203,13 @@ def make_cracks(
         return empty, "intact"
     broken = class_name == "broken"
     area = int(mask.sum())
+    # Drawn only when asked for, so configs without short cracks keep their random stream.
+    short = not broken and style.short_fraction > 0 and rng.random() < style.short_fraction
     for _ in range(tries):
-        raw = _crack_pattern(geom, broken, style, pixel_size_um, rng)
+        if short:
+            raw = _short_crack_pattern(geom, style, pixel_size_um, rng)
+        else:
+            raw = _crack_pattern(geom, broken, style, pixel_size_um, rng)
         crack, got = canonical_class(mask, raw)
         crumbs = int(crack.sum() - raw.sum())
         if got == class_name and crumbs <= _MAX_CRUMB_FRACTION * area:

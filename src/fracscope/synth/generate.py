@@ -71,6 +71,9 @@ def render_particle(cfg: SynthConfig, spec: ParticleSpec, pixel_size_um: float, 
         width_um=tuple(cfg.particle.crack_width_um),
         branches=tuple(int(b) for b in cfg.particle.crack_branches),
         min_width_px=float(cfg.particle.crack_min_width_px),
+        short_fraction=float(cfg.particle.short_crack_fraction),
+        short_length_um=tuple(cfg.particle.short_crack_length_um),
+        short_width_um=tuple(cfg.particle.short_crack_width_um),
     )
     crack, cls = make_cracks(geom, spec.class_name, style, pixel_size_um, rng)
     por = cfg.preset.porosity
