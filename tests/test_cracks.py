@@ -29,6 +29,7 @@ CRACK_COLUMNS = (
     "crack_reach_frac",
     "crack_reaches_surface",
     "crack_splits_section",
+    "crack_splits_bridged",
     "longest_crack_frac",
     "n_cracks",
 )
@@ -73,6 +74,20 @@ def test_diameter_crack_splits_the_section_and_reaches_its_centre():
     assert m["crack_reach_frac"] == 1.0  # the crack runs through the deepest pixel, (50, 50)
     assert m["crack_length_um"] == pytest.approx(2 * R * PX_UM)
     assert m["longest_crack_frac"] == pytest.approx(1.0, abs=1.0 / (2 * R))  # 80 px over an 80.0 px diameter
+
+
+def test_a_gap_of_two_pixels_is_bridged_a_gap_of_eight_is_not():
+    """A diameter crack with a gap: 2 px (0.1 µm, under BRIDGE_GAP_UM) still splits once bridged, 8 px
+    (0.4 µm) does not; neither splits the section by itself."""
+    mask = _disc()
+    for gap_rows, bridged in (((49, 50), 1.0), ((46, 53), 0.0)):
+        crack = _vertical(mask, 10, 90)
+        crack[gap_rows[0] : gap_rows[1] + 1] = False
+        m = crack_measurements(mask, crack, PX_UM)
+        assert m["crack_splits_section"] == 0.0 and m["n_fragments"] == 1.0
+        assert m["crack_splits_bridged"] == bridged, gap_rows
+    whole = crack_measurements(mask, _vertical(mask, 10, 90), PX_UM)
+    assert whole["crack_splits_bridged"] == 1.0  # a split section is split bridged too
 
 
 def test_internal_crack_does_not_reach_the_surface():
@@ -176,8 +191,8 @@ def test_measure_particle_appends_the_crack_columns_after_n_fragments():
     m = measure_particle(mask, phases, PX_UM)
     keys = list(m)
     assert keys[:4] == ["area_um2", "eq_diameter_um", "porosity_pct", "crack_pct"]
-    assert keys[4:11] == list(CRACK_COLUMNS)
-    assert keys[11] == "porosity_r50_pct"
+    assert keys[4:12] == list(CRACK_COLUMNS)
+    assert keys[12] == "porosity_r50_pct"
     assert m["crack_length_um"] == pytest.approx(1.0)
     assert m["crack_reaches_surface"] == 1.0
     assert all(isinstance(v, float) for v in m.values())

@@ -24,6 +24,10 @@ MIN_FRAGMENT_FRACTION = 0.01
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
+#: Gaps in a crack trace up to this width are bridged for `crack_splits_bridged`: a predicted crack that
+#: crosses a section often breaks for a pixel or two where it is faintest.
+BRIDGE_GAP_UM = 0.2
+
 
 def _skeleton_steps(skel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Edge and diagonal step counts of each 8-connected component of a skeleton.
@@ -97,6 +101,19 @@ def count_fragments(mask: np.ndarray, crack_mask: np.ndarray, min_fraction: floa
     return int(np.count_nonzero(sizes >= max(1.0, min_fraction * n_mask)))
 
 
+def splits_with_gaps_bridged(mask: np.ndarray, crack_mask: np.ndarray, pixel_size_um: float,
+                             gap_um: float = BRIDGE_GAP_UM) -> bool:
+    """Whether the cracks cut the section into >= 2 fragments once gaps up to `gap_um` wide are closed.
+
+    The crack pixels are dilated by a disc of radius gap_um / 2 (at least one pixel), which joins trace
+    ends up to gap_um apart, and the fragments are counted as in `count_fragments`.
+    """
+    radius = max(1, int(round(0.5 * gap_um / pixel_size_um)))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    grown = ndi.binary_dilation(np.asarray(crack_mask, dtype=bool), structure=(yy**2 + xx**2) <= radius**2)
+    return count_fragments(mask, grown & mask) >= 2
+
+
 def depth_px(mask: np.ndarray) -> np.ndarray:
     """Distance in pixels of each section pixel to the nearest pixel outside it (0 outside).
 
@@ -154,8 +171,8 @@ def crack_measurements(mask: np.ndarray, crack_mask: np.ndarray, pixel_size_um: 
     -------
     dict
         crack_length_um, n_fragments, crack_reach_frac, crack_reaches_surface,
-        crack_splits_section, longest_crack_frac, n_cracks. Flags are 0.0/1.0 and counts
-        integer-valued floats (the measurement table is float-valued).
+        crack_splits_section, crack_splits_bridged, longest_crack_frac, n_cracks. Flags are
+        0.0/1.0 and counts integer-valued floats (the measurement table is float-valued).
     """
     mask = np.asarray(mask, dtype=bool)
     crack = mask & np.asarray(crack_mask, dtype=bool)
@@ -166,6 +183,7 @@ def crack_measurements(mask: np.ndarray, crack_mask: np.ndarray, pixel_size_um: 
         "crack_reach_frac": 0.0,
         "crack_reaches_surface": 0.0,
         "crack_splits_section": float(n_fragments >= 2),
+        "crack_splits_bridged": float(n_fragments >= 2),
         "longest_crack_frac": 0.0,
         "n_cracks": 0.0,
     }
@@ -180,6 +198,8 @@ def crack_measurements(mask: np.ndarray, crack_mask: np.ndarray, pixel_size_um: 
     out["crack_length_um"] = _total_px(straight, diagonal) * pixel_size_um
     out["crack_reach_frac"] = _reach_frac(depth, crack)
     out["crack_reaches_surface"] = float(_reaches_surface(depth, crack))
+    if n_fragments < 2:
+        out["crack_splits_bridged"] = float(splits_with_gaps_bridged(mask, crack, pixel_size_um))
     out["longest_crack_frac"] = float(lengths_px.max()) / eq_diameter_px
     out["n_cracks"] = float(np.count_nonzero(lengths_px >= 1.0))
     return out

@@ -45,7 +45,7 @@ def measure_particle(
         area_um2, eq_diameter_um, porosity_pct, crack_pct, then the crack columns of
         `fracscope.measure.cracks.crack_measurements` (crack_length_um, n_fragments,
         crack_reach_frac, crack_reaches_surface, crack_splits_section,
-        longest_crack_frac, n_cracks), then porosity_r50_pct … porosity_r100_pct and the
+        crack_splits_bridged, longest_crack_frac, n_cracks), then porosity_r50_pct … porosity_r100_pct and the
         ring columns.
     """
     mask = np.asarray(mask, dtype=bool)
