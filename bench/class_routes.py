@@ -2,7 +2,7 @@
 
     python bench/pipeline_accuracy.py --tuning-seed 555 --detector learned --pairs-csv /tmp/fit.csv
     python bench/pipeline_accuracy.py --tuning-seed 556 --detector learned --pairs-csv /tmp/eval.csv
-    python bench/class_routes.py --fit /tmp/fit.csv --eval /tmp/eval.csv [--head-probs]
+    python bench/class_routes.py --fit /tmp/fit.csv [more.csv ...] --eval /tmp/eval.csv [--head-probs]
                                  [--write models/fracscope_phases.onnx]
 
 Both pairs files come from runs with the native phase model; their rows are matched particles with the
@@ -35,13 +35,14 @@ from fracscope.types import CLASS_NAMES
 RULE_GRID = np.round(np.arange(0.0, 0.41, 0.01), 3)
 
 
-def load_pairs(path: str, names=CRACK_FEATURES) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Judged pairs, their features `names` (N, F) and true classes (N,).
+def load_pairs(path: str | list[str], names=CRACK_FEATURES) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Judged pairs of one pairs CSV or several, their features `names` (N, F) and true classes (N,).
 
     With `HEAD_FEATURES` among `names` the pairs must come from a ``--classify head`` run: its
     ``pred_p_*`` columns are then the crop model's class head.
     """
-    pairs = pd.read_csv(path)
+    paths = [path] if isinstance(path, str) else list(path)
+    pairs = pd.concat([pd.read_csv(p) for p in paths], ignore_index=True)
     pairs = pairs[pairs["judged"]].reset_index(drop=True)
     rows = []
     for r in pairs.to_dict("records"):
@@ -96,7 +97,7 @@ def describe(name: str, pairs: pd.DataFrame, y_true: np.ndarray, y_pred: np.ndar
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fit", required=True, help="pairs CSV of tuning fields to fit on")
+    ap.add_argument("--fit", required=True, nargs="+", help="pairs CSV(s) of tuning fields to fit on")
     ap.add_argument("--eval", required=True, help="pairs CSV of other tuning fields to score on")
     ap.add_argument("--head-probs", action="store_true",
                     help="the pairs come from --classify head runs: also fit logistic+head (crack features and the "

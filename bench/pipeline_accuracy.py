@@ -3,6 +3,7 @@
     python bench/pipeline_accuracy.py [--particles 2000] [--model models/fracscope_default.onnx]
                                       [--set detect.foreground_threshold=0.6 ...] [--tuning-seed 555]
                                       [--pairs-csv pairs.csv] [--save-crops crops.npz]
+                                      [--synth particle.short_crack_fraction=0.5 ...]  (tuning fields only)
 
 Generates wide fields with the frozen `conf/synth/heldout.yaml` (half gp, half p), writes them
 as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores:
@@ -44,20 +45,23 @@ from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
 
-def electrode_fields(n_particles: int, tuning_seed: int | None = None):
-    """(preset, index, AnnotatedImage) of the held-out fields, or of the tuning fields of `tuning_seed`."""
+def electrode_fields(n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = ()):
+    """(preset, index, AnnotatedImage) of the held-out fields, or of the tuning fields of `tuning_seed`
+    with the synth overrides `synth` (tuning fields only)."""
+    from fracscope.synth import with_overrides
+
     for preset in ("gp", "p"):
         if tuning_seed is None:
             cfg = load_config(preset, heldout=True)
         else:
-            cfg = replace(tuning_config(preset), seed=tuning_seed)
+            cfg = with_overrides(replace(tuning_config(preset), seed=tuning_seed), synth)
         for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
             yield preset, i, item
 
 
-def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None) -> dict[str, object]:
+def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = ()) -> dict[str, object]:
     truth = {}
-    for preset, i, item in electrode_fields(n_particles, tuning_seed):
+    for preset, i, item in electrode_fields(n_particles, tuning_seed, synth):
         (out / preset).mkdir(parents=True, exist_ok=True)
         write_image_tiff(out / preset / f"field{i:03d}.tif", item.image.pixels, item.image.pixel_size_um)
         truth[f"{preset}__field{i:03d}"] = item
@@ -93,12 +97,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
     ap.add_argument("--tuning-seed", type=int, default=None,
                     help="score fields of the training synth config with this seed instead of the held-out ones")
+    ap.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                    help="synth override of the tuning fields, e.g. particle.short_crack_fraction=0.5")
     ap.add_argument("--min-diameter-um", type=float, default=1.5, help="the detector's minimum section size")
     ap.add_argument("--pairs-csv", default=None, help="also write every matched pair (truth beside prediction) here")
     ap.add_argument("--save-crops", default=None, metavar="NPZ",
                     help="also save the model's input crops of the judged sections, with their true classes, for "
                          "bench/class_variants.py (detects the fields once more)")
     args = ap.parse_args()
+    if args.synth and args.tuning_seed is None:
+        ap.error("--synth changes tuning fields only (the held-out config is frozen)")
     if args.tuning_seed is not None and args.tuning_seed in (0, 9001):
         ap.error("--tuning-seed must differ from the training (0) and held-out (9001) seeds")
 
@@ -106,7 +114,7 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_pipeacc_"))
     t0 = time.perf_counter()
-    truth = write_fields(work / "fields", args.particles, args.tuning_seed)
+    truth = write_fields(work / "fields", args.particles, args.tuning_seed, tuple(args.synth))
     t_gen = time.perf_counter() - t0
     overrides = [f"input={work / 'fields'}", f"output={work / 'out'}", f"detect={args.detector}",
                  f"classify={args.classify}", f"segmenter={args.segmenter}"]
@@ -216,7 +224,7 @@ def main() -> None:
 
 PROFILE_COLUMNS = [f"porosity_r{f}_pct" for f in (50, 60, 70, 80, 90, 100)]
 FEATURE_COLUMNS = ["eq_diameter_um", "crack_pct", "crack_length_um", "crack_reach_frac", "crack_reaches_surface",
-                   "n_fragments", "crack_splits_section", "longest_crack_frac", "n_cracks", "p_intact",
+                   "n_fragments", "crack_splits_section", "crack_splits_bridged", "longest_crack_frac", "n_cracks", "p_intact",
                    "p_mildly_damaged", "p_broken"]
 
 

@@ -84,37 +84,45 @@ class UpBlock(nn.Module):
 class UNetBody(nn.Module):
     """An encoder from the registry and a U-Net decoder back to full input resolution.
 
-    Shared by the particle network and the detector. A light full-resolution stem feeds
-    the last decoder stage so that features one or two pixels wide survive (the encoder's
-    first map is already /2).
+    Shared by the particle network, the detector and the phase network. A light
+    full-resolution stem feeds the last decoder stage so that features one or two pixels
+    wide survive (the encoder's first map is already /2). With ``full_resolution=False``
+    the decoder stops at /2 (no stem, no last stage; `decode` returns /2 features with
+    decoder_channels[3] channels and decoder_channels[4] is the caller's to use): the
+    full-resolution stage is most of a light network's time on the CPU (memory-bound).
     """
 
-    def __init__(self, encoder: str, in_channels: int, decoder_channels: tuple[int, ...]) -> None:
+    def __init__(
+        self, encoder: str, in_channels: int, decoder_channels: tuple[int, ...], full_resolution: bool = True
+    ) -> None:
         super().__init__()
         if len(decoder_channels) != 5:
             raise ValueError(f"decoder_channels needs 5 entries, got {decoder_channels}")
         self.encoder = build_encoder(encoder, in_channels)
         enc = self.encoder.channels  # strides 2, 4, 8, 16, 32
         d = decoder_channels
-        self.full_res = ConvBNReLU(in_channels, d[4])
-        self.up = nn.ModuleList(
-            [
-                UpBlock(enc[4], enc[3], d[0]),  # /32 -> /16
-                UpBlock(d[0], enc[2], d[1]),  # -> /8
-                UpBlock(d[1], enc[1], d[2]),  # -> /4
-                UpBlock(d[2], enc[0], d[3]),  # -> /2
-                UpBlock(d[3], d[4], d[4]),  # -> /1 with the full-res stem
-            ]
-        )
+        self.full_resolution = full_resolution
+        up = [
+            UpBlock(enc[4], enc[3], d[0]),  # /32 -> /16
+            UpBlock(d[0], enc[2], d[1]),  # -> /8
+            UpBlock(d[1], enc[1], d[2]),  # -> /4
+            UpBlock(d[2], enc[0], d[3]),  # -> /2
+        ]
+        if full_resolution:
+            self.full_res = ConvBNReLU(in_channels, d[4])
+            up.append(UpBlock(d[3], d[4], d[4]))  # -> /1 with the full-res stem
+        self.up = nn.ModuleList(up)
 
     def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(deepest encoder map, full-resolution decoder features with decoder_channels[4] channels)."""
+        """(deepest encoder map, decoder features: full resolution with decoder_channels[4] channels, or
+        /2 with decoder_channels[3] channels when built with ``full_resolution=False``)."""
         f1, f2, f3, f4, f5 = self.encoder(x)
         y = self.up[0](f5, f4)
         y = self.up[1](y, f3)
         y = self.up[2](y, f2)
         y = self.up[3](y, f1)
-        y = self.up[4](y, self.full_res(x))
+        if self.full_resolution:
+            y = self.up[4](y, self.full_res(x))
         return f5, y
 
 
