@@ -136,6 +136,46 @@ def test_a_local_cluster_writes_what_the_local_run_writes(fields, local_run, tmp
     assert not list(out.rglob("*.tmp"))
 
 
+def _overlapping_on_a_worker(stream: list[dict], name: str, min_s: float = 0.05) -> int:
+    """Pairs of `name` tasks whose compute spans overlap by `min_s` or more on one worker (the scheduler's
+    task stream; a task that ends as the next starts can overlap it by a clock tick)."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for entry in stream:
+        if name in str(entry["key"]):
+            for s in entry["startstops"]:
+                if s["action"] == "compute":
+                    spans.setdefault(entry["worker"], []).append((s["start"], s["stop"]))
+    pairs = 0
+    for found in spans.values():
+        found.sort()
+        pairs += sum(min(a[1], b[1]) - b[0] >= min_s for a, b in zip(found, found[1:]))
+    return pairs
+
+
+def test_a_single_threaded_worker_measures_an_image_while_the_next_runs_its_networks(fields, local_run, cluster,
+                                                                                    tmp_path):
+    """A task hands its worker thread on after the networks (`distributed.secede`) and measures and writes
+    on its own: on single-threaded workers, tasks of one worker overlap, and the results are still the
+    local run's, each image committed once with its files on disk."""
+    local, _ = local_run
+    out = tmp_path / "overlap"
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        client.get_task_stream()  # starts the scheduler's recording
+        start = time.time()
+        outcome = run(compose_infer(f"input={fields}", f"output={out}", *_dask(cluster.scheduler_address)))
+        stream = client.get_task_stream(start=start)
+    finally:
+        client.close()
+    assert outcome.n_images == 6  # 7 tasks (a bad file among them) on 2 workers: >= 3 on one of them
+    assert _overlapping_on_a_worker(stream, "analyse_file") >= 2
+    stages = json.loads((out / "timings.json").read_text())["stage_s"]
+    # Each image was measured outside its worker thread slot (`write` also holds the client's report).
+    assert stages["worker"] - stages["worker_slot"] >= 0.99 * stages["measure"] > 0
+    _assert_same_results(local, out)
+    assert not list(out.rglob("*.tmp"))
+
+
 def test_a_worker_killed_mid_image_leaves_complete_tables_without_duplicates(fields, local_run, cluster, tmp_path):
     local, _ = local_run
     out = tmp_path / "killed"
