@@ -170,10 +170,36 @@ def test_a_single_threaded_worker_measures_an_image_while_the_next_runs_its_netw
     assert outcome.n_images == 6  # 7 tasks (a bad file among them) on 2 workers: >= 3 on one of them
     assert _overlapping_on_a_worker(stream, "analyse_file") >= 2
     stages = json.loads((out / "timings.json").read_text())["stage_s"]
-    # Each image was measured outside its worker thread slot (`write` also holds the client's report).
+    # Each image was measured outside its worker thread slot (`write` also holds the client's report), its
+    # networks inside.
     assert stages["worker"] - stages["worker_slot"] >= 0.99 * stages["measure"] > 0
+    assert stages["worker_slot"] >= 0.99 * (stages["detect"] + stages["model"]) > 0
     _assert_same_results(local, out)
     assert not list(out.rglob("*.tmp"))
+
+
+def test_the_pages_of_a_stack_are_each_measured_outside_the_worker_slot_as_locally(cluster, tmp_path):
+    """A multi-page file is one task: it hands its thread on after each page's networks and takes a thread
+    back (`distributed.rejoin`) before the next page's; the pages come out as locally, in page order."""
+    from fracscope.io.tagged import SEMTags, write_sem_tiff
+    from fracscope.synth import load_config, make_field
+
+    cfg = load_config("p", overrides=["electrode.field_px=[512,640]"])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pages = [make_field(cfg, 21, i).image for i in range(3)]
+    write_sem_tiff(folder / "stack.tif", [p.pixels for p in pages], SEMTags(fei_pixel_size_um=pages[0].pixel_size_um))
+    write_image_tiff(folder / "single.tif", make_field(cfg, 22, 0).image.pixels, pages[0].pixel_size_um)
+    local = run(compose_infer(f"input={folder}", f"output={tmp_path / 'local'}", *LOCAL))
+    on_dask = run(compose_infer(f"input={folder}", f"output={tmp_path / 'dask'}", *_dask(cluster.scheduler_address)))
+    assert on_dask.n_images == local.n_images == 4 and on_dask.n_particles == local.n_particles > 0
+    images = pd.read_csv(tmp_path / "dask" / "images.csv")
+    assert images[images["image"].str.endswith("stack.tif")]["page"].tolist() == [0, 1, 2]
+    stages = json.loads((tmp_path / "dask" / "timings.json").read_text())["stage_s"]
+    assert stages["worker"] - stages["worker_slot"] >= 0.99 * stages["measure"] > 0
+    # ... and every page's networks ran back in a worker thread slot.
+    assert stages["worker_slot"] >= 0.99 * (stages["detect"] + stages["model"]) > 0
+    _assert_same_results(tmp_path / "local", tmp_path / "dask")
 
 
 def test_a_worker_killed_mid_image_leaves_complete_tables_without_duplicates(fields, local_run, cluster, tmp_path):
