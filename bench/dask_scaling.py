@@ -7,8 +7,8 @@ On 2,048 x 1,536 synthetic fields at 0.05 µm/px (bench/throughput.py's), in one
 1. **Overhead**: the local executor with ``detect_workers=0`` and one onnxruntime thread against
    ``executor=dask`` on a LocalCluster of 1 worker with 1 thread (its models already loaded: a warm-up
    run goes first), both writing every output. Per image: the wall-time difference, and the Dask
-   path's wall time minus its tasks' time on the worker (scheduling and transfer), each in ms and as a
-   share of the local per-image time.
+   path's wall time minus its tasks' time in the worker's thread slot (a task measures and writes after
+   handing the slot to the next task's networks), each in ms and as a share of the local per-image time.
 2. **Throughput**: local (default settings: all cores, a detect worker) against Dask with 1 and 2
    single-threaded workers, in particles/s.
 3. The fp32 MatMul peak of onnxruntime, measured beside them (the machine's speed drifts 2-3x by day).
