@@ -136,6 +136,72 @@ def test_a_local_cluster_writes_what_the_local_run_writes(fields, local_run, tmp
     assert not list(out.rglob("*.tmp"))
 
 
+def _overlapping_on_a_worker(stream: list[dict], name: str, min_s: float = 0.05) -> int:
+    """Pairs of `name` tasks whose compute spans overlap by `min_s` or more on one worker (the scheduler's
+    task stream; a task that ends as the next starts can overlap it by a clock tick)."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for entry in stream:
+        if name in str(entry["key"]):
+            for s in entry["startstops"]:
+                if s["action"] == "compute":
+                    spans.setdefault(entry["worker"], []).append((s["start"], s["stop"]))
+    pairs = 0
+    for found in spans.values():
+        found.sort()
+        pairs += sum(min(a[1], b[1]) - b[0] >= min_s for a, b in zip(found, found[1:]))
+    return pairs
+
+
+def test_a_single_threaded_worker_measures_an_image_while_the_next_runs_its_networks(fields, local_run, cluster,
+                                                                                    tmp_path):
+    """A task hands its worker thread on after the networks (`distributed.secede`) and measures and writes
+    on its own: on single-threaded workers, tasks of one worker overlap, and the results are still the
+    local run's, each image committed once with its files on disk."""
+    local, _ = local_run
+    out = tmp_path / "overlap"
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        client.get_task_stream()  # starts the scheduler's recording
+        start = time.time()
+        outcome = run(compose_infer(f"input={fields}", f"output={out}", *_dask(cluster.scheduler_address)))
+        stream = client.get_task_stream(start=start)
+    finally:
+        client.close()
+    assert outcome.n_images == 6  # 7 tasks (a bad file among them) on 2 workers: >= 3 on one of them
+    assert _overlapping_on_a_worker(stream, "analyse_file") >= 2
+    stages = json.loads((out / "timings.json").read_text())["stage_s"]
+    # Each image was measured outside its worker thread slot (`write` also holds the client's report), its
+    # networks inside.
+    assert stages["worker"] - stages["worker_slot"] >= 0.99 * stages["measure"] > 0
+    assert stages["worker_slot"] >= 0.99 * (stages["detect"] + stages["model"]) > 0
+    _assert_same_results(local, out)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_pages_of_a_stack_are_each_measured_outside_the_worker_slot_as_locally(cluster, tmp_path):
+    """A multi-page file is one task: it hands its thread on after each page's networks and takes a thread
+    back (`distributed.rejoin`) before the next page's; the pages come out as locally, in page order."""
+    from fracscope.io.tagged import SEMTags, write_sem_tiff
+    from fracscope.synth import load_config, make_field
+
+    cfg = load_config("p", overrides=["electrode.field_px=[512,640]"])
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pages = [make_field(cfg, 21, i).image for i in range(3)]
+    write_sem_tiff(folder / "stack.tif", [p.pixels for p in pages], SEMTags(fei_pixel_size_um=pages[0].pixel_size_um))
+    write_image_tiff(folder / "single.tif", make_field(cfg, 22, 0).image.pixels, pages[0].pixel_size_um)
+    local = run(compose_infer(f"input={folder}", f"output={tmp_path / 'local'}", *LOCAL))
+    on_dask = run(compose_infer(f"input={folder}", f"output={tmp_path / 'dask'}", *_dask(cluster.scheduler_address)))
+    assert on_dask.n_images == local.n_images == 4 and on_dask.n_particles == local.n_particles > 0
+    images = pd.read_csv(tmp_path / "dask" / "images.csv")
+    assert images[images["image"].str.endswith("stack.tif")]["page"].tolist() == [0, 1, 2]
+    stages = json.loads((tmp_path / "dask" / "timings.json").read_text())["stage_s"]
+    assert stages["worker"] - stages["worker_slot"] >= 0.99 * stages["measure"] > 0
+    # ... and every page's networks ran back in a worker thread slot.
+    assert stages["worker_slot"] >= 0.99 * (stages["detect"] + stages["model"]) > 0
+    _assert_same_results(tmp_path / "local", tmp_path / "dask")
+
+
 def test_a_worker_killed_mid_image_leaves_complete_tables_without_duplicates(fields, local_run, cluster, tmp_path):
     local, _ = local_run
     out = tmp_path / "killed"

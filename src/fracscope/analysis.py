@@ -93,8 +93,10 @@ class StageTimes:
     for the workers. Particles are measured and outputs written on a background thread while
     the model runs on the next image: `measure` is that thread's measuring time, and `write`
     is the main process waiting for it (and the final summary, plots and sheets).
-    With ``executor=dask`` the stages are summed over the workers, and `worker` is the tasks' whole
-    time on their workers (the run's wall time over it, times the workers, is the Dask overhead).
+    With ``executor=dask`` the stages are summed over the workers, `worker` is the tasks' whole
+    time on their workers, and `worker_slot` the part of it that held a worker thread (a task measures
+    and writes after handing its thread to the next task's networks): the run's wall time times the
+    worker threads, less `worker_slot`, is what Dask and the client add.
     """
 
     seconds: dict[str, float] = field(

@@ -435,6 +435,7 @@ def _analyse_on_dask(batch: _Batch, client: Any) -> tuple[int, int, int]:
 
     counts = {"images": 0, "particles": 0, "skipped": 0}
     times.seconds.setdefault("worker", 0.0)
+    times.seconds.setdefault("worker_slot", 0.0)
     warned_scale = False
 
     # The resume keys by file, once: looking each file's pages up in the whole list would cost files x done.
@@ -455,6 +456,7 @@ def _analyse_on_dask(batch: _Batch, client: Any) -> tuple[int, int, int]:
         for stage, seconds in outcome.seconds.items():
             times.seconds[stage] += seconds
         times.seconds["worker"] += outcome.wall_s
+        times.seconds["worker_slot"] += outcome.slot_s
         progress.retried(retried)
         progress.skip(outcome.n_skipped)
         counts["skipped"] += outcome.n_skipped
