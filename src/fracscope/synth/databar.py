@@ -134,7 +134,7 @@ def draw_data_bar(width: int, pixel_size_um: float, rng: np.random.Generator) ->
     """A data bar for an image `width` px wide at `pixel_size_um`: layout, kV and text size drawn,
     the scale bar the longest value of `BAR_VALUES_UM` that fits and is under 35 % of the width."""
     layout = LAYOUTS[int(rng.integers(len(LAYOUTS)))]
-    font_px = max(9, round(width / 1024 * float(rng.uniform(14, 22))))
+    font_px = max(7, round(width / 1024 * float(rng.uniform(14, 22))))
     hv_kv = float(rng.choice([1.0, 2.0, 3.0, 5.0, 10.0, 15.0, 20.0]))
     limit = min(_max_bar_px(layout, width), 0.35 * width)
     fits = [v for v in BAR_VALUES_UM if v / pixel_size_um <= limit]

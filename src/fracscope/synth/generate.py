@@ -14,6 +14,7 @@ from fracscope.measure import measure_particle
 from fracscope.synth.config import SynthConfig
 from fracscope.synth.damage import CrackStyle, canonical_class, make_cracks
 from fracscope.synth.geometry import ParticleSpec, build_geometry, canvas_half_px
+from fracscope.synth.databar import draw_data_bar
 from fracscope.synth.imaging import ImagingParams, render_image
 from fracscope.synth.pores import PoreModel, stamp_pores
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, Phase, SEMImage
@@ -104,7 +105,22 @@ def _meta(cfg, seed: int, kind: str, index: int, params: ImagingParams) -> dict:
     randomized = sorted(cfg.imaging.randomize)
     if randomized:
         meta["imaging"] = {k: round(float(getattr(params, k)), 6) for k in randomized}
+    if cfg.imaging.looks or any(float(p) > 0 for p in cfg.imaging.looks_p.values()):
+        meta["looks"] = list(params.looks)
     return meta
+
+
+def _render(phases, instances, grains, boundary, px: float, params: ImagingParams, rng):
+    """Pixels, instances and phases; with the `data_bar` look the image gains a data bar
+    below it, and the truth maps the same rows as background (nothing to detect there)."""
+    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
+    if "data_bar" not in params.looks:
+        return pixels, instances, phases
+    strip = draw_data_bar(pixels.shape[1], px, rng).pixels
+    if pixels.dtype == np.uint16:
+        strip = strip.astype(np.uint16) * 257
+    rows = ((0, strip.shape[0]), (0, 0))
+    return np.vstack([pixels, strip.astype(pixels.dtype)]), np.pad(instances, rows), np.pad(phases, rows)
 
 
 def make_crop(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
@@ -126,9 +142,9 @@ def make_crop(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     grains = np.pad(lp.grains[sl], pad, constant_values=-1)
     boundary = np.pad(lp.boundary[sl], pad)
     instances = mask.astype(np.uint32)
-    params = ImagingParams.draw(cfg.imaging, rng)
-    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
     ann = _annotate(1, lp.class_name, mask, phases, px, spec, False)
+    params = ImagingParams.draw(cfg.imaging, rng)
+    pixels, instances, phases = _render(phases, instances, grains, boundary, px, params, rng)
     preset = str(cfg.preset.name)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source="synthetic", source="fracscope.synth"),
@@ -244,7 +260,7 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
         touches = bool(fy0 == 0 and vis[0].any() or fy1 == hp and vis[-1].any() or fx0 == 0 and vis[:, 0].any() or fx1 == wp and vis[:, -1].any())
         particles.append(_annotate(pid, cls, vis, ph, px, spec, touches))
     params = ImagingParams.draw(cfg.imaging, rng)
-    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
+    pixels, instances, phases = _render(phases, instances, grains, boundary, px, params, rng)
     preset = str(cfg.preset.name)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source="synthetic", source="fracscope.synth"),
