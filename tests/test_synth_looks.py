@@ -1,0 +1,205 @@
+"""Tests of the generator's optional looks (fracscope.synth.imaging.LOOKS, issue 21).
+
+Each look must change the image the way it claims, never the ground truth, and, while it
+is off, leave the renders bit-identical to the plain generator (held-out config and
+benchmarks depend on it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from fracscope.io.databar import find_data_bar
+from fracscope.io.scalebar import find_scale_bar
+from fracscope.synth import generate_crops, load_config, make_crop, make_field
+from fracscope.synth.databar import BAR_VALUES_UM
+from fracscope.synth.imaging import LOOK_FIELDS, LOOKS
+from fracscope.types import Phase
+
+FIELD = ["preset=p", "electrode.field_px=[192,256]", "electrode.pixel_size_um=0.1"]
+# No global jitter and no noise: a look's change is then the only change between two renders.
+STEADY = ["imaging.brightness_jitter=0", "imaging.contrast_jitter=0", "imaging.gamma_range=[1.0,1.0]",
+          "imaging.noise_sd=0", "imaging.shot_gain=0"]
+
+# sha256 (first 16 hex) of pixels, instances, phases and meta, rendered at main 037c694 before
+# the looks existed (same numpy/scipy as the project's venv).
+MAIN_HASHES = {
+    "crop_gp": "915d9751f20464c7",
+    "crop_gp_heldout": "21134771a03d02b1",
+    "crop_bright16": "09a04db79f1cecc5",
+    "crop_randomized": "98d11f214a27f886",
+    "field_p": "9c2c357d90da0df5",
+    "field_gp_heldout": "ca7d2e4ea469433b",
+}
+
+
+def _hash(item) -> str:
+    d = hashlib.sha256()
+    for a in (item.image.pixels, item.instances, item.phases):
+        d.update(np.ascontiguousarray(a).tobytes())
+    d.update(json.dumps(item.meta, sort_keys=True).encode())
+    return d.hexdigest()[:16]
+
+
+def _render(name: str, extra: list[str] = ()):
+    fast = ["crops.pixel_size_um=[0.08,0.08]"]
+    cases = {
+        "crop_gp": (load_config("gp", [*fast, *extra]), "crop"),
+        "crop_gp_heldout": (load_config("gp", list(extra), heldout=True), "crop"),
+        "crop_bright16": (load_config("gp", [*fast, "imaging.pore_polarity=bright", "imaging.bit_depth=16", *extra]), "crop"),
+        "crop_randomized": (load_config("gp", [*fast, "+imaging.randomize.noise_sd=[0.01,0.05]", *extra]), "crop"),
+        "field_p": (load_config("p", ["electrode.field_px=[192,256]", *extra]), "field"),
+        "field_gp_heldout": (load_config("gp", ["electrode.field_px=[192,256]", *extra], heldout=True), "field"),
+    }
+    cfg, kind = cases[name]
+    return make_crop(cfg, 3, 1) if kind == "crop" else make_field(cfg, 3, 0)
+
+
+@pytest.mark.parametrize("name", sorted(MAIN_HASHES))
+def test_default_renders_are_those_of_main(name):
+    assert _hash(_render(name)) == MAIN_HASHES[name]
+
+
+def test_look_parameters_change_nothing_while_their_look_is_off():
+    # Every look parameter moved far from its default, every look at probability 0.
+    moved = [f"imaging.{k}=0.5" for k in LOOK_FIELDS] + [f"imaging.looks_p.{k}=0.0" for k in LOOKS]
+    for name in ("crop_gp", "field_p"):
+        assert _hash(_render(name, moved)) == MAIN_HASHES[name]
+
+
+def _field(looks: list[str], extra: list[str] = (), seed: int = 4):
+    over = [*FIELD, *STEADY, *extra] + ([f"imaging.looks=[{','.join(looks)}]"] if looks else [])
+    return make_field(load_config("p", over), seed, 0)
+
+
+def _same_truth(a, b) -> None:
+    assert np.array_equal(a.instances, b.instances) and np.array_equal(a.phases, b.phases)
+    assert [(p.class_name, p.measurements) for p in a.particles] == [(p.class_name, p.measurements) for p in b.particles]
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return _field([])
+
+
+def test_infiltrated_fill_is_bright_binder_and_unfilled_voids_dark(plain):
+    it = _field(["infiltrated"], ["imaging.binder_fraction=0.3", "imaging.unfilled_fraction=0.1"])
+    _same_truth(plain, it)
+    assert it.meta["looks"] == ["infiltrated"] and "looks" not in plain.meta
+    px = it.image.pixels.astype(float)
+    inner = ndi.binary_erosion(it.phases == Phase.SOLID, iterations=3)
+    matrix = ndi.binary_erosion(it.instances == 0, iterations=3)
+    solid_med = np.median(px[inner])
+    # Matrix: mostly bright fill, with binder patches and unfilled voids darker than the particles.
+    assert np.median(px[matrix]) > solid_med + 60
+    dark_share = np.mean(px[matrix] < 0.6 * solid_med)
+    assert 0.2 < dark_share < 0.6, dark_share  # binder 0.3 + unfilled 0.1 (overlapping) of the matrix
+    # Plain look: the matrix is darker than the particles.
+    ppx = plain.image.pixels.astype(float)
+    assert np.median(ppx[matrix]) < np.median(ppx[inner]) - 60
+
+
+@pytest.mark.parametrize(("open_empty", "closed_fill", "brighter"), [(0.0, 1.0, True), (1.0, 0.0, False)])
+def test_infiltrated_voids_inside_particles_filled_or_empty(plain, open_empty, closed_fill, brighter):
+    it = _field(["infiltrated"], [f"imaging.unfilled_pore_p={open_empty}", f"imaging.closed_pore_fill_p={closed_fill}",
+                                  "imaging.blur_um=0.0"])
+    _same_truth(plain, it)
+    px = it.image.pixels.astype(float)
+    void = it.phases >= Phase.PORE
+    assert void.sum() > 50
+    solid = ndi.binary_erosion(it.phases == Phase.SOLID, iterations=3)
+    if brighter:
+        assert np.median(px[void]) > np.median(px[solid]) + 60
+    else:
+        assert np.median(px[void]) < np.median(px[solid]) - 60
+
+
+def test_se_edges_brighten_outlines(plain):
+    it = _field(["se_edges"], ["imaging.se_shading=0"])
+    _same_truth(plain, it)
+    solid = it.phases == Phase.SOLID
+    rim = solid & ~ndi.binary_erosion(solid)
+    inner = ndi.binary_erosion(solid, iterations=6)
+
+    def rim_excess(item):
+        px = item.image.pixels.astype(float)
+        return np.mean(px[rim]) - np.mean(px[inner])
+
+    assert rim_excess(it) > rim_excess(plain) + 40
+
+
+def test_charging_adds_horizontal_streaks(plain):
+    it = _field(["charging"], ["imaging.charging_row_fraction=0.2", "imaging.charging_strength=0.3"])
+    _same_truth(plain, it)
+    d = it.image.pixels.astype(float) - plain.image.pixels.astype(float)
+    assert np.abs(d).mean() > 2
+    along = np.abs(np.diff(d, axis=1)).mean()
+    across = np.abs(np.diff(d, axis=0)).mean()
+    assert across > 2 * along, (along, across)  # streaks run along the scan lines
+
+
+def test_smear_blurs(plain):
+    it = _field(["smear"], ["imaging.smear_um=0.4"])
+    _same_truth(plain, it)
+
+    def grad(item):
+        gy, gx = np.gradient(item.image.pixels.astype(float))
+        return np.hypot(gy, gx).mean()
+
+    assert grad(it) < 0.8 * grad(plain)
+
+
+@pytest.mark.parametrize("bit_depth", [8, 16])
+def test_data_bar_rows_are_background_and_the_bar_reads_the_pixel_size(plain, bit_depth):
+    it = _field(["data_bar"], [f"imaging.bit_depth={bit_depth}"])
+    h, w = plain.image.pixels.shape
+    px = it.image.pixels
+    rows = px.shape[0] - h
+    assert px.shape[1] == w and 0.05 * h < rows < 0.25 * h
+    assert it.instances.shape == it.phases.shape == px.shape
+    assert not it.instances[h:].any() and not it.phases[h:].any()
+    assert np.array_equal(it.instances[:h], plain.instances) and np.array_equal(it.phases[:h], plain.phases)
+    u8 = (px // 257).astype(np.uint8) if bit_depth == 16 else px
+    assert find_data_bar(u8) == rows
+    line = find_scale_bar(u8[h:])
+    assert line is not None
+    value_um = line.length_px * it.image.pixel_size_um
+    assert min(abs(value_um / v - 1) for v in BAR_VALUES_UM) < 0.03, value_um
+
+
+def test_looks_drawn_per_image_keep_the_truth():
+    base = ["crops.pixel_size_um=[0.1,0.1]", *STEADY]
+    plain = list(generate_crops(load_config("p", base), 10, seed=7))
+    mixed = list(generate_crops(load_config("p", [*base, "imaging.looks_p.infiltrated=0.5",
+                                                   "imaging.looks_p.se_edges=0.5"]), 10, seed=7))
+    seen = set()
+    for a, b in zip(plain, mixed):
+        _same_truth(a, b)
+        looks = tuple(b.meta["looks"])
+        seen.add(looks)
+        px = b.image.pixels.astype(float)
+        bg = np.median(px[ndi.binary_erosion(b.instances == 0, iterations=2)])
+        solid = np.median(px[ndi.binary_erosion(b.phases == Phase.SOLID, iterations=3)])
+        assert (bg > solid) == ("infiltrated" in looks)
+    assert len(seen) >= 3  # the draw differs between images
+
+
+def test_unknown_look_is_refused():
+    with pytest.raises(ValueError, match="unknown look"):
+        make_crop(load_config("p", ["imaging.looks=[sparkle]"]), 0, 0)
+    with pytest.raises(ValueError, match="unknown look"):
+        make_crop(load_config("p", ["+imaging.looks_p.sparkle=0.5"]), 0, 0)
+
+
+def test_cache_key_ignores_look_parameters_while_no_look_is_on():
+    plain = load_config("gp")
+    assert not set(LOOK_FIELDS) & set(plain.key_dict()["imaging"])
+    moved = load_config("gp", ["imaging.fill_level=0.5"])
+    assert moved.key_dict() == plain.key_dict() and moved.to_dict() != plain.to_dict()
+    on = load_config("gp", ["imaging.looks_p.infiltrated=0.3"])
+    assert on.key_dict() != plain.key_dict() and "fill_level" in on.key_dict()["imaging"]
