@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -203,3 +204,65 @@ def test_cache_key_ignores_look_parameters_while_no_look_is_on():
     assert moved.key_dict() == plain.key_dict() and moved.to_dict() != plain.to_dict()
     on = load_config("gp", ["imaging.looks_p.infiltrated=0.3"])
     assert on.key_dict() != plain.key_dict() and "fill_level" in on.key_dict()["imaging"]
+
+
+def _contact_lines(instances: np.ndarray, min_px: int = 10) -> list[tuple[int, float]]:
+    """(length, straightness) of each contact between two particles at least `min_px` long:
+    straightness = sd of its pixels across their main direction (0 for a straight line)."""
+    pairs: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for a, b in ((np.s_[:, 1:], np.s_[:, :-1]), (np.s_[1:, :], np.s_[:-1, :])):
+        ia, ib = instances[a], instances[b]
+        touch = (ia != ib) & (ia > 0) & (ib > 0)
+        for y, x, i, j in zip(*np.nonzero(touch), ia[touch], ib[touch]):
+            pairs.setdefault((min(i, j), max(i, j)), []).append((y, x))
+    out = []
+    for pts in pairs.values():
+        pts = np.unique(np.array(pts, float), axis=0)
+        if len(pts) >= min_px:
+            out.append((len(pts), float(np.sqrt(np.linalg.eigvalsh(np.cov(pts.T))[0]))))
+    return out
+
+
+def test_calendered_packing_is_denser_with_flat_contacts():
+    base = ["electrode.field_px=[256,320]", "electrode.pixel_size_um=0.1"]
+    loose = make_field(load_config("p", base), 5, 0)
+    dense = make_field(load_config("p", [*base, "electrode.contact_overlap=0.15", "electrode.area_fraction=0.75"]), 5, 0)
+    assert np.mean(dense.instances > 0) > np.mean(loose.instances > 0) + 0.08
+    loose_lines, dense_lines = _contact_lines(loose.instances), _contact_lines(dense.instances)
+    assert len(dense_lines) >= 8 and len(dense_lines) >= 3 * len(loose_lines)
+    # Pressed sections meet on their radical line: long contacts are straight within a pixel.
+    assert np.median([sd for _, sd in dense_lines]) < 0.6
+    for p in dense.particles:  # classes still hold on the flattened masks
+        crack = (dense.instances == p.particle_id) & (dense.phases == Phase.CRACK)
+        assert (p.class_name == "intact") == (not crack.any())
+
+
+def test_high_magnification_field_cuts_few_particles_and_huge_canvases_are_refused():
+    cfg = load_config("p", ["electrode.field_px=[384,384]", "electrode.pixel_size_um=0.01"])
+    it = make_field(cfg, 5, 0)
+    assert 1 <= len(it.particles) <= 4
+    assert any(p.measurements["touches_border"] == 1 for p in it.particles)
+    with pytest.raises(ValueError, match="canvas"):
+        make_field(load_config("p", ["electrode.field_px=[64,64]", "electrode.pixel_size_um=0.001"]), 5, 0)
+
+
+@pytest.mark.train
+@pytest.mark.parametrize(("experiment", "data"), [("detector", "detector_looks"), ("phases", "phases_looks")])
+def test_training_recipe_draws_looks_per_field(experiment, data):
+    from hydra import compose, initialize_config_dir
+
+    from fracscope import assets
+    from fracscope.data.detector_data import FieldSynthSpec
+    from fracscope.settings import settings_from_config
+
+    with initialize_config_dir(config_dir=str(assets.CONF_DIR), version_base="1.3"):
+        default = compose("train", overrides=[f"experiment={experiment}"])
+        cfg = compose("train", overrides=[f"experiment={experiment}", f"data={data}"])
+    assert cfg.data._target_ == default.data._target_ and cfg.data.tile_px == default.data.tile_px
+    spec = settings_from_config(FieldSynthSpec, cfg.data.synth, "recipe")
+    job = spec.jobs()[0]
+    assert job.imaging.looks_p["infiltrated"] > 0 and "fill_level" in job.imaging.randomize
+    assert job.key_dict() != settings_from_config(FieldSynthSpec, default.data.synth, "default").jobs()[0].key_dict()
+    small = replace(job, electrode=replace(job.electrode, field_px=(96, 128), pixel_size_um=0.1))
+    looks = [tuple(make_field(small, 0, i).meta["looks"]) for i in range(8)]
+    assert len(set(looks)) >= 3  # drawn per field
