@@ -266,3 +266,18 @@ def test_training_recipe_draws_looks_per_field(experiment, data):
     small = replace(job, electrode=replace(job.electrode, field_px=(96, 128), pixel_size_um=0.1))
     looks = [tuple(make_field(small, 0, i).meta["looks"]) for i in range(8)]
     assert len(set(looks)) >= 3  # drawn per field
+
+
+@pytest.mark.parametrize("pixel_size_um", [0.03, 0.1, 0.2])
+def test_scale_bar_reader_reads_the_generated_data_bar(pixel_size_um):
+    import shutil
+
+    pytest.importorskip("pytesseract")
+    if shutil.which("tesseract") is None:
+        pytest.skip("tesseract binary not installed")
+    from fracscope.io.scalebar import scale_bar_pixel_size_um
+
+    cfg = load_config("p", ["electrode.field_px=[400,1024]", f"electrode.pixel_size_um={pixel_size_um}",
+                            "imaging.looks=[data_bar]"])
+    reading = scale_bar_pixel_size_um(make_field(cfg, 1, 0).image.pixels)
+    assert reading is not None and reading.pixel_size_um == pytest.approx(pixel_size_um, rel=0.02)
