@@ -1,7 +1,7 @@
 """Tests of fracscope.io.scalebar: scale bars in rendered SEM data bars, their labels, and reading them.
 
-Data bars are drawn with PIL in three vendor-like layouts below a noisy image, with a known
-bar length in px and label, so the truth is exact: pixel size = label / bar length.
+Data bars are drawn by the generator's own `fracscope.synth.databar.render_data_bar` (vendor-like
+layouts) below a noisy image, with a known bar length in px and label, so the truth is exact: pixel size = label / bar length.
 Bar finding and label parsing never skip; OCR tests skip without pytesseract or tesseract.
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from fracscope.io import iter_images, read_image_pages
 from fracscope.io import scalebar
@@ -25,6 +24,7 @@ from fracscope.io.scalebar import (
     read_scale_label,
     scale_bar_pixel_size_um,
 )
+from fracscope.synth.databar import LAYOUTS, font, render_data_bar
 
 LABELS_UM: dict[str, float] = {
     "100 nm": 0.1,
@@ -37,14 +37,6 @@ LABELS_UM: dict[str, float] = {
     "50 µm": 50.0,
 }
 BAR_LENGTHS_PX = (83, 120, 177, 240, 311)
-DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-
-
-def font(size: int, dejavu: bool = True) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """DejaVu Sans when installed, else Pillow's built-in scalable font."""
-    if dejavu and DEJAVU.exists():
-        return ImageFont.truetype(str(DEJAVU), size)
-    return ImageFont.load_default(size=size)
 
 
 @dataclass(frozen=True)
@@ -71,11 +63,6 @@ def noisy_image(shape: tuple[int, int], seed: int) -> np.ndarray:
     return np.clip(base, 0, 255).astype(np.uint8)
 
 
-def _centered_text(draw: ImageDraw.ImageDraw, center_x: float, top: int, text: str, f, fill: int) -> None:
-    x0, _, x1, _ = draw.textbbox((0, 0), text, font=f)
-    draw.text((center_x - (x1 - x0) / 2, top), text, font=f, fill=fill)
-
-
 def render(
     layout: str,
     label: str,
@@ -88,56 +75,16 @@ def render(
 ) -> Rendered:
     """A noisy image with a vendor-like data bar holding a scale bar of `bar_length_px` labelled `label`.
 
-    layout: "fei" (black strip, white filled bar, label above, HV/mag/WD/det fields to the left),
-    "zeiss" (grey strip, black bar, label below, EHT/WD/Signal/Mag fields to the right),
-    "zeiss_left" (white strip, black bar, label to its left), "jeol" (black strip, white
-    2-px line with end ticks, label to its right, "10µm" without a space). `label_um` is
+    layout: one of `fracscope.synth.databar.LAYOUTS` (described there). `label_um` is
     the label's value when it is not a key of LABELS_UM.
     """
-    f = font(font_px, dejavu)
-    if layout == "fei":
-        strip = Image.new("L", (width, 70), 0)
-        d = ImageDraw.Draw(strip)
-        for x, text in ((10, "HV 5.00 kV"), (150, "mag 10 000 x"), (310, "WD 5.1 mm"), (450, "det ETD")):
-            d.text((x, 12), text, font=f, fill=255)
-            d.text((x, 40), "HFW 12.8 µm" if x == 10 else "", font=f, fill=255)
-        col0 = 620
-        _centered_text(d, col0 + bar_length_px / 2, 12, label, f, 255)
-        d.rectangle((col0, 42, col0 + bar_length_px - 1, 47), fill=255)
-    elif layout in ("zeiss", "zeiss_left"):
-        bg = 200 if layout == "zeiss" else 255
-        strip = Image.new("L", (width, 80), bg)
-        d = ImageDraw.Draw(strip)
-        if layout == "zeiss":
-            col0 = 40
-            d.rectangle((col0, 22, col0 + bar_length_px - 1, 25), fill=0)
-            _centered_text(d, col0 + bar_length_px / 2, 36, label, f, 0)
-        else:
-            d.text((20, 25), label, font=f, fill=0)
-            col0 = 20 + round(d.textlength(label, font=f)) + 15
-            d.rectangle((col0, 32, col0 + bar_length_px - 1, 36), fill=0)
-        fields = ((560, 10, "EHT = 5.00 kV"), (560, 45, "WD = 5.1 mm"), (790, 10, "Signal A = SE2"), (790, 45, "Mag = 10.00 K X"))
-        for x, y, text in fields:
-            d.text((x, y), text, font=f, fill=0)
-    elif layout == "jeol":
-        strip = Image.new("L", (width, 50), 0)
-        d = ImageDraw.Draw(strip)
-        for x, text in ((10, "SEI"), (80, "5.0kV"), (170, "X10,000"), (300, "WD 5.1mm")):
-            d.text((x, 15), text, font=f, fill=255)
-        col0 = 560
-        d.rectangle((col0, 24, col0 + bar_length_px - 1, 25), fill=255)
-        for x in (col0, col0 + bar_length_px - 2):
-            d.rectangle((x, 18, x + 1, 31), fill=255)
-        d.text((col0 + bar_length_px + 12, 15), label.replace(" ", ""), font=f, fill=255)
-    else:
-        raise ValueError(layout)
-    bar = np.asarray(strip)
+    strip = render_data_bar(layout, width, label, bar_length_px, font_px, dejavu)
+    bar = strip.pixels
     image = noisy_image((600, width), seed)
     value_um = LABELS_UM[label] if label_um is None else label_um
-    return Rendered(np.vstack([image, bar]), bar.shape[0], bar_length_px, value_um, col0)
+    return Rendered(np.vstack([image, bar]), bar.shape[0], bar_length_px, value_um, strip.bar_col0)
 
 
-LAYOUTS = ("fei", "zeiss", "zeiss_left", "jeol")
 CASES = [
     (layout, label, BAR_LENGTHS_PX[(i + j) % len(BAR_LENGTHS_PX)])
     for i, layout in enumerate(LAYOUTS)

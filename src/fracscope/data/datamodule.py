@@ -109,7 +109,7 @@ class SynthSpec:
 
         parts = [SYNTH_VERSION, self.seed]
         for kind, cfg, n in self.jobs():
-            parts.append([kind, n, cfg.to_dict()])
+            parts.append([kind, n, cfg.key_dict()])
         return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def generate(self) -> Iterator[AnnotatedImage]:

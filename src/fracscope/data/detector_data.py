@@ -104,7 +104,7 @@ class FieldSynthSpec:
         """Everything that determines the generated images (for the cache key)."""
         from fracscope.synth import SYNTH_VERSION
 
-        return [SYNTH_VERSION, int(self.seed), int(self.n_fields), *(cfg.to_dict() for cfg in self.jobs())]
+        return [SYNTH_VERSION, int(self.seed), int(self.n_fields), *(cfg.key_dict() for cfg in self.jobs())]
 
     def describe(self) -> str:
         return (

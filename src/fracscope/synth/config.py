@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fracscope import assets
 from fracscope.settings import SettingsError, settings_from_config
-from fracscope.synth.imaging import ImagingConfig
+from fracscope.synth.imaging import LOOK_FIELDS, ImagingConfig
 
 CONF_DIR: Path = assets.CONF_DIR / "synth"
 
@@ -77,6 +77,7 @@ class ElectrodeConfig:
     fines_fraction: float
     fines_d_range_um: tuple[float, float]
     min_visible_px: int
+    contact_overlap: float
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,22 @@ class SynthConfig:
         return settings_from_config(cls, cfg, "the synth config")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dicts and lists (for dataset metadata and cache keys)."""
+        """Plain dicts and lists (for dataset metadata)."""
         return _lists(asdict(self))
+
+    def key_dict(self) -> dict[str, Any]:
+        """`to_dict` for cache keys: while no look can be on (`imaging.looks` empty, every
+        `looks_p` 0) and none of their parameters is drawn, the look parameters change no
+        pixel and are left out, as is `electrode.contact_overlap` at 0, so caches keyed
+        before these keys existed stay valid."""
+        d = self.to_dict()
+        im = self.imaging
+        if not im.looks and not any(float(p) > 0 for p in im.looks_p.values()) and not set(im.randomize) & set(LOOK_FIELDS):
+            for name in ("looks", "looks_p", *LOOK_FIELDS):
+                d["imaging"].pop(name, None)
+        if not self.electrode.contact_overlap:
+            d["electrode"].pop("contact_overlap")
+        return d
 
 
 def _lists(value: Any) -> Any:

@@ -14,11 +14,13 @@ from fracscope.measure import measure_particle
 from fracscope.synth.config import SynthConfig
 from fracscope.synth.damage import CrackStyle, canonical_class, make_cracks
 from fracscope.synth.geometry import ParticleSpec, build_geometry, canvas_half_px
+from fracscope.synth.databar import draw_data_bar
 from fracscope.synth.imaging import ImagingParams, render_image
 from fracscope.synth.pores import PoreModel, stamp_pores
 from fracscope.types import CLASS_NAMES, AnnotatedImage, ParticleAnnotation, Phase, SEMImage
 
 SYNTH_VERSION = "0.2.0"
+MAX_CANVAS_PX = 6000  # one particle's square canvas, a side (see render_particle)
 
 
 @dataclass
@@ -64,8 +66,18 @@ def _spec(cfg, rng, diameter_um: float, offset_um: float) -> ParticleSpec:
 
 
 def render_particle(cfg: SynthConfig, spec: ParticleSpec, pixel_size_um: float, rng: np.random.Generator) -> LocalParticle:
-    """Geometry, cracks (class enforced) and calibrated pores of one particle."""
+    """Geometry, cracks (class enforced) and calibrated pores of one particle.
+
+    Raises ValueError when the particle's canvas would exceed `MAX_CANVAS_PX` a side: each
+    particle is drawn whole (~150 bytes a canvas pixel at peak), so a 15 µm particle at
+    0.005 µm/px (~4100 px) takes ~2.5 GB and the cap (~5 GB) stops a typo such as nm for µm.
+    """
     half = canvas_half_px(spec, pixel_size_um)
+    if 2 * half + 1 > MAX_CANVAS_PX:
+        raise ValueError(
+            f"a {spec.sphere_diameter_um:.1f} um particle at {pixel_size_um} um/px needs a {2 * half + 1} px canvas "
+            f"(limit {MAX_CANVAS_PX}): use a pixel size of at least ~0.004 um/px"
+        )
     geom = build_geometry(spec, pixel_size_um, half, float(cfg.particle.outline_roughness), rng)
     style = CrackStyle(
         width_um=tuple(cfg.particle.crack_width_um),
@@ -107,7 +119,22 @@ def _meta(cfg, seed: int, kind: str, index: int, params: ImagingParams) -> dict:
     randomized = sorted(cfg.imaging.randomize)
     if randomized:
         meta["imaging"] = {k: round(float(getattr(params, k)), 6) for k in randomized}
+    if cfg.imaging.looks or any(float(p) > 0 for p in cfg.imaging.looks_p.values()):
+        meta["looks"] = list(params.looks)
     return meta
+
+
+def _render(phases, instances, grains, boundary, px: float, params: ImagingParams, rng):
+    """Pixels, instances and phases; with the `data_bar` look the image gains a data bar
+    below it, and the truth maps the same rows as background (nothing to detect there)."""
+    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
+    if "data_bar" not in params.looks:
+        return pixels, instances, phases
+    strip = draw_data_bar(pixels.shape[1], px, rng).pixels
+    if pixels.dtype == np.uint16:
+        strip = strip.astype(np.uint16) * 257
+    rows = ((0, strip.shape[0]), (0, 0))
+    return np.vstack([pixels, strip.astype(pixels.dtype)]), np.pad(instances, rows), np.pad(phases, rows)
 
 
 def make_crop(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
@@ -129,9 +156,9 @@ def make_crop(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     grains = np.pad(lp.grains[sl], pad, constant_values=-1)
     boundary = np.pad(lp.boundary[sl], pad)
     instances = mask.astype(np.uint32)
-    params = ImagingParams.draw(cfg.imaging, rng)
-    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
     ann = _annotate(1, lp.class_name, mask, phases, px, spec, False)
+    params = ImagingParams.draw(cfg.imaging, rng)
+    pixels, instances, phases = _render(phases, instances, grains, boundary, px, params, rng)
     preset = str(cfg.preset.name)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source="synthetic", source="fracscope.synth"),
@@ -168,6 +195,8 @@ def _pack(cfg, shape_um: tuple[float, float], rng: np.random.Generator) -> list[
     big.sort(key=lambda s: -s.section_radius_um)
     ys, xs, rs = np.empty(0), np.empty(0), np.empty(0)
     placed: list[tuple[float, float, ParticleSpec]] = []
+    # Calendered electrodes: sections may overlap by this share of their radii (flattened in make_field).
+    min_gap = 0.97 - float(e.contact_overlap)
 
     def place(spec: ParticleSpec, tries: int) -> bool:
         nonlocal ys, xs, rs
@@ -175,7 +204,7 @@ def _pack(cfg, shape_um: tuple[float, float], rng: np.random.Generator) -> list[
         for _ in range(tries):
             y = rng.uniform(-0.6 * r, h + 0.6 * r)
             x = rng.uniform(-0.6 * r, w + 0.6 * r)
-            if np.all(np.hypot(ys - y, xs - x) >= 0.97 * (rs + r)):
+            if np.all(np.hypot(ys - y, xs - x) >= min_gap * (rs + r)):
                 ys, xs, rs = np.append(ys, y), np.append(xs, x), np.append(rs, r)
                 placed.append((y, x, spec))
                 return True
@@ -202,6 +231,33 @@ def _pack(cfg, shape_um: tuple[float, float], rng: np.random.Generator) -> list[
     return placed
 
 
+def _lost_to_neighbours(k: int, discs: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+    """Pixels of the window where another particle's section disc has a lower power distance
+    (|p - c|² - r²) than particle k's: overlapping discs then meet on their radical line, the flat
+    contact face of two particles pressed together in calendering."""
+    y0, y1, x0, x1 = window
+    yy, xx = np.mgrid[y0:y1, x0:x1]
+    cy, cx, r = discs[k]
+    own = (yy - cy) ** 2 + (xx - cx) ** 2 - r * r
+    lost = np.zeros(yy.shape, bool)
+    for j, (jy, jx, jr) in enumerate(discs):
+        if j == k or jy + jr < y0 or jy - jr > y1 or jx + jr < x0 or jx - jr > x1:
+            continue
+        d2 = (yy - jy) ** 2 + (xx - jx) ** 2
+        lost |= (d2 < jr * jr) & (d2 - jr * jr < own)
+    return lost
+
+
+def _contacts(instances: np.ndarray) -> np.ndarray:
+    """Particle pixels with a 4-neighbour in another particle."""
+    out = np.zeros(instances.shape, bool)
+    for a, b in ((np.s_[:, 1:], np.s_[:, :-1]), (np.s_[1:, :], np.s_[:-1, :])):
+        diff = (instances[a] != instances[b]) & (instances[a] > 0) & (instances[b] > 0)
+        out[a] |= diff
+        out[b] |= diff
+    return out
+
+
 def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     """Wide field `index` of an electrode set (depends only on seed and index)."""
     rng = np.random.default_rng([int(seed), 1, int(index)])
@@ -215,7 +271,9 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     particles: list[ParticleAnnotation] = []
     grain_base = 0
     pid = 0
-    for y_um, x_um, spec in placed:
+    flatten = float(cfg.electrode.contact_overlap) > 0
+    discs = np.array([(y / px, x / px, spec.section_radius_um / px) for y, x, spec in placed]).reshape(-1, 3)
+    for k, (y_um, x_um, spec) in enumerate(placed):
         lp = render_particle(cfg, spec, px, rng)
         half = lp.mask.shape[0] // 2
         cy, cx = int(round(y_um / px)), int(round(x_um / px))
@@ -227,6 +285,8 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
         loc = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
         win = (slice(fy0, fy1), slice(fx0, fx1))
         vis = lp.mask[loc] & (instances[win] == 0)
+        if flatten:
+            vis &= ~_lost_to_neighbours(k, discs, (fy0, fy1, fx0, fx1))
         lab, n = ndi.label(vis, structure=np.ones((3, 3)))
         if n > 1:
             sizes = np.bincount(lab.ravel())
@@ -246,8 +306,11 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
         boundary[win] |= vis & lp.boundary[loc] & (ph == Phase.SOLID)
         touches = bool(fy0 == 0 and vis[0].any() or fy1 == hp and vis[-1].any() or fx0 == 0 and vis[:, 0].any() or fx1 == wp and vis[:, -1].any())
         particles.append(_annotate(pid, cls, vis, ph, px, spec, touches))
+    if flatten:
+        # Pressed contacts read as faint lines, like grain boundaries (rendered the same way).
+        boundary |= _contacts(instances) & (phases == Phase.SOLID)
     params = ImagingParams.draw(cfg.imaging, rng)
-    pixels = render_image(phases, instances, grains, boundary, px, params, rng)
+    pixels, instances, phases = _render(phases, instances, grains, boundary, px, params, rng)
     preset = str(cfg.preset.name)
     return AnnotatedImage(
         image=SEMImage(pixels=pixels, pixel_size_um=px, pixel_size_source="synthetic", source="fracscope.synth"),

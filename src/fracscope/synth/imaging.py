@@ -8,6 +8,14 @@ with blurred sub-surface particles; vertical curtaining streaks from milling; bl
 Poisson-Gaussian noise; brightness/contrast/gamma variation; 8- or 16-bit output.
 All length scales are in µm and converted with the pixel size, so the look does not
 depend on the grid.
+
+Optional looks (`LOOKS`, on per image via `imaging.looks` or drawn via `imaging.looks_p`)
+cover other preparations and detectors: an infiltrated pore space (Pt or resin in BSE:
+bright fill between particles and in their open pores and cracks, carbon binder as dark
+patches, some voids left unfilled), SE-like edge contrast with topographic shading,
+charging streaks along the scan lines, and directional smearing. The SEM data bar
+(`data_bar`) is appended by the generator (`fracscope.synth.databar`). With no look on,
+no extra random number is drawn: the plain renders stay bit-identical.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.special import ndtri
 
 from fracscope.settings import settings_from_config
 from fracscope.types import Phase
+
+LOOKS: tuple[str, ...] = ("infiltrated", "se_edges", "charging", "smear", "data_bar")
 
 
 @dataclass(frozen=True)
@@ -48,22 +59,41 @@ class ImagingParams:
     brightness_jitter: float = 0.03
     contrast_jitter: float = 0.06
     gamma_range: tuple[float, float] = (0.9, 1.1)
+    looks: tuple[str, ...] = ()
+    fill_level: float = 0.97
+    fill_texture: float = 0.04
+    infiltrated_particle_scale: float = 0.7
+    binder_fraction: float = 0.3
+    binder_patch_um: float = 0.8
+    unfilled_fraction: float = 0.08
+    unfilled_pore_p: float = 0.2
+    closed_pore_fill_p: float = 0.3
+    se_edge_strength: float = 0.35
+    se_edge_width_um: float = 0.12
+    se_shading: float = 0.25
+    charging_strength: float = 0.25
+    charging_length_um: float = 1.5
+    charging_row_fraction: float = 0.08
+    smear_um: float = 0.15
 
     @classmethod
     def draw(cls, config: ImagingConfig | Mapping, rng: np.random.Generator) -> ImagingParams:
         """Parameters of one image: the config's, then every scalar named in ``config.randomize``
-        (a mapping ``name: [lo, hi]``) drawn uniformly from its range.
+        (a mapping ``name: [lo, hi]``) drawn uniformly from its range, then each look of
+        ``config.looks_p`` switched on with its probability (on top of ``config.looks``).
 
         Domain randomisation for training sets: one model must read SEMs of any noise,
-        blur and contrast. Without ``randomize`` no random number is drawn, so the
-        default renders stay bit-identical.
+        blur, contrast and preparation. Without ``randomize`` and with every ``looks_p``
+        0 (or 1) no random number is drawn, so the default renders stay bit-identical.
         """
         config = settings_from_config(ImagingConfig, config, "the synth imaging config")
         base = cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+        for name in (*base.looks, *config.looks_p):
+            if name not in LOOKS:
+                raise ValueError(f"imaging.looks: unknown look {name!r}; use one of {list(LOOKS)}")
+        looks = set(base.looks)
         ranges = config.randomize
-        if not ranges:
-            return base
-        scalars = sorted(k for k in cls.__dataclass_fields__ if k not in ("bit_depth", "pore_polarity", "gamma_range"))
+        scalars = sorted(k for k in cls.__dataclass_fields__ if k not in ("bit_depth", "pore_polarity", "gamma_range", "looks"))
         drawn = {}
         for name in sorted(ranges):
             if name not in scalars:
@@ -72,7 +102,20 @@ class ImagingParams:
             if not lo <= hi:
                 raise ValueError(f"imaging.randomize.{name}: range [{lo}, {hi}] is empty")
             drawn[name] = float(rng.uniform(lo, hi))
-        return replace(base, **drawn)
+        for name in sorted(config.looks_p):
+            p = float(config.looks_p[name])
+            # No draw for 0 or 1: a look that is always off or on keeps the random stream.
+            if p >= 1.0 or (p > 0.0 and rng.random() < p):
+                looks.add(name)
+        if not drawn and looks == set(base.looks):
+            return base
+        return replace(base, looks=tuple(n for n in LOOKS if n in looks), **drawn)
+
+
+# Parameters that only the optional looks read (from fill_level on).
+LOOK_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(ImagingParams)[[f.name for f in fields(ImagingParams)].index("fill_level") :]
+)
 
 
 @dataclass(frozen=True)
@@ -81,9 +124,12 @@ class ImagingConfig(ImagingParams):
 
     randomize : {name: (lo, hi)} of scalar `ImagingParams` fields, drawn per image by
         `ImagingParams.draw`; empty keeps the fixed look.
+    looks_p : {look: probability} of each of `LOOKS`, switched on per image by
+        `ImagingParams.draw`; all 0 keeps the plain look.
     """
 
     randomize: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    looks_p: Mapping[str, float] = field(default_factory=dict)
 
 
 def smooth_noise(
@@ -138,6 +184,83 @@ def _curtains(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -
     return cols[None, :] * env
 
 
+def _fill(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
+    # Infiltrated Pt/resin: near-saturated, with a faint mottle (grain of the deposit).
+    return p.fill_level * (1.0 - p.fill_texture * np.abs(smooth_noise(shape, max(0.05 / px_um, 0.6), rng)))
+
+
+def _infiltrated_matrix(shape, px_um: float, p: ImagingParams, fill: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # Pore space between particles filled bright; the carbon-binder domain stays as dark
+    # patches (its own sponge texture), and a share of voids was never reached by the fill.
+    binder_tex = _matrix(shape, px_um, p, rng)
+    patches = smooth_noise(shape, max(0.5 * p.binder_patch_um / px_um, 0.8), rng)
+    binder = patches > ndtri(1.0 - float(np.clip(p.binder_fraction, 1e-4, 1 - 1e-4)))
+    holes = smooth_noise(shape, max(0.15 / px_um, 0.8), rng)
+    unfilled = (holes > ndtri(1.0 - float(np.clip(p.unfilled_fraction, 1e-4, 1 - 1e-4)))) & ~binder
+    img = np.where(binder, binder_tex, fill)
+    return np.where(unfilled, p.pore_level * (0.8 + 0.4 * rng.random(shape, dtype=np.float32)), img)
+
+
+def _unfilled_voids(void: np.ndarray, part: np.ndarray, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
+    # The fill reaches a pore or crack only through open porosity: each void of the section is
+    # filled or left empty as a whole, those open to the particle outline mostly filled, closed
+    # ones mostly empty (some are open out of the section plane).
+    lab, n = ndi.label(void, structure=np.ones((3, 3)))
+    open_ids = np.unique(lab[ndi.binary_dilation(~part) & void])
+    is_open = np.zeros(n + 1, bool)
+    is_open[open_ids] = True
+    p_empty = np.where(is_open, p.unfilled_pore_p, 1.0 - p.closed_pore_fill_p)
+    empty = rng.random(n + 1) < p_empty
+    empty[0] = False
+    return empty[lab]
+
+
+def _se_edges(img: np.ndarray, solid: np.ndarray, d_solid: np.ndarray, px_um: float, p: ImagingParams,
+              rng: np.random.Generator) -> np.ndarray:
+    # Secondary electrons escape where the beam meets an edge: a strong bright band inside
+    # particle outlines and pore rims; the polished solid stands proud of voids and matrix,
+    # and the detector on one side lights the relief from that side.
+    edge = np.exp(-(d_solid - 1.0) / max(p.se_edge_width_um / px_um, 0.6)) * solid
+    sigma = max(0.3 / px_um, 1.0)
+    height = ndi.gaussian_filter(solid.astype(np.float32), sigma)
+    gy, gx = np.gradient(height)
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    # The gradient of a blurred step peaks at 1 / (sqrt(2 pi) sigma): scaled to about +-1.
+    shade = (gy * np.sin(angle) + gx * np.cos(angle)) * (2.5 * sigma)
+    return img + p.se_edge_strength * edge + p.se_shading * shade
+
+
+def _smear(img: np.ndarray, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
+    # Drift or vibration during the scan: a line blur along one drawn direction.
+    length = max(p.smear_um / px_um, 1.0)
+    angle = rng.uniform(0.0, np.pi)
+    half = int(np.ceil(length / 2))
+    kernel = np.zeros((2 * half + 1, 2 * half + 1), np.float32)
+    t = np.linspace(-length / 2, length / 2, max(int(4 * length), 2))
+    rows = np.round(half + t * np.sin(angle)).astype(int)
+    cols = np.round(half + t * np.cos(angle)).astype(int)
+    np.add.at(kernel, (rows, cols), 1.0)
+    import cv2  # FFT-based for long kernels (high magnification)
+
+    return cv2.filter2D(img.astype(np.float32), -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+
+
+def _charging(img: np.ndarray, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
+    # Charge builds up while the beam scans (left to right) over bright, high-yield regions and
+    # leaks away along the line: faint bright tails after bright regions on every line, strong
+    # bright or dark streaks on some lines, and whole lines jumping when the charge discharges.
+    from scipy.signal import lfilter
+
+    h = img.shape[0]
+    a = float(np.exp(-1.0 / max(p.charging_length_um / px_um, 1.0)))
+    source = np.clip(img - float(img.mean()), 0.0, None)
+    trail = lfilter([1.0 - a], [1.0, -a], source, axis=1).astype(np.float32)
+    hit = rng.random(h) < p.charging_row_fraction
+    row = hit * rng.choice([-1.0, 1.0], h) * rng.uniform(0.4, 1.0, h)
+    row = ndi.gaussian_filter1d(row, max(0.01 / px_um, 0.5)).astype(np.float32)[:, None]
+    return img + p.charging_strength * (trail * (0.5 + 3.0 * row) + 0.3 * row)
+
+
 def render_image(
     phases: np.ndarray,
     instances: np.ndarray,
@@ -156,7 +279,12 @@ def render_image(
     """
     shape = phases.shape
     px = float(pixel_size_um)
-    img = _matrix(shape, px, params, rng)
+    infiltrated = "infiltrated" in params.looks
+    if infiltrated:
+        fill = _fill(shape, px, params, rng)
+        img = _infiltrated_matrix(shape, px, params, fill, rng)
+    else:
+        img = _matrix(shape, px, params, rng)
     solid = phases == Phase.SOLID
     n_inst = int(instances.max()) + 1
     inst_level = (params.particle_level + params.particle_level_sd * rng.standard_normal(n_inst)).astype(np.float32)
@@ -164,6 +292,9 @@ def render_image(
     grain_off = (params.grain_contrast_sd * rng.standard_normal(n_gr)).astype(np.float32)
     part = instances > 0
     level = inst_level[instances] + grain_off[grains + 1]
+    if infiltrated:
+        # The operator sets contrast for the heavy fill: the oxide reads mid-grey below it.
+        level = level * params.infiltrated_particle_scale
     # Grain boundaries are visible only in places (faint, broken lines in real images).
     vis = np.clip(0.2 + 0.6 * smooth_noise(shape, 0.4 / px, rng), 0.0, 1.0)
     level = level - params.boundary_contrast * boundary * vis
@@ -171,6 +302,8 @@ def render_image(
     void = part & ~solid
     void_level = params.filled_pore_level if params.pore_polarity == "bright" else params.pore_level
     img = np.where(void, void_level * (0.8 + 0.4 * rng.random(shape, dtype=np.float32)), img)
+    if infiltrated:
+        img = np.where(void & ~_unfilled_voids(void, part, params, rng), fill, img)
     # Edge brightening: electrons escape from solid next to voids and particle edges.
     d = ndi.distance_transform_edt(solid)
     halo = np.exp(-(d - 1.0) / max(params.edge_width_um / px, 0.5))
@@ -180,8 +313,14 @@ def render_image(
     if params.pore_rim_brightening and big.any():
         d_big = ndi.distance_transform_edt(~big)
         img = img + params.pore_rim_brightening * np.exp(-d_big / max(params.edge_width_um / px, 0.7)) * solid
+    if "se_edges" in params.looks:
+        img = _se_edges(img, solid, d, px, params, rng)
     img = img * (1.0 + _curtains(shape, px, params, rng) * (0.4 + 0.6 * part))
     img = ndi.gaussian_filter(img.astype(np.float32), max(params.blur_um / px, 0.3))
+    if "smear" in params.looks:
+        img = _smear(img, px, params, rng)
+    if "charging" in params.looks:
+        img = _charging(img, px, params, rng)
     contrast = 1.0 + params.contrast_jitter * rng.standard_normal()
     bright = params.brightness_jitter * rng.standard_normal()
     gamma = rng.uniform(*params.gamma_range)
