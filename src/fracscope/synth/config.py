@@ -113,8 +113,9 @@ class SynthConfig:
     def key_dict(self) -> dict[str, Any]:
         """`to_dict` for cache keys: while no look can be on (`imaging.looks` empty, every
         `looks_p` 0) and none of their parameters is drawn, the look parameters change no
-        pixel and are left out, as is `electrode.contact_overlap` at 0, so caches keyed
-        before these keys existed stay valid."""
+        pixel and are left out, as are `electrode.contact_overlap` at 0 and the short-crack
+        keys at `particle.short_crack_fraction` 0, so caches keyed before these keys existed
+        stay valid."""
         d = self.to_dict()
         im = self.imaging
         if not im.looks and not any(float(p) > 0 for p in im.looks_p.values()) and not set(im.randomize) & set(LOOK_FIELDS):
@@ -122,6 +123,9 @@ class SynthConfig:
                 d["imaging"].pop(name, None)
         if not self.electrode.contact_overlap:
             d["electrode"].pop("contact_overlap")
+        if not self.particle.short_crack_fraction:
+            for name in ("short_crack_fraction", "short_crack_length_um", "short_crack_width_um"):
+                d["particle"].pop(name)
         return d
 
 
