@@ -1,6 +1,7 @@
 """Issue 20: what running on Dask costs per image, and what a cluster would do.
 
     python bench/dask_scaling.py [--fields 8] [--rounds 2] [--nodes 50 --cores 32 --images 100000]
+    python bench/dask_scaling.py --fields 8 --marginal 16 [--rounds 2]   # the marginal per-image cost
 
 On 2,048 x 1,536 synthetic fields at 0.05 µm/px (bench/throughput.py's), in one sitting, rounds interleaved:
 
@@ -79,6 +80,54 @@ def round_trip_ms(address: str, fields: Path, n: int = 40) -> tuple[float, float
     return 1000 * statistics.median(times), len(pickle.dumps(outcome)) / 1e6
 
 
+def _field_dir(work: Path, n: int) -> Path:
+    """A folder with links to the first `n` generated fields."""
+    all_fields = work / "all_fields"
+    folder = work / f"fields_{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in sorted(all_fields.glob("*.tif"))[:n]:
+        if not (folder / f.name).exists():
+            (folder / f.name).symlink_to(f)
+    return folder
+
+
+def marginal(args) -> None:
+    """Marginal per-image cost of the local executor and of Dask (1 worker x 1 thread), one thread each."""
+    from distributed import LocalCluster
+
+    work = Path(args.workdir)
+    n1, n2 = args.fields, args.marginal
+    make_fields(work / "all_fields", 95 * max(n1, n2))
+    dirs = {n: _field_dir(work, n) for n in (1, n1, n2)}
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    variants = {"local": ("detect_workers=0", *ONE_THREAD),
+                "dask": ("executor=dask", f"executor.address={cluster.scheduler_address}", *ONE_THREAD)}
+    walls: dict[tuple[str, int], list[float]] = {(v, n): [] for v in variants for n in (n1, n2)}
+    try:
+        for name, overrides in variants.items():
+            _run(dirs[1], work / "out_warm", *overrides, "resume=false")
+        peaks = [matmul_peak_gflops()]
+        for r in range(args.rounds):
+            for n in (n1, n2):
+                for name, overrides in variants.items():
+                    walls[(name, n)].append(_run(dirs[n], work / f"out_m{r}_{name}_{n}", *overrides)["wall_s"])
+                    print(f"round {r + 1} {name} {n} fields: {walls[(name, n)][-1]:.1f} s", flush=True)
+            peaks.append(matmul_peak_gflops())
+    finally:
+        cluster.close()
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    per = {name: (med[(name, n2)] - med[(name, n1)]) / (n2 - n1) for name in variants}
+    print(f"\nfp32 MatMul peak (onnxruntime): {min(peaks):.0f}-{max(peaks):.0f} GFLOP/s; medians of {args.rounds} rounds")
+    for name in variants:
+        print(f"  {name}: {med[(name, n1)]:.1f} s for {n1} fields, {med[(name, n2)]:.1f} s for {n2}: "
+              f"{1000 * per[name]:.0f} ms per further image")
+    print(f"  marginal Dask overhead: {1000 * (per['dask'] - per['local']):+.0f} ms per image = "
+          f"{100 * (per['dask'] / per['local'] - 1):+.1f} % of the local executor's marginal per-image time")
+    print(f"  whole runs: dask / local {med[('dask', n1)] / med[('local', n1)] - 1:+.1%} at {n1} fields, "
+          f"{med[('dask', n2)] / med[('local', n2)] - 1:+.1%} at {n2}")
+    print("reproduce: python bench/dask_scaling.py " + " ".join(sys.argv[1:]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fields", type=int, default=8, help="2048x1536 fields per run (about 90 particles each)")
@@ -87,7 +136,13 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=32)
     ap.add_argument("--images", type=int, default=100_000)
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "fracscope_dask_scaling"))
+    ap.add_argument("--marginal", type=int, default=None, metavar="N2",
+                    help="instead: the one-thread pair on --fields and on N2 fields, interleaved; the marginal cost "
+                         "of an image, (T(N2) - T(fields)) / (N2 - fields), leaves out what a run pays once")
     args = ap.parse_args()
+    if args.marginal is not None:
+        marginal(args)
+        return
 
     from distributed import LocalCluster
 

@@ -238,3 +238,28 @@ def test_pores3d_native_voids_take_pore_and_crack_inside_the_main_section_only()
     assert (phases[0, 10:12, 10:12] == Phase.PORE).all() and (phases[0, 20, 5:25] == Phase.PORE).all()
     assert phases[0, 3, 33] == Phase.SOLID and (phases[0, 0] == 0).all()
     assert int((phases[0] == Phase.PORE).sum()) == 4 + 20
+
+
+def test_the_pore_decision_weight_tips_pixels_to_pore_and_is_set_in_a_phase_file(tmp_path):
+    """codes_from_probs(weight): a pixel at p_pore 0.45 vs p_solid 0.55 becomes pore at weight 1.3, not at 1.0;
+    `fracscope-export file.onnx --pore-decision-weight` stores it in a phase model file, which predict_codes reads."""
+    import shutil
+    from pathlib import Path
+
+    from fracscope.export.cli import main as export_main
+    from fracscope.model_file import PhaseMetadata, read_metadata
+    from fracscope.phases import codes_from_probs
+
+    probs = np.zeros((4, 1, 3), np.float32)
+    probs[Phase.SOLID] = [[0.55, 0.7, 0.2]]
+    probs[Phase.PORE] = [[0.45, 0.3, 0.8]]
+    assert codes_from_probs(probs).inside.tolist() == [[Phase.SOLID, Phase.SOLID, Phase.PORE]]
+    assert codes_from_probs(probs, 1.3).inside.tolist() == [[Phase.PORE, Phase.SOLID, Phase.PORE]]
+    assert probs[Phase.PORE, 0, 0] == np.float32(0.45)  # the caller's probabilities are left alone
+
+    path = tmp_path / "phases.onnx"
+    shutil.copy(Path(__file__).resolve().parents[1] / "models" / "fracscope_phases.onnx", path)
+    assert export_main([str(path), "--pore-decision-weight", "1.3"]) == 0
+    assert read_metadata(path, PhaseMetadata).pore_decision_weight == 1.3
+    with pytest.raises(SystemExit):
+        export_main([str(path), "--pore-weight", "1.3"])  # the crop model's setting

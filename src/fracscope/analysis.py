@@ -37,7 +37,6 @@ from fracscope.phases import (
     CropPhases,
     ImagePhaseCodes,
     PhaseRule,
-    codes_from_probs,
     particle_phases,
     phases_on_image_grid,
     predict_crops,
@@ -193,7 +192,7 @@ def predict_particles(
         image = located.image
         # Without a pixel size: the estimate (`locate.with_estimated_scale`), else the model's working one.
         px = image.working_pixel_size_um or models.phases.working_pixel_size_um
-        codes = codes_from_probs(models.phases.predict(image.pixels, px)) if located.instances.any() else None
+        codes = models.phases.predict_codes(image.pixels, px) if located.instances.any() else None
     if models.crops is not None:
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)

@@ -88,6 +88,7 @@ CRACK_FEATURES: tuple[str, ...] = (
     "crack_reach_frac",
     "crack_reaches_surface",
     "crack_splits_section",
+    "crack_splits_bridged",
     "longest_crack_frac",
     "n_cracks",
 )

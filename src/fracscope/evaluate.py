@@ -226,7 +226,7 @@ def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, o
     from fracscope.crop import crop_particle
     from fracscope.measure import measure_particle
     from fracscope.phase_map import PhaseMapModel
-    from fracscope.phases import codes_from_probs, particle_phases, predict_crops
+    from fracscope.phases import particle_phases, predict_crops
 
     model = PhaseMapModel(model_path)
     rule = class_rule_from_dict(model.metadata.class_rule)
@@ -238,7 +238,7 @@ def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, o
         key = id(item)
         if key not in cache:  # one pass of the model per image
             px = item.image.pixel_size_um or model.working_pixel_size_um
-            cache = {key: (codes_from_probs(model.predict(item.image.pixels, px)), px)}
+            cache = {key: (model.predict_codes(item.image.pixels, px), px)}
         codes, px = cache[key]
         own = np.asarray(inst[box]) == int(p.particle_id)
         region = (box[0].start, box[1].start, box[0].stop, box[1].stop)

@@ -413,6 +413,10 @@ class PhaseMetadata:
     class_rule:
         Parameters of the per-particle damage-class decision taken from this model's phase map
         (`fracscope.classify.class_rule_from_dict`; empty = the default `CrackRule`).
+    pore_decision_weight:
+        Factor on the pore probability before each pixel's phase is chosen (1 = plain argmax).
+        Fitted on tuning fields so that the map's pore area matches the truth: the network
+        under-calls the edge pixels of small pores (pore precision 0.99, recall 0.94 at 1.0).
     training_data, synth_version, metrics:
         Provenance and best validation metrics.
     precision, fracscope_version, export_date, schema_version:
@@ -437,6 +441,7 @@ class PhaseMetadata:
     pixel_size_range_um: tuple[float, float] | None = None
     pore_polarities: tuple[str, ...] = ("dark",)
     class_rule: dict[str, Any] = field(default_factory=dict)
+    pore_decision_weight: float = 1.0
     training_data: str = ""
     synth_version: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
@@ -465,6 +470,8 @@ class PhaseMetadata:
                                 f"of pad_multiple ({multiple}), tile_px at least one")
         if not 0 <= int(self.overlap_px) < int(self.tile_px):
             raise MetadataError(f"need 0 <= overlap_px < tile_px, got {self.overlap_px}, {self.tile_px}")
+        if not float(self.pore_decision_weight) > 0:
+            raise MetadataError(f"pore_decision_weight must be > 0, got {self.pore_decision_weight}")
         if len(self.phase_names) < 2 or "crack" not in self.phase_names:
             raise MetadataError(f"phase_names needs at least 2 names including 'crack', got {self.phase_names!r}")
         if self.normalisation.get("method", "percentile") != "percentile":

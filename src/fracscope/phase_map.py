@@ -39,6 +39,7 @@ import numpy as np
 
 from fracscope.detect.learned import check_enlargement, normalise_image, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
+from fracscope.phases import ImagePhaseCodes, codes_from_probs
 from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
 
 #: Largest working image whose normalisation percentiles are taken over every pixel (16.8 Mpx,
@@ -171,9 +172,10 @@ class PhaseMapModel:
         del work
         return probabilities_to_grid(probs, pixels.shape, self.crack_index)
 
-    def predict_codes(self, pixels: np.ndarray, pixel_size_um: float) -> np.ndarray:
-        """uint8 (H, W) phase codes (`fracscope.types.Phase`): the argmax of `predict`."""
-        return self.predict(pixels, pixel_size_um).argmax(axis=0).astype(np.uint8)
+    def predict_codes(self, pixels: np.ndarray, pixel_size_um: float) -> ImagePhaseCodes:
+        """The phase of every pixel (`fracscope.phases.ImagePhaseCodes`): the most likely phase of
+        `predict`, the pore probability weighted by the file's ``pore_decision_weight``."""
+        return codes_from_probs(self.predict(pixels, pixel_size_um), float(self.metadata.pore_decision_weight))
 
     def predict_working(self, work: np.ndarray) -> np.ndarray:
         """float32 (P, h, w) probabilities of a normalised working-scale image, tile by tile.

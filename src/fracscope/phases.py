@@ -153,9 +153,13 @@ class ImagePhaseCodes:
     inside: np.ndarray
 
 
-def codes_from_probs(probs: np.ndarray) -> ImagePhaseCodes:
-    """`ImagePhaseCodes` of phase probabilities (4, H, W) in `Phase` order."""
+def codes_from_probs(probs: np.ndarray, pore_weight: float = 1.0) -> ImagePhaseCodes:
+    """`ImagePhaseCodes` of phase probabilities (4, H, W) in `Phase` order, the pore probability
+    multiplied by `pore_weight` first (a phase model's `pore_decision_weight`)."""
     probs = np.asarray(probs)
+    if pore_weight != 1.0:
+        probs = probs.copy()
+        probs[Phase.PORE] *= np.float32(pore_weight)
     best = np.argmax(probs, axis=0).astype(np.uint8)
     inside = (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)
     return ImagePhaseCodes(best, inside)

@@ -80,6 +80,7 @@ __all__ = [
     "parity_batch",
     "parity_inputs",
     "prepare_for_export",
+    "set_pore_decision_weight",
     "set_pore_weight",
     "set_postprocess",
 ]
@@ -297,6 +298,13 @@ def export_checkpoint(
 def set_pore_weight(path: str | Path, pore_weight: float) -> ModelMetadata:
     """Rewrite an exported classifier's ``pore_weight`` in place (the weights are untouched)."""
     metadata = dataclasses.replace(read_metadata(path, ModelMetadata), pore_weight=float(pore_weight))
+    write_metadata(path, metadata)
+    return metadata
+
+
+def set_pore_decision_weight(path: str | Path, weight: float) -> PhaseMetadata:
+    """Rewrite an exported phase model's ``pore_decision_weight`` in place (the weights are untouched)."""
+    metadata = dataclasses.replace(read_metadata(path, PhaseMetadata), pore_decision_weight=float(weight))
     write_metadata(path, metadata)
     return metadata
 

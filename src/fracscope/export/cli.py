@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fracscope.cli import ArgumentParser, usage_errors
-from fracscope.export import export_checkpoint, load_calibration, set_pore_weight, set_postprocess
+from fracscope.export import (
+    export_checkpoint,
+    load_calibration,
+    set_pore_decision_weight,
+    set_pore_weight,
+    set_postprocess,
+)
 from fracscope.model_file import DETECTOR_METADATA_KEY, PHASES_METADATA_KEY, read_props
 
 DESCRIPTION = """\
@@ -16,8 +22,8 @@ model; the kind is read from the checkpoint) to an ONNX model file with its meta
 against PyTorch. --int8 writes a static int8 model instead.
 
 Given an exported .onnx instead of a checkpoint, only rewrites settings stored in it, in place:
---pore-weight (classifier) or the detector thresholds (--foreground-threshold, --seed-threshold,
---min-score).
+--pore-weight (classifier), --pore-decision-weight (phase model) or the detector thresholds
+(--foreground-threshold, --seed-threshold, --min-score).
 
 examples:
   python -m fracscope.export runs/.../best.ckpt models/my_model.onnx --int8 --calibration crops.npy
@@ -39,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     classifier = parser.add_argument_group("classifier")
     classifier.add_argument("--pore-weight", type=float, default=None,
                             help="pore probability factor on the source grid (ModelMetadata.pore_weight; default 1)")
+    phases = parser.add_argument_group("phase model")
+    phases.add_argument("--pore-decision-weight", type=float, default=None,
+                        help="factor on the pore probability before each pixel's phase is chosen "
+                             "(PhaseMetadata.pore_decision_weight; default 1)")
     detector = parser.add_argument_group("detector post-processing (override the checkpoint's)")
     detector.add_argument("--foreground-threshold", type=float, default=None)
     detector.add_argument("--seed-threshold", type=float, default=None)
@@ -64,7 +74,13 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("an .onnx input is rewritten in place: it takes only --pore-weight or threshold options")
         props = read_props(args.checkpoint)
         if PHASES_METADATA_KEY in props:
-            parser.error("a phase-model .onnx has no settings to re-set here")
+            if args.pore_decision_weight is None or post or args.pore_weight is not None:
+                parser.error("a phase-model .onnx takes only --pore-decision-weight")
+            meta = set_pore_decision_weight(args.checkpoint, args.pore_decision_weight)
+            print(f"{args.checkpoint}: pore_decision_weight {meta.pore_decision_weight}")
+            return 0
+        if args.pore_decision_weight is not None:
+            parser.error("--pore-decision-weight is a phase-model setting")
         if DETECTOR_METADATA_KEY in props:
             if not post or args.pore_weight is not None:
                 parser.error("a detector .onnx takes only threshold options (--foreground-threshold, ...)")
@@ -76,6 +92,8 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         parser.error("give the destination .onnx file")
+    if args.pore_decision_weight is not None:
+        parser.error("--pore-decision-weight re-sets an exported phase-model .onnx; export first")
     calib = load_calibration(args.calibration, args.calibration_limit) if args.calibration else None
     report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib,
                                opset=args.opset, pore_weight=args.pore_weight, postprocess=post)

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.phases import CropPhases, PhaseRule, codes_from_probs, phases_on_image_grid, predict_crops, resolve_pore_weight
+from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
 
@@ -279,7 +279,7 @@ class NativeVoids:
                 continue
             own, box = found
             # The whole slice: the model's percentile normalisation expects matrix around the particle.
-            codes = codes_from_probs(self.model.predict(block[i], self.pixel_size_um))
+            codes = self.model.predict_codes(block[i], self.pixel_size_um)
             inside = own[box]
             region = phases[i][box]
             region[inside] = np.where(codes.inside[box][inside] == Phase.SOLID, Phase.SOLID, Phase.PORE)
