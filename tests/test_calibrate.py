@@ -40,7 +40,7 @@ def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
         "eq_diameter_um": diameter, "crack_pct": 2.5 * longest, "crack_length_um": 1.3 * longest * diameter,
         "crack_reach_frac": np.minimum(1.0, 1.5 * longest),
         "crack_reaches_surface": (has & (rng.random(n) < 0.5)) * 1.0,
-        "crack_splits_section": splits * 1.0, "longest_crack_frac": longest,
+        "crack_splits_section": splits * 1.0, "crack_splits_bridged": splits * 1.0, "longest_crack_frac": longest,
         "n_cracks": has * rng.integers(1, 3, n) * 1.0,
         "head_p_intact": 1 - p_damaged, "head_p_mildly_damaged": p_damaged - head_broken, "head_p_broken": head_broken,
     })

@@ -17,7 +17,8 @@ INTACT, MILD, BROKEN = range(3)
 
 def _measures(**kw):
     base = {"eq_diameter_um": 10.0, "crack_pct": 0.0, "crack_length_um": 0.0, "crack_reach_frac": 0.0,
-            "crack_reaches_surface": 0.0, "crack_splits_section": 0.0, "longest_crack_frac": 0.0, "n_cracks": 0.0}
+            "crack_reaches_surface": 0.0, "crack_splits_section": 0.0, "crack_splits_bridged": 0.0,
+            "longest_crack_frac": 0.0, "n_cracks": 0.0}
     return {**base, **kw}
 
 
@@ -27,7 +28,8 @@ def test_crack_features_divides_length_by_diameter_and_names_a_missing_column():
     assert f[CRACK_FEATURES.index("crack_pct")] == pytest.approx(1.5)
     with pytest.raises(KeyError, match="n_cracks"):
         crack_features({"eq_diameter_um": 1.0, "crack_pct": 0.0, "crack_length_um": 0.0, "crack_reach_frac": 0,
-                        "crack_reaches_surface": 0, "crack_splits_section": 0, "longest_crack_frac": 0})
+                        "crack_reaches_surface": 0, "crack_splits_section": 0, "crack_splits_bridged": 0,
+                        "longest_crack_frac": 0})
 
 
 def test_rule_reads_split_then_longest_crack():

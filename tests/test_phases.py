@@ -229,6 +229,11 @@ def test_pores3d_native_voids_take_pore_and_crack_inside_the_main_section_only()
             probs[Phase.PORE, 3, 33] = 0.9  # inside the small section: not refined
             return probs
 
+        def predict_codes(self, pixels, pixel_size_um):
+            from fracscope.phases import codes_from_probs
+
+            return codes_from_probs(self.predict(pixels, pixel_size_um))
+
     phases = np.zeros((1, 32, 40), np.uint8)
     phases[0, 2:30, 2:28] = Phase.SOLID  # the main section
     phases[0, 2:6, 31:36] = Phase.SOLID  # a small one

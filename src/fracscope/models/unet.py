@@ -102,6 +102,8 @@ class UNetBody(nn.Module):
         enc = self.encoder.channels  # strides 2, 4, 8, 16, 32
         d = decoder_channels
         self.full_resolution = full_resolution
+        if full_resolution:  # built first: the same random initialisation as before the option existed
+            self.full_res = ConvBNReLU(in_channels, d[4])
         up = [
             UpBlock(enc[4], enc[3], d[0]),  # /32 -> /16
             UpBlock(d[0], enc[2], d[1]),  # -> /8
@@ -109,7 +111,6 @@ class UNetBody(nn.Module):
             UpBlock(d[2], enc[0], d[3]),  # -> /2
         ]
         if full_resolution:
-            self.full_res = ConvBNReLU(in_channels, d[4])
             up.append(UpBlock(d[3], d[4], d[4]))  # -> /1 with the full-res stem
         self.up = nn.ModuleList(up)
 
