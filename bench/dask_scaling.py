@@ -147,19 +147,10 @@ def main() -> None:
     from distributed import LocalCluster
 
     work = Path(args.workdir)
-    all_fields = work / "all_fields"
-    n_true = make_fields(all_fields, 95 * args.fields)
-    fields = work / "fields"
-    fields.mkdir(parents=True, exist_ok=True)
-    for f in sorted(all_fields.glob("*.tif"))[: args.fields]:
-        if not (fields / f.name).exists():
-            (fields / f.name).symlink_to(f)
-    warm = work / "warm"
-    warm.mkdir(exist_ok=True)
-    first = sorted(fields.glob("*.tif"))[0]
-    if not (warm / first.name).exists():
-        (warm / first.name).symlink_to(first)
-    print(f"fields: {args.fields} of 2048x1536 px at 0.05 um/px ({n_true} true particles generated in {all_fields})")
+    n_true = make_fields(work / "all_fields", 95 * args.fields)
+    fields, warm = _field_dir(work, args.fields), _field_dir(work, 1)
+    print(f"fields: {args.fields} of 2048x1536 px at 0.05 um/px ({n_true} true particles generated in "
+          f"{work / 'all_fields'})")
 
     clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
                 for n in (1, 2)}

@@ -414,9 +414,9 @@ class PhaseMetadata:
         Parameters of the per-particle damage-class decision taken from this model's phase map
         (`fracscope.classify.class_rule_from_dict`; empty = the default `CrackRule`).
     pore_decision_weight:
-        Factor on the pore probability before each pixel's phase is chosen (1 = plain argmax).
-        Fitted on tuning fields so that the map's pore area matches the truth: the network
-        under-calls the edge pixels of small pores (pore precision 0.99, recall 0.94 at 1.0).
+        Factor on the pore probability before each pixel's phase is chosen (1 = plain argmax,
+        the shipped file's: one factor cannot correct a pore recall that depends on pore size,
+        docs/BENCHMARKS.md); re-set with ``fracscope-export FILE.onnx --pore-decision-weight W``.
     training_data, synth_version, metrics:
         Provenance and best validation metrics.
     precision, fracscope_version, export_date, schema_version:

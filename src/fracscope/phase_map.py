@@ -39,8 +39,8 @@ import numpy as np
 
 from fracscope.detect.learned import check_enlargement, normalise_image, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
-from fracscope.phases import ImagePhaseCodes, codes_from_probs
 from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
+from fracscope.phases import ImagePhaseCodes, codes_from_probs
 
 #: Largest working image whose normalisation percentiles are taken over every pixel (16.8 Mpx,
 #: e.g. 4096 x 4096); larger ones use a strided subsample of at most about this many pixels.

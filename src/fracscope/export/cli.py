@@ -71,7 +71,8 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                                ("min_score", args.min_score)) if v is not None}
     if args.checkpoint.suffix == ".onnx":
         if args.out is not None or args.int8 or args.calibration is not None:
-            parser.error("an .onnx input is rewritten in place: it takes only --pore-weight or threshold options")
+            parser.error("an .onnx input is rewritten in place: it takes only --pore-weight, "
+                         "--pore-decision-weight or threshold options")
         props = read_props(args.checkpoint)
         if PHASES_METADATA_KEY in props:
             if args.pore_decision_weight is None or post or args.pore_weight is not None:

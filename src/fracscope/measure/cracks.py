@@ -17,7 +17,7 @@ import math
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.morphology import skeletonize
+from skimage.morphology import disk, skeletonize
 
 #: Bodies smaller than this fraction of the section's area are crumbs, not fragments.
 MIN_FRAGMENT_FRACTION = 0.01
@@ -109,8 +109,7 @@ def splits_with_gaps_bridged(mask: np.ndarray, crack_mask: np.ndarray, pixel_siz
     ends up to gap_um apart, and the fragments are counted as in `count_fragments`.
     """
     radius = max(1, int(round(0.5 * gap_um / pixel_size_um)))
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    grown = ndi.binary_dilation(np.asarray(crack_mask, dtype=bool), structure=(yy**2 + xx**2) <= radius**2)
+    grown = ndi.binary_dilation(np.asarray(crack_mask, dtype=bool), structure=disk(radius).astype(bool))
     return count_fragments(mask, grown & mask) >= 2
 
 

@@ -92,6 +92,16 @@ def _paint(paths: list[tuple[np.ndarray, float]], shape: tuple[int, int]) -> np.
     return crack
 
 
+def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
+    return math.exp(rng.uniform(math.log(lo_hi[0]), math.log(lo_hi[1])))
+
+
+def _boundary_cost(geom: ParticleGeometry, rng: np.random.Generator) -> np.ndarray:
+    """Path cost inside the section: cracks follow grain boundaries, cheap there, dear through grains.
+    The caller sets the cost outside the section."""
+    return np.where(geom.boundary, 1.0, 12.0) * rng.uniform(1.0, 1.6, geom.mask.shape)
+
+
 def _crack_pattern(
     geom: ParticleGeometry,
     broken: bool,
@@ -105,13 +115,11 @@ def _crack_pattern(
     cy, cx = float(rows.mean()), float(cols.mean())
     rad = math.sqrt(rows.size / math.pi)
     r_out = float(np.hypot(rows - cy, cols - cx).max()) + 2.0
-    # Cracks follow grain boundaries: cheap there, dear through grains; free outside.
-    cost = np.where(geom.boundary, 1.0, 12.0) * rng.uniform(1.0, 1.6, mask.shape)
-    cost[~mask] = 1.0 if broken else 1e4
+    cost = _boundary_cost(geom, rng)
+    cost[~mask] = 1.0 if broken else 1e4  # a through-crack may leave the section; others stay inside
 
     def width() -> float:
-        w = math.exp(rng.uniform(math.log(style.width_um[0]), math.log(style.width_um[1])))
-        return max(w / pixel_size_um, style.min_width_px)
+        return max(_log_uniform(rng, style.width_um) / pixel_size_um, style.min_width_px)
 
     core = _point((cy, cx), rng.uniform(0, 0.15) * rad, rng.uniform(0, 2 * np.pi), size)
     paths: list[tuple[np.ndarray, float]] = []
@@ -144,10 +152,6 @@ def _crack_pattern(
     return _paint(paths, mask.shape) & mask
 
 
-def _log_uniform(rng: np.random.Generator, lo_hi: tuple[float, float]) -> float:
-    return math.exp(rng.uniform(math.log(lo_hi[0]), math.log(lo_hi[1])))
-
-
 def _short_crack_pattern(
     geom: ParticleGeometry, style: CrackStyle, pixel_size_um: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -163,7 +167,7 @@ def _short_crack_pattern(
         return np.zeros_like(mask)
     rows, cols = np.nonzero(mask)
     cy, cx = float(rows.mean()), float(cols.mean())
-    cost = np.where(geom.boundary, 1.0, 12.0) * rng.uniform(1.0, 1.6, mask.shape)
+    cost = _boundary_cost(geom, rng)
     cost[~mask] = 1e4
     paths: list[tuple[np.ndarray, float]] = []
     for _ in range(int(rng.integers(1, 3))):

@@ -184,6 +184,11 @@ def _curtains(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -
     return cols[None, :] * env
 
 
+def _above_share(noise: np.ndarray, share: float) -> np.ndarray:
+    """Where unit-variance Gaussian `noise` exceeds the level that leaves `share` of it above."""
+    return noise > ndtri(1.0 - float(np.clip(share, 1e-4, 1 - 1e-4)))
+
+
 def _fill(shape, px_um: float, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
     # Infiltrated Pt/resin: near-saturated, with a faint mottle (grain of the deposit).
     return p.fill_level * (1.0 - p.fill_texture * np.abs(smooth_noise(shape, max(0.05 / px_um, 0.6), rng)))
@@ -194,9 +199,9 @@ def _infiltrated_matrix(shape, px_um: float, p: ImagingParams, fill: np.ndarray,
     # patches (its own sponge texture), and a share of voids was never reached by the fill.
     binder_tex = _matrix(shape, px_um, p, rng)
     patches = smooth_noise(shape, max(0.5 * p.binder_patch_um / px_um, 0.8), rng)
-    binder = patches > ndtri(1.0 - float(np.clip(p.binder_fraction, 1e-4, 1 - 1e-4)))
+    binder = _above_share(patches, p.binder_fraction)
     holes = smooth_noise(shape, max(0.15 / px_um, 0.8), rng)
-    unfilled = (holes > ndtri(1.0 - float(np.clip(p.unfilled_fraction, 1e-4, 1 - 1e-4)))) & ~binder
+    unfilled = _above_share(holes, p.unfilled_fraction) & ~binder
     img = np.where(binder, binder_tex, fill)
     return np.where(unfilled, p.pore_level * (0.8 + 0.4 * rng.random(shape, dtype=np.float32)), img)
 
