@@ -4,6 +4,7 @@
                                       [--set detect.foreground_threshold=0.6 ...] [--tuning-seed 555]
                                       [--pairs-csv pairs.csv] [--save-crops crops.npz]
                                       [--synth particle.short_crack_fraction=0.5 ...]  (tuning fields only)
+                                      [--look infiltrated]  (the same fields in another look, held-out too)
 
 Generates wide fields with the frozen `conf/synth/heldout.yaml` (half gp, half p), writes them
 as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores:
@@ -17,6 +18,10 @@ as TIFFs with their pixel size, runs `infer.py`'s `run(cfg)` on them, and scores
 drawn per field from the training ranges, seed N, never 0 or the held-out 9001). Settings are
 chosen there (`--set`) and then checked once on the held-out fields, so that nothing is fitted
 to the held-out set.
+
+`--look NAME` renders the same fields (same particles, phases and classes: a look changes the
+image only, `tests/test_synth_looks.py`) in one of the generator's looks, e.g. `infiltrated`
+(Pt-filled pore space, BSE contrast); it is an evaluation, allowed on the held-out fields.
 """
 
 from __future__ import annotations
@@ -45,9 +50,10 @@ from fracscope.synth import generate_electrode, load_config  # noqa: E402
 from fracscope.types import CLASS_NAMES  # noqa: E402
 
 
-def electrode_fields(n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = ()):
+def electrode_fields(n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = (),
+                     look: str | None = None):
     """(preset, index, AnnotatedImage) of the held-out fields, or of the tuning fields of `tuning_seed`
-    with the synth overrides `synth` (tuning fields only)."""
+    with the synth overrides `synth` (tuning fields only); rendered in `look` when given."""
     from fracscope.synth import with_overrides
 
     for preset in ("gp", "p"):
@@ -55,13 +61,16 @@ def electrode_fields(n_particles: int, tuning_seed: int | None = None, synth: tu
             cfg = load_config(preset, heldout=True)
         else:
             cfg = with_overrides(replace(tuning_config(preset), seed=tuning_seed), synth)
+        if look is not None:
+            cfg = with_overrides(cfg, [f"imaging.looks=[{look}]"])
         for i, item in enumerate(generate_electrode(cfg, n_particles // 2, seed=int(cfg.seed), workers=2)):
             yield preset, i, item
 
 
-def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = ()) -> dict[str, object]:
+def write_fields(out: Path, n_particles: int, tuning_seed: int | None = None, synth: tuple[str, ...] = (),
+                 look: str | None = None) -> dict[str, object]:
     truth = {}
-    for preset, i, item in electrode_fields(n_particles, tuning_seed, synth):
+    for preset, i, item in electrode_fields(n_particles, tuning_seed, synth, look):
         (out / preset).mkdir(parents=True, exist_ok=True)
         write_image_tiff(out / preset / f"field{i:03d}.tif", item.image.pixels, item.image.pixel_size_um)
         truth[f"{preset}__field{i:03d}"] = item
@@ -99,6 +108,7 @@ def main() -> None:
                     help="score fields of the training synth config with this seed instead of the held-out ones")
     ap.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
                     help="synth override of the tuning fields, e.g. particle.short_crack_fraction=0.5")
+    ap.add_argument("--look", default=None, help="render the fields in this generator look (e.g. infiltrated)")
     ap.add_argument("--min-diameter-um", type=float, default=1.5, help="the detector's minimum section size")
     ap.add_argument("--pairs-csv", default=None, help="also write every matched pair (truth beside prediction) here")
     ap.add_argument("--save-crops", default=None, metavar="NPZ",
@@ -114,7 +124,7 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_pipeacc_"))
     t0 = time.perf_counter()
-    truth = write_fields(work / "fields", args.particles, args.tuning_seed, tuple(args.synth))
+    truth = write_fields(work / "fields", args.particles, args.tuning_seed, tuple(args.synth), args.look)
     t_gen = time.perf_counter() - t0
     overrides = [f"input={work / 'fields'}", f"output={work / 'out'}", f"detect={args.detector}",
                  f"classify={args.classify}", f"segmenter={args.segmenter}"]

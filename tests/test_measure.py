@@ -150,3 +150,25 @@ def test_global_image_threshold_is_the_papers_method_when_pores_are_few():
     # Otsu over the section alone splits the grains: far too many pores.
     assert porosity_pct(threshold_phases(img, mask, "dark"), mask) > truth + 10
     assert image_threshold(img, "bright") is None
+
+
+def test_pore_polarity_is_bright_when_the_space_between_particles_is_mostly_brighter():
+    from fracscope.measure.threshold import image_pore_polarity, resolve_pore_polarity
+
+    instances = np.zeros((40, 60), np.int32)
+    instances[5:35, 5:25] = 1
+    instances[5:35, 35:55] = 2
+    space = instances == 0
+    img = np.where(space, 0.9, 0.5)  # Pt fill around mid-grey particles
+    assert image_pore_polarity(img, instances) == "bright"
+    binder = space & (np.arange(60)[None, :] < 30)  # dark carbon binder in half of the space
+    assert binder.sum() / space.sum() == 0.5
+    assert image_pore_polarity(np.where(binder, 0.1, img), instances) == "bright"
+    mostly_binder = space & (np.arange(60)[None, :] < 45)  # the fill in a quarter of the space only
+    assert image_pore_polarity(np.where(mostly_binder, 0.1, img), instances) == "dark"
+    assert image_pore_polarity(np.where(space, 0.1, 0.5), instances) == "dark"  # empty pores
+    assert image_pore_polarity(img, np.zeros_like(instances)) == "dark"  # nothing detected: the default
+    assert resolve_pore_polarity("dark", img, instances) == "dark"  # a set polarity wins
+    assert resolve_pore_polarity("auto", img, instances) == "bright"
+    with pytest.raises(ValueError, match="pore_polarity"):
+        resolve_pore_polarity("grey", img, instances)

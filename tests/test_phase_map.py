@@ -80,6 +80,9 @@ def test_from_hparams_reads_what_phase_training_writes():
     # The training tile is provenance, not the inference tile.
     assert meta.tile_px == 512 and meta.extra["training_tile_px"] == 256
     assert meta.extra["phase_fractions"] == [0.5, 0.4, 0.07, 0.03] and meta.extra["loss"] == {"ce_weight": 1.0}
+    assert meta.pore_polarities == ("dark",)  # a checkpoint from before the key: dark pores only
+    looks = PhaseMetadata.from_hparams({**hp, "config": {**DESCRIBE, "pore_polarities": ["dark", "bright"]}})
+    assert looks.pore_polarities == ("dark", "bright")
     with pytest.raises(MetadataError, match="3 phase outputs"):
         PhaseMetadata.from_hparams({**hp, "net": {**hp["net"], "num_phases": 3}})
 

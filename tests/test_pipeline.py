@@ -63,6 +63,11 @@ def test_run_writes_every_output_and_ids_match_instances(tmp_path, field_dir, ra
     timings = json.loads((out / "timings.json").read_text())
     assert timings["n_particles"] == outcome.n_particles and timings["peak_rss_mb"] > 0
     assert pd.read_parquet(out / "particles.parquet").shape == table.shape
+    images = pd.read_csv(out / "images.csv")
+    # pore_polarity=auto (the default) judged the generator's dark-pore fields dark, per image.
+    assert images["pore_polarity"].eq("dark").all()
+    # The data bar is cut by default (crop_data_bar=true); images without one keep every row.
+    assert images["height_px"].eq(384).all() and images["width_px"].eq(512).all()
 
 
 def test_corrupt_file_is_an_error_row_and_the_rest_is_processed(tmp_path, field_dir, random_onnx_model):
@@ -195,6 +200,9 @@ def test_refuses_a_polarity_the_model_never_saw(tmp_path, field_dir, random_onnx
     with pytest.raises(ValueError, match="bright"):
         run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}",
                           "pore_polarity=bright"))
+    with pytest.raises(ValueError, match="pore_polarity must be one of"):
+        run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}",
+                          "pore_polarity=grey"))
 
 
 def test_cuda_without_gpu_runtime_is_a_clear_error(tmp_path, field_dir, random_onnx_model):

@@ -148,9 +148,10 @@ def test_clipped_or_flat_grey_levels_are_flagged():
 
 
 def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS):] == QUALITY_COLUMNS
+    # Appended in order: the quality columns after the resume key, then pore_polarity (session 14).
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 1:-1] == QUALITY_COLUMNS and IMAGE_COLUMNS[-1] == "pore_polarity"
     assert IMAGE_COLUMNS[:3] == ("image", "page", "stem")
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 1] == "source_mtime_ns"
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 2] == "source_mtime_ns"
     row = image_row(_result([_particle(1, (10, 10, 40, 40), 0.5)]))
     assert list(row) == list(IMAGE_COLUMNS)
     assert row["quality_flags"] == "scale_implausible" and row["median_eq_diameter"] == 0.5
@@ -158,7 +159,7 @@ def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
 
 def test_a_resume_of_an_older_images_csv_keeps_its_header_and_reports_no_flags(tmp_path):
     # The header before this session's columns (the pixel-size estimate and the quality columns).
-    old = tuple(c for c in IMAGE_COLUMNS[: -len(QUALITY_COLUMNS)] if c != "pixel_size_estimate_um")
+    old = tuple(c for c in IMAGE_COLUMNS[: IMAGE_COLUMNS.index("source_mtime_ns") + 1] if c != "pixel_size_estimate_um")
     values = {"image": "a.tif", "page": 0, "stem": "a", "group": "g", "height_px": 10, "width_px": 10,
               "pixel_size_um": 0.05, "pixel_size_source": "tags", "length_unit": "um",
               "source_path": "/x/a.tif", "source_size_bytes": 1, "source_mtime_ns": 1}

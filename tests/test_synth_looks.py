@@ -262,7 +262,10 @@ def test_training_recipe_draws_looks_per_field(experiment, data):
     spec = settings_from_config(FieldSynthSpec, cfg.data.synth, "recipe")
     job = spec.jobs()[0]
     assert job.imaging.looks_p["infiltrated"] > 0 and "fill_level" in job.imaging.randomize
-    assert job.key_dict() != settings_from_config(FieldSynthSpec, default.data.synth, "default").jobs()[0].key_dict()
+    default_spec = settings_from_config(FieldSynthSpec, default.data.synth, "default")
+    assert job.key_dict() != default_spec.jobs()[0].key_dict()
+    # A phase model trained on the recipe records that it saw filled pores (check_polarity reads it).
+    assert spec.pore_polarities() == ["dark", "bright"] and default_spec.pore_polarities() == ["dark"]
     small = replace(job, electrode=replace(job.electrode, field_px=(96, 128), pixel_size_um=0.1))
     looks = [tuple(make_field(small, 0, i).meta["looks"]) for i in range(8)]
     assert len(set(looks)) >= 3  # drawn per field
@@ -281,3 +284,16 @@ def test_scale_bar_reader_reads_the_generated_data_bar(pixel_size_um):
                             "imaging.looks=[data_bar]"])
     reading = scale_bar_pixel_size_um(make_field(cfg, 1, 0).image.pixels)
     assert reading is not None and reading.pixel_size_um == pytest.approx(pixel_size_um, rel=0.02)
+
+
+@pytest.mark.parametrize(("binder", "unfilled"), [(0.05, 0.0), (0.5, 0.15)])  # the training draws' extremes
+def test_auto_pore_polarity_calls_infiltrated_fields_bright_and_plain_ones_dark(plain, binder, unfilled):
+    from fracscope.measure.threshold import image_pore_polarity
+
+    it = _field(["infiltrated"], [f"imaging.binder_fraction={binder}", f"imaging.unfilled_fraction={unfilled}"])
+    assert image_pore_polarity(it.image.pixels, it.instances) == "bright"
+    assert image_pore_polarity(plain.image.pixels, plain.instances) == "dark"
+    # A detector that finds only 70 % of the particles leaves the plain field dark.
+    ids = np.unique(plain.instances[plain.instances > 0])
+    missed = np.isin(plain.instances, ids[::3])
+    assert image_pore_polarity(plain.image.pixels, np.where(missed, 0, plain.instances)) == "dark"

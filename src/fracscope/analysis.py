@@ -31,12 +31,13 @@ from fracscope.detect import Detector
 from fracscope.io import relative_source
 from fracscope.locate import LocatedParticles, locate_particles
 from fracscope.measure import measure_particle
-from fracscope.measure.threshold import image_threshold, threshold_phases
+from fracscope.measure.threshold import image_threshold, resolve_pore_polarity, threshold_phases
 from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
     CropPhases,
     ImagePhaseCodes,
     PhaseRule,
+    check_polarity,
     particle_phases,
     phases_on_image_grid,
     predict_crops,
@@ -61,7 +62,9 @@ class AnalysisSettings:
     # "native": the phase model file's class rule on the native crack measurements | "head": the crop
     # model's class head | "topology": the head corrected by crack-mask connectivity
     classify: str = "native"
-    pore_polarity: str = "dark"
+    # "dark" (empty pores) | "bright" (Pt- or resin-filled) | "auto": decided per image from the detected
+    # particles against the space between them (`fracscope.measure.threshold.image_pore_polarity`)
+    pore_polarity: str = "auto"
     low_confidence: float = 0.6  # flag particles whose top class probability is below this
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
@@ -174,6 +177,7 @@ class Predicted:
     phase_probs: np.ndarray | None  # (N, 4, S, S), the crop model's, on the crop grid
     pore_weight: float  # the crop model file's, or the run's override
     pixel_size_range_um: tuple[float, float] | None = None  # the models' training pixel sizes (quality flags)
+    pore_polarity: str = "dark"  # this image's: the run's setting, or decided from the image under "auto"
 
 
 def predict_particles(
@@ -188,6 +192,14 @@ def predict_particles(
     t = time.perf_counter()
     codes = class_probs = phase_probs = None
     pore_weight = 1.0
+    polarity = resolve_pore_polarity(settings.pore_polarity, located.image.pixels, located.instances)
+    if settings.pore_polarity == "auto" and settings.segmenter != "threshold":
+        model = models.phases if settings.segmenter == "model" else models.crops
+        try:
+            check_polarity(model.metadata, polarity, instead="segmenter=threshold pore_polarity=bright")
+        except ValueError as err:
+            raise ValueError(f"pore_polarity=auto found {polarity} pores in this image (the space between its "
+                             f"particles is brighter than they are: Pt or resin infiltrated?): {err}") from None
     if models.phases is not None:
         image = located.image
         # Without a pixel size: the estimate (`locate.with_estimated_scale`), else the model's working one.
@@ -198,7 +210,7 @@ def predict_particles(
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
     return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight,
-                     models.pixel_size_range_um)
+                     models.pixel_size_range_um, polarity)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
@@ -209,7 +221,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     trim = RIM_TRIM_PHASES[settings.trim_rim]
     rule = PhaseRule(predicted.pore_weight, trim)
     phases = np.zeros(instances.shape, np.uint8)
-    grey_threshold = image_threshold(image.pixels, settings.pore_polarity) if settings.segmenter == "threshold" else None
+    polarity = predicted.pore_polarity
+    grey_threshold = image_threshold(image.pixels, polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
     particles: list[ParticleResult] = []
     px = image.pixel_size_um
@@ -228,7 +241,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         index, crop = crops.get(pid, (None, None))
         native = particle_phases(predicted.codes, box, own, trim) if predicted.codes is not None else None
         if settings.segmenter == "threshold":
-            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, settings.pore_polarity, grey_threshold)
+            local = threshold_phases(image.pixels[r0:r1, c0:c1], own, polarity, grey_threshold)
         else:
             found = native if settings.segmenter == "model" else phases_on_image_grid(
                 CropPhases(predicted.phase_probs[index], crop, box, own), rule)
@@ -277,7 +290,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         )
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
-                       pixel_size_range_um=predicted.pixel_size_range_um)
+                       pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity)
 
 
 def analyse_image(

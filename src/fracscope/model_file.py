@@ -510,7 +510,7 @@ class PhaseMetadata:
         net = dict(hparams.get("net") or {})
         cfg = dict(hparams.get("config") or {})
         read = ("working_pixel_size_um", "normalisation", "pixel_size_range_um", "phase_names", "training_data",
-                "synth_version")
+                "synth_version", "pore_polarities")  # checkpoints before pore_polarities: dark pores only
         kwargs: dict[str, Any] = {k: cfg[k] for k in read if cfg.get(k) is not None}
         kwargs["encoder"] = str(net.get("encoder", ""))
         kwargs["in_channels"] = int(net.get("in_channels", cfg.get("in_channels", 1)))

@@ -44,6 +44,7 @@ from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.locate import LocateFailure, locate_ahead
+from fracscope.measure.threshold import POLARITIES
 from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
 from fracscope.phases import check_polarity, resolve_pore_weight
 from fracscope.progress import RunProgress
@@ -75,7 +76,7 @@ class RunSettings:
     decode_threads: int = 2
     detect_workers: int = 1
     pixel_size_um: float | None = None  # overrides every tag in the files
-    crop_data_bar: bool = False
+    crop_data_bar: bool = True
     groups_csv: str | None = None
     groups_csv_strict: bool = True  # a groups_csv that misses inputs or names unknown files stops the run
     # true: skip images done in output/ (same resolved path, size and mtime), refused when the
@@ -270,7 +271,9 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     models = Models.for_settings(settings, run_settings)
     # A bad override (or crop model weight) fails here, not per image, and on every route, not only crops.
     resolve_pore_weight(models.crops.metadata if models.crops is not None else None, settings.pore_weight)
-    if settings.segmenter in ("model", "crops"):
+    if settings.pore_polarity not in (*POLARITIES, "auto"):
+        raise ValueError(f"pore_polarity must be one of {[*POLARITIES, 'auto']}, got {settings.pore_polarity!r}")
+    if settings.segmenter in ("model", "crops") and settings.pore_polarity != "auto":  # auto: checked per image
         model = models.phases if settings.segmenter == "model" else models.crops
         check_polarity(model.metadata, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(run_settings.input)

@@ -149,6 +149,7 @@ class ImageResult:
     group: the sample group (sub-folder name or from a mapping CSV).
     pixel_size_range_um: (min, max) pixel size of the images the run's models were trained on
         (their files'), or None when unknown; `fracscope.report.quality` compares the image's with it.
+    pore_polarity: the run's `pore_polarity`, or under "auto" what was decided for this image.
     """
 
     image: SEMImage
@@ -158,3 +159,4 @@ class ImageResult:
     phases: np.ndarray
     particles: list[ParticleResult] = field(default_factory=list)
     pixel_size_range_um: tuple[float, float] | None = None
+    pore_polarity: str = "dark"  # "dark" (empty) or "bright" (filled) pores, as this image was segmented

@@ -82,6 +82,16 @@ class FieldSynthSpec:
                     for px in self.source_pixel_sizes_um]
         return out
 
+    def pore_polarities(self) -> list[str]:
+        """Pore appearances the fields show: "bright" too when any field group renders pores filled
+        (the infiltrated look, or bright pores), recorded in a phase model's file for `check_polarity`."""
+        bright = any(
+            cfg.imaging.pore_polarity == "bright" or "infiltrated" in cfg.imaging.looks
+            or float(cfg.imaging.looks_p.get("infiltrated", 0.0)) > 0
+            for cfg in self.jobs()
+        )
+        return ["dark", "bright"] if bright else ["dark"]
+
     def generate(self, workers: int | None = 1) -> Iterator[AnnotatedImage]:
         """Yield every field, in order (deterministic in the spec, whatever `workers` is).
 

@@ -136,6 +136,8 @@ class PhaseDataModule(FieldDataModule):
             "normalisation": {"method": "percentile", "low_pct": NORM_PERCENTILES[0], "high_pct": NORM_PERCENTILES[1],
                               "over": "whole image at working scale (fracscope.detect.learned.normalise_image)"},
             "pixel_size_range_um": [float(px.min()), float(px.max())],
+            # A dataset's pores are taken as dark (empty) unless a user's dataset says otherwise in a later schema.
+            "pore_polarities": self.synth.pore_polarities() if self.path is None else ["dark"],
             "synth_version": SYNTH_VERSION if self.path is None else None,
             "phase_fractions": self.phase_fractions(),
             "training_data": f"{source}; resampled to {self.working_pixel_size_um} um/px; "

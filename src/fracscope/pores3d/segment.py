@@ -27,12 +27,12 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
+from fracscope.measure.threshold import POLARITIES
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
 
 METHODS: tuple[str, ...] = ("otsu", "local", "fixed", "model")
-POLARITIES: tuple[str, ...] = ("dark", "bright")
 # Grey values drawn per chunk when a float stack's threshold is estimated from a sample.
 _FLOAT_SAMPLE_PER_CHUNK = 200_000
 

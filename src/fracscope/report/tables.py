@@ -73,10 +73,12 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "source_mtime_ns",
     # Which images to check first (`fracscope.report.quality`); appended, so older columns keep their place.
     *QUALITY_COLUMNS,
+    "pore_polarity",  # dark (empty) or bright (Pt/resin-filled) pores: set, or decided per image (auto)
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
-_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "quality_flags"}
+_STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "length_unit", "error", "quality_flags",
+                   "pore_polarity"}
 _INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
@@ -191,6 +193,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
         row[f"n_{name}"] = sum(p.class_name == name for p in parts)
     row["source_path"], row["source_size_bytes"], row["source_mtime_ns"] = source_identity(result.image.source)
     row.update(image_quality(result).columns())
+    row["pore_polarity"] = result.pore_polarity
     return row
 
 
