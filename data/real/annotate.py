@@ -16,6 +16,9 @@ finds. The edits file (`NAME/edits.json`) is applied in this order:
 * ``replace``: ``{"id": k, "polygon": [[x, y], ...]}``: object k's outline becomes the polygon;
 * ``add``: ``{"id": m, "polygon": [[x, y], ...]}``: a missed particle (ids >= 1000 by convention);
 * ``delete``: ids to drop (false detections, pieces of the matrix, split-off pieces that are no particle);
+* ``hull``: ids whose outline becomes their convex hull (a round section whose open, binder-filled crack
+  the threshold left out);
+* ``keep_largest``: ids that keep only their largest connected piece (slivers left by painted polygons);
 * ``classes``: ``{"id": "intact" | "mildly_damaged" | "broken" | "unsure"}``: one entry for every
   object that remains (the step stops and lists the ids without one);
 * ``notes``: ``{"id": "free text"}``.
@@ -71,7 +74,7 @@ IMAGES: dict[str, ImageSpec] = {
         licence="/work/shared/real/LICENSE-BatteryImagingLibrary-MIT.txt",
         route="pt_band",
         detector_pixel_size_um=None,
-        min_diameter_px=15.0,
+        min_diameter_px=20.0,
         zoom=3,
     ),
     "samba_3phase": ImageSpec(
@@ -116,16 +119,18 @@ def pt_band_candidates(pixels: np.ndarray, min_diameter_px: float) -> np.ndarray
     carbon-binder and the Al collector darker (< 100). Filling holes puts Pt-filled internal pores and
     cracks back into their section; touching sections are split where the distance map has a neck.
     """
-    smooth = filters.gaussian(pixels.astype(np.float32), 1.5, preserve_range=True)
+    smooth = filters.gaussian(pixels.astype(np.float32), 1.0, preserve_range=True)
     band = (smooth > 100) & (smooth < 145)
-    band = ndi.binary_opening(band, morphology.disk(2))
+    band = ndi.binary_opening(band, morphology.disk(1))
     band = ndi.binary_fill_holes(band)
-    sizes = ndi.sum(band, measure.label(band), np.arange(1, measure.label(band).max() + 1))
-    band = np.isin(measure.label(band), 1 + np.flatnonzero(sizes >= np.pi * (min_diameter_px / 2) ** 2))
+    min_area_px = np.pi * (min_diameter_px / 2) ** 2 / 2  # half the minimum: border-cut pieces stay for review
     dist = ndi.distance_transform_edt(band)
-    peaks = morphology.h_maxima(filters.gaussian(dist, 2.0, preserve_range=True), 3.0)
-    markers = measure.label(peaks)
-    return segmentation.watershed(-dist, markers, mask=band).astype(np.uint32)
+    # A low h splits touching sections generously; over-split pieces are merged back by hand.
+    peaks = morphology.h_maxima(filters.gaussian(dist, 1.0, preserve_range=True), 1.0)
+    labels = segmentation.watershed(-dist, measure.label(peaks), mask=band)
+    sizes = np.bincount(labels.ravel())
+    labels[sizes[labels] < min_area_px] = 0
+    return segmentation.relabel_sequential(labels)[0].astype(np.uint32)
 
 
 def learned_candidates(pixels: np.ndarray, pixel_size_um: float | None) -> np.ndarray:
@@ -173,7 +178,7 @@ def _cut_mask(cut: list[list[float]], shape: tuple[int, int]) -> np.ndarray:
 
 
 def apply_edits(candidates: np.ndarray, edits: dict) -> np.ndarray:
-    """Candidate labels (edit ids) after split, merge, replace, add and delete, in that order."""
+    """Candidate labels (edit ids) after split, merge, replace, add, delete, hull and keep_largest, in that order."""
     labels = candidates.astype(np.int32).copy()
     for s in edits.get("split", []):
         k = s["id"]
@@ -200,6 +205,15 @@ def apply_edits(candidates: np.ndarray, edits: dict) -> np.ndarray:
     for k in edits.get("delete", []):
         _require(labels, k, "delete")
         labels[labels == k] = 0
+    for k in edits.get("hull", []):
+        _require(labels, k, "hull")
+        labels[morphology.convex_hull_image(labels == k) & ((labels == 0) | (labels == k))] = k
+    for k in edits.get("keep_largest", []):
+        _require(labels, k, "keep_largest")
+        parts = measure.label(labels == k)
+        sizes = np.bincount(parts.ravel())
+        sizes[0] = 0
+        labels[(parts > 0) & (parts != np.argmax(sizes))] = 0
     return labels
 
 
