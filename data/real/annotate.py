@@ -11,7 +11,8 @@ output is committed, so the edits (which name candidate ids) stay valid whatever
 finds. The edits file (`NAME/edits.json`) is applied in this order:
 
 * ``split``: ``{"id": k, "cut": [[x, y], ...], "new_id": m, "new_side": [x, y]}``: the polyline (3 px
-  wide) cuts object k; the connected part containing ``new_side`` becomes m, the rest stays k;
+  wide) cuts object k; the connected part containing ``new_side`` becomes m, the rest stays k (the
+  line's pixels go to the nearer part);
 * ``merge``: lists of ids; the first id takes the others' pixels (fragments of one broken particle);
 * ``replace``: ``{"id": k, "polygon": [[x, y], ...]}``: object k's outline becomes the polygon;
 * ``add``: ``{"id": m, "polygon": [[x, y], ...]}``: a missed particle (ids >= 1000 by convention);
@@ -93,7 +94,7 @@ IMAGES: dict[str, ImageSpec] = {
         route="learned",
         detector_pixel_size_um=0.2,
         min_diameter_px=10.0,
-        region=(0, 0, 846, 853),
+        region=(0, 0, 320, 320),
         zoom=2,
     ),
 }
@@ -189,6 +190,8 @@ def apply_edits(candidates: np.ndarray, edits: dict) -> np.ndarray:
         side = parts[int(round(y)), int(round(x))]
         if side == 0:
             raise SystemExit(f"split of {k}: new_side {s['new_side']} is not inside the object off the cut")
+        # The cut line's own pixels go to the nearer piece, so no sliver of the line stays behind.
+        parts = np.where(obj, segmentation.expand_labels(parts, 3), 0)
         labels[parts == side] = s["new_id"]
     for group in edits.get("merge", []):
         for k in group:
