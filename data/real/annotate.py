@@ -2,7 +2,8 @@
 
 Usage (from the repository root, with fracscope importable)::
 
-    python data/real/annotate.py candidates NAME   # detector/classical outlines -> NAME/candidates.tif (+ overlay)
+    python data/real/annotate.py candidates NAME [--force]  # detector/classical outlines -> NAME/candidates.tif
+    python data/real/annotate.py show NAME         # NAME/candidates_overlay.png: the candidate ids the edits name
     python data/real/annotate.py apply NAME        # candidates.tif + edits.json -> labels.tif, particles.csv, overlay.png
     python data/real/annotate.py crop NAME X0 Y0 X1 Y1 [ZOOM] [--candidates]   # zoomed crop for checking by eye
 
@@ -144,10 +145,12 @@ def learned_candidates(pixels: np.ndarray, pixel_size_um: float | None) -> np.nd
     return detector.detect(image).astype(np.uint32)
 
 
-def make_candidates(name: str) -> None:
+def make_candidates(name: str, force: bool) -> None:
     spec = IMAGES[name]
     folder = HERE / name
     folder.mkdir(exist_ok=True)
+    if (folder / "candidates.tif").exists() and not force:
+        raise SystemExit(f"{folder / 'candidates.tif'} exists and edits.json names its ids; --force to remake it")
     image_path = folder / spec.file
     if not image_path.exists():
         shutil.copyfile(spec.source, image_path)
@@ -158,8 +161,16 @@ def make_candidates(name: str) -> None:
     else:
         labels = learned_candidates(pixels, spec.detector_pixel_size_um)
     tifffile.imwrite(folder / "candidates.tif", labels.astype(np.uint16), compression="zlib")
-    render_overlay(pixels, labels, {}, folder / "candidates_overlay.png", spec.zoom, spec.region)
     print(f"{name}: {int(labels.max())} candidates -> {folder / 'candidates.tif'}")
+    show_candidates(name)
+
+
+def show_candidates(name: str) -> None:
+    """candidates_overlay.png (not committed): every candidate outline with the id the edits use."""
+    spec = IMAGES[name]
+    folder = HERE / name
+    labels = tifffile.imread(folder / "candidates.tif")
+    render_overlay(read_grey(folder / spec.file), labels, {}, folder / "candidates_overlay.png", spec.zoom, spec.region)
 
 
 # ------------------------------------------------------------------------------------ edits
@@ -274,7 +285,13 @@ def finish(name: str) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    render_overlay(pixels, final, {r["id"]: r["class"] for r in rows}, folder / "overlay.png", spec.zoom, spec.region)
+    view, shown = np.s_[:, :], None
+    if spec.region is not None:  # the overlay shows the annotated rectangle and a margin, not the whole slice
+        x0, y0, x1, y1 = spec.region
+        top, left = max(y0 - 40, 0), max(x0 - 40, 0)
+        view = np.s_[top:y1 + 40, left:x1 + 40]
+        shown = (x0 - left, y0 - top, x1 - left, y1 - top)
+    render_overlay(pixels[view], final[view], {r["id"]: r["class"] for r in rows}, folder / "overlay.png", spec.zoom, shown)
     counts = {c: sum(r["class"] == c for r in rows) for c in CLASSES}
     print(f"{name}: {len(rows)} particles {counts}; border-cut {sum(r['border_cut'] for r in rows)}")
 
@@ -335,14 +352,17 @@ def crop(name: str, box: tuple[int, int, int, int], zoom: int, use_candidates: b
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=["candidates", "apply", "crop"])
+    parser.add_argument("step", choices=["candidates", "show", "apply", "crop"])
     parser.add_argument("name", choices=sorted(IMAGES))
     parser.add_argument("box", nargs="*", type=int, help="crop: X0 Y0 X1 Y1 [ZOOM]")
     parser.add_argument("--candidates", action="store_true", help="crop: show candidate ids")
+    parser.add_argument("--force", action="store_true", help="candidates: remake candidates.tif")
     parser.add_argument("--out", default="/tmp/fracscope_crop.png")
     args = parser.parse_args(argv)
     if args.step == "candidates":
-        make_candidates(args.name)
+        make_candidates(args.name, args.force)
+    elif args.step == "show":
+        show_candidates(args.name)
     elif args.step == "apply":
         finish(args.name)
     else:
