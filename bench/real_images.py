@@ -121,24 +121,15 @@ def window(ann: Annotation) -> tuple[slice, slice]:
     return slice(max(y0 - m, 0), min(y1 + m, h)), slice(max(x0 - m, 0), min(x1 + m, w))
 
 
-@dataclass
-class Score:
-    recall: float
-    n_true: int
-    n_matched: int
-    n_detections: int
-    n_false: int
-    n_small_ignored: int
-    n_class_pairs: int
-    class_agreement: float
-    confusion: np.ndarray
-    pixel_size_note: str
-    seconds: float
+def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame) -> tuple[int, int, int, int, int, np.ndarray]:
+    """Match `pred` (on the window) against the annotation, keeping the detections the protocol scores.
 
-
-def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame, offset: tuple[int, int]) -> tuple:
-    """Match `pred` (on the window) against the annotation; keep the detections the protocol scores."""
-    gt = ann.labels[window(ann)].astype(np.int64)
+    Returns (matched, annotated, scored detections, unmatched scored detections, detections under the
+    minimum, 3x3 class confusion on matched sections not annotated `unsure`).
+    """
+    rows, cols = window(ann)
+    offset = (rows.start or 0, cols.start or 0)
+    gt = ann.labels[rows, cols].astype(np.int64)
     pred = pred.astype(np.int64)
     keep = np.zeros(int(pred.max()) + 1, bool)
     n_small = 0
@@ -226,8 +217,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\n{name}: {len(ann.classes)} annotated sections {counts}; implied pixel size {implied:.4f} µm/px "
               f"(area-weighted mean whole section = {REFERENCE_DIAMETER_UM} µm; median rule: {by_median:.4f})"
               + (f"; region x{ann.region[0]}-{ann.region[2]} y{ann.region[1]}-{ann.region[3]}" if ann.region else ""))
-        rows, cols = window(ann)
-        offset = (rows.start or 0, cols.start or 0)
         for label, px in (("no pixel size", None), (f"pixel_size_um={implied:.4f}", implied)):
             pred, table, seconds, polarity = run_pipeline(ann, work, px, args)
             estimate = ""
@@ -235,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             if px is None and images_csv.exists():
                 est = pd.read_csv(images_csv).get("pixel_size_estimate_um")
                 estimate = f" (estimated {float(est.iloc[0]):.4f} µm/px)" if est is not None and est.notna().any() else " (no estimate)"
-            tp, n_true, n_det, fp, n_small, conf = score(ann, pred, table, offset)
+            tp, n_true, n_det, fp, n_small, conf = score(ann, pred, table)
             n_pairs = int(conf.sum())
             agree = float(np.trace(conf) / n_pairs) if n_pairs else float("nan")
             false_share = fp / n_det if n_det else float("nan")
