@@ -1,0 +1,78 @@
+"""The real development set (data/real/) loads as documented, and the shipped pipeline still finds its particles."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "data" / "real"
+sys.path.insert(0, str(REPO / "bench"))
+
+from real_images import implied_pixel_size_um, load_annotation, run_pipeline, score  # noqa: E402
+
+# Counts per class as data/real/README.md states them: (intact, mildly_damaged, broken, unsure).
+DOCUMENTED = {
+    "pt_bse": (24, 6, 1, 3),
+    "samba_3phase": (17, 2, 0, 0),
+    "qbi_xct": (95, 16, 0, 2),
+}
+CLASSES = ("intact", "mildly_damaged", "broken", "unsure")
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENTED))
+def test_annotation_files_agree_with_each_other_and_the_readme(name):
+    labels = tifffile.imread(DATA / name / "labels.tif")
+    assert labels.dtype == np.uint16
+    with open(DATA / name / "particles.csv") as f:
+        rows = list(csv.DictReader(f))
+    ids = sorted(int(r["id"]) for r in rows)
+    present = np.unique(labels)
+    assert ids == list(range(1, len(rows) + 1))
+    assert present.tolist() == [0, *ids]
+    counts = tuple(sum(r["class"] == c for r in rows) for c in CLASSES)
+    assert counts == DOCUMENTED[name]
+    h, w = labels.shape
+    area = np.bincount(labels.ravel())
+    for r in rows:
+        k = int(r["id"])
+        assert int(r["area_px"]) == area[k]
+        rr, cc = np.nonzero(labels == k)
+        cut = rr.min() == 0 or cc.min() == 0 or rr.max() == h - 1 or cc.max() == w - 1
+        assert int(r["border_cut"]) == int(cut)
+
+
+def test_region_of_image_c_holds_every_annotated_centroid_and_at_least_100_sections():
+    ann = load_annotation("qbi_xct")
+    x0, y0, x1, y1 = ann.region
+    assert len(ann.classes) >= 100
+    for k in ann.classes:
+        rr, cc = np.nonzero(ann.labels == k)
+        assert x0 <= cc.mean() < x1 and y0 <= rr.mean() < y1
+
+
+@pytest.mark.parametrize(
+    ("name", "min_recall", "max_false"),
+    [
+        # Measured 2026-12-06 with the shipped models: B recall 1.000 (19/19), false share 0.095 (2/21);
+        # C recall 0.876 (99/113), false share 0.039 (4/103). The floors allow two more misses on B and
+        # ~8 more on C; a detector or pipeline change that loses more real particles fails here. (A, the
+        # Pt-infiltrated image, is left out: recall 0.21 today, the detector takes the Pt for particles.)
+        ("samba_3phase", 0.89, 0.20),
+        ("qbi_xct", 0.80, 0.10),
+    ],
+)
+def test_shipped_pipeline_finds_the_annotated_particles_at_the_implied_pixel_size(tmp_path, name, min_recall, max_false):
+    ann = load_annotation(name)
+    px = implied_pixel_size_um(ann.labels)
+    args = Namespace(detector=None, phase_model=None, model=None)
+    pred, table, _, _ = run_pipeline(ann, tmp_path, px, args)
+    tp, n_true, n_det, fp, _, _ = score(ann, pred, table)
+    assert tp / n_true >= min_recall
+    assert fp / n_det <= max_false
