@@ -1,7 +1,7 @@
 """Choose the learned detector's `min_score` on tuning fields, never the held-out ones.
 
     python bench/detector_min_score.py [--model models/fracscope_detector.onnx] [--seeds 555,556,557]
-                                       [--particles 600]
+                                       [--particles 600] [--look infiltrated]
 
 `min_score` drops objects whose mean foreground probability is below it. The network
 fires, at ~0.93, on bright binder clumps in the matrix of some imaging conditions; real
@@ -32,12 +32,13 @@ THRESHOLDS = (0.0, 0.9, 0.92, 0.93, 0.94, 0.95, 0.96)
 MIN_DIAMETER_UM = 1.5
 
 
-def scored_detections(detector: LearnedDetector, seeds: list[int], n_particles: int):
-    """(score, matched) of every detection, and the counts of true sections (all, >= 1.5 µm)."""
+def scored_detections(detector: LearnedDetector, seeds: list[int], n_particles: int, look: str | None = None):
+    """(score, matched) of every detection, and the counts of true sections (all, >= 1.5 µm); the fields
+    rendered in the generator look `look` when given (the same particles)."""
     scores, matched = [], []
     n_true = n_true_judgeable = 0
     for seed in seeds:
-        for _, _, item in electrode_fields(n_particles, tuning_seed=seed):
+        for _, _, item in electrode_fields(n_particles, tuning_seed=seed, look=look):
             det = detector.detect_with_scores(item.image)
             m = match_instances(item.instances, det.labels, iou=0.5)
             hit = np.zeros(int(det.labels.max()), bool)
@@ -54,15 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="learned detector .onnx (default: the shipped one)")
     ap.add_argument("--seeds", default="555,556,557", help="tuning seeds (never 0 or 9001)")
     ap.add_argument("--particles", type=int, default=600, help="particles per seed")
+    ap.add_argument("--look", default=None, help="render the tuning fields in this generator look (e.g. infiltrated)")
     args = ap.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     if {0, 9001} & set(seeds):
         ap.error("tuning seeds must differ from the training (0) and held-out (9001) seeds")
 
     detector = LearnedDetector(args.model, min_score=0.0, min_diameter_um=MIN_DIAMETER_UM)
-    scores, matched, n_true, n_judgeable = scored_detections(detector, seeds, args.particles)
+    scores, matched, n_true, n_judgeable = scored_detections(detector, seeds, args.particles, args.look)
     tp_all = int(matched.sum())
-    print(f"tuning seeds {seeds}: {n_true} true sections ({n_judgeable} of at least {MIN_DIAMETER_UM} µm), "
+    print(f"tuning seeds {seeds}{f', look {args.look}' if args.look else ''}: {n_true} true sections ({n_judgeable} of at least {MIN_DIAMETER_UM} µm), "
           f"{len(scores)} detections at min_score 0")
     print("| min_score | F1@0.5 | count error (>= 1.5 µm) | unmatched predictions | true particles lost |")
     print("| --- | --- | --- | --- | --- |")

@@ -21,8 +21,9 @@ Scores per image and run:
   confusion (rows annotated, columns predicted).
 Image C is annotated only inside a rectangle: the pipeline runs on that rectangle plus a margin (the
 phase model would otherwise enlarge the whole slice 4-7 times), and only detections whose centroid
-lies in the rectangle are scored. Image A is run with pore_polarity=bright (Pt-filled pores) when the
-phase model accepts it, else dark (printed).
+lies in the rectangle are scored. Each run uses pore_polarity=auto, as a user's default run; when auto
+judges an image's pores bright and the phase model was never trained on them (an error row), that image is
+run again with pore_polarity=dark (printed).
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ from fracscope.types import CLASS_NAMES  # noqa: E402
 # Margin around image C's annotated rectangle that the pipeline also sees (px): sections crossing the
 # rectangle's edge stay whole, and the detector has context.
 REGION_MARGIN_PX = 40
-BRIGHT_PORES = {"pt_bse"}
 
 
 @dataclass
@@ -179,17 +179,19 @@ def run_pipeline(ann: Annotation, work: Path, pixel_size_um: float | None, args)
         overrides.append(f"model_path={args.model}")
     if pixel_size_um is not None:
         overrides.append(f"pixel_size_um={pixel_size_um:.5f}")
-    polarity = "dark"
-    if ann.name in BRIGHT_PORES:
-        polarity = "bright"
     t0 = time.perf_counter()
-    try:
-        run(compose("infer", *overrides, f"pore_polarity={polarity}"))
-    except ValueError as exc:  # check_polarity: a phase model never trained on bright pores refuses them
-        if polarity == "dark" or "pore_polarity" not in str(exc):
-            raise
-        polarity = "dark (the phase model refuses bright)"
-        run(compose("infer", *overrides, "pore_polarity=dark"))
+    run(compose("infer", *overrides))  # pore_polarity=auto, as a user's default run
+    images_csv = out / "images.csv"
+    found = pd.read_csv(images_csv) if images_csv.exists() and images_csv.stat().st_size else pd.DataFrame()
+    if len(found) and "pore_polarity" in found:
+        polarity = f"auto: {found['pore_polarity'].iloc[0]}"
+    else:  # an error row: auto judged the pores bright and the phase model was never trained on them
+        errors = out / "errors.csv"
+        reason = pd.read_csv(errors)["error"].iloc[0] if errors.exists() and errors.stat().st_size else "no row"
+        if "pore_polarity" not in str(reason):
+            raise RuntimeError(f"{ann.name}: the run wrote no result: {reason}")
+        polarity = "auto: bright, refused by the phase model; rerun with dark"
+        run(compose("infer", *overrides, "pore_polarity=dark", "resume=false"))
     seconds = time.perf_counter() - t0
     inst = out / "instances" / f"{ann.name}.tif"
     pred = tifffile.imread(inst) if inst.exists() else np.zeros(pixels.shape, np.uint32)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from fracscope.measure import (
     count_fragments,
@@ -152,20 +153,23 @@ def test_global_image_threshold_is_the_papers_method_when_pores_are_few():
     assert image_threshold(img, "bright") is None
 
 
-def test_pore_polarity_is_bright_when_the_space_between_particles_is_mostly_brighter():
-    from fracscope.measure.threshold import image_pore_polarity, resolve_pore_polarity
+def test_pore_polarity_is_bright_when_the_band_around_the_particles_is_mostly_brighter():
+    from fracscope.measure.threshold import RING_PX, image_pore_polarity, resolve_pore_polarity
 
-    instances = np.zeros((40, 60), np.int32)
-    instances[5:35, 5:25] = 1
-    instances[5:35, 35:55] = 2
+    instances = np.zeros((60, 80), np.int32)
+    instances[15:45, 10:30] = 1
+    instances[15:45, 50:70] = 2
     space = instances == 0
     img = np.where(space, 0.9, 0.5)  # Pt fill around mid-grey particles
     assert image_pore_polarity(img, instances) == "bright"
-    binder = space & (np.arange(60)[None, :] < 30)  # dark carbon binder in half of the space
-    assert binder.sum() / space.sum() == 0.5
-    assert image_pore_polarity(np.where(binder, 0.1, img), instances) == "bright"
-    mostly_binder = space & (np.arange(60)[None, :] < 45)  # the fill in a quarter of the space only
-    assert image_pore_polarity(np.where(mostly_binder, 0.1, img), instances) == "dark"
+    # Only the band within RING_PX of a particle counts: dark binder or a collector farther away does not.
+    near = ndi.binary_dilation(instances > 0, iterations=RING_PX) & space
+    assert image_pore_polarity(np.where(space & ~near, 0.1, img), instances) == "bright"
+    # Dark binder in the band's left part (under the 25 % share): still bright; in most of it: dark.
+    left = near & (np.arange(80)[None, :] < 14)
+    assert 0.15 < left.sum() / near.sum() < 0.25
+    assert image_pore_polarity(np.where(left, 0.1, img), instances) == "bright"
+    assert image_pore_polarity(np.where(near & (np.arange(80)[None, :] < 60), 0.1, img), instances) == "dark"
     assert image_pore_polarity(np.where(space, 0.1, 0.5), instances) == "dark"  # empty pores
     assert image_pore_polarity(img, np.zeros_like(instances)) == "dark"  # nothing detected: the default
     assert resolve_pore_polarity("dark", img, instances) == "dark"  # a set polarity wins

@@ -198,7 +198,7 @@ def predict_particles(
         try:
             check_polarity(model.metadata, polarity, instead="segmenter=threshold pore_polarity=bright")
         except ValueError as err:
-            raise ValueError(f"pore_polarity=auto found {polarity} pores in this image (the space between its "
+            raise ValueError(f"pore_polarity=auto found {polarity} pores in this image (the band around its "
                              f"particles is brighter than they are: Pt or resin infiltrated?): {err}") from None
     if models.phases is not None:
         image = located.image
