@@ -258,3 +258,24 @@ def test_int8_calibration_shape_is_checked(tmp_path):
     with pytest.raises(ValueError, match="calibration must be"):
         export_onnx(make_net(), tmp_path / "m.onnx", make_metadata(), crop_size=S, quantize=True,
                     calibration=np.zeros((4, 2, S + 1, S + 1), np.float32))
+
+
+def test_detector_calibration_tiles_add_fields_in_the_asked_looks(monkeypatch):
+    from types import SimpleNamespace
+
+    import fracscope.synth as synth
+    from fracscope.export.quantise import synthetic_calibration_tiles
+
+    rendered = []
+
+    def fake_field(cfg, seed, index):  # records the look of each field instead of rendering it
+        rendered.append((cfg.electrode.field_px, tuple(cfg.imaging.looks)))
+        return SimpleNamespace(image=SimpleNamespace(pixels=np.full((64, 64), index, np.uint8), pixel_size_um=0.15))
+
+    monkeypatch.setattr(synth, "make_field", fake_field)
+    plain = synthetic_calibration_tiles(0.15, n_tiles=8, tile_px=32)
+    assert [looks for _, looks in rendered] == [()] * 4 and plain.shape == (8, 1, 32, 32)
+    rendered.clear()
+    mixed = synthetic_calibration_tiles(0.15, n_tiles=8, tile_px=32, looks=("infiltrated",))
+    assert [looks for _, looks in rendered] == [()] * 4 + [("infiltrated",)] * 4
+    assert mixed.shape == (8, 1, 32, 32)

@@ -143,13 +143,14 @@ def export_onnx(
     return export_network(wrapper, out_path, meta, graph, parity, opset, calibration)
 
 
-def working_scale_calibration(calibration: np.ndarray | None, meta: DetectorMetadata | PhaseMetadata
-                              ) -> tuple[np.ndarray, bool]:
+def working_scale_calibration(calibration: np.ndarray | None, meta: DetectorMetadata | PhaseMetadata,
+                              looks: Sequence[str] = ()) -> tuple[np.ndarray, bool]:
     """int8 calibration tiles (N, C, H, W) at a dense network's working scale: the given ones, checked, or
-    `synthetic_calibration_tiles` at its working pixel size; and whether they were generated here."""
+    `synthetic_calibration_tiles` at its working pixel size (plain fields, and as many in each of `looks`);
+    and whether they were generated here."""
     generated = calibration is None
     if generated:
-        calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um))
+        calibration = synthetic_calibration_tiles(float(meta.working_pixel_size_um), looks=looks)
     calibration = np.ascontiguousarray(calibration, dtype=np.float32)
     if calibration.ndim != 4 or calibration.shape[1] != int(meta.in_channels):
         raise ValueError(f"calibration must be (N, {meta.in_channels}, H, W), got {calibration.shape}")
@@ -166,6 +167,7 @@ def export_detector(
     quantize: bool = False,
     calibration: np.ndarray | None = None,
     min_foreground_agreement_pct: float = 98.0,
+    calibration_looks: Sequence[str] = (),
 ) -> DetectorExportReport:
     """Export a `DetectorNet` to ONNX with dynamic batch / height / width and metadata.
 
@@ -188,6 +190,8 @@ def export_detector(
     min_foreground_agreement_pct : float
         int8 only: smallest allowed share of calibration pixels whose foreground
         decision (probability > 0.5) matches PyTorch's.
+    calibration_looks : sequence of str
+        Generator looks the default calibration tiles also show (a network trained on them).
 
     Raises
     ------
@@ -198,7 +202,7 @@ def export_detector(
 
     meta = stamped(metadata, quantize)
     if quantize:
-        calibration, _ = working_scale_calibration(calibration, meta)
+        calibration, _ = working_scale_calibration(calibration, meta, calibration_looks)
     wrapper = DetectorProbabilities(prepare_for_export(network)).eval()
     graph = Graph(DETECTOR_INPUT_NAME, DETECTOR_OUTPUT_NAMES, {0: "batch", 2: "height", 3: "width"},
                   (1, int(meta.in_channels), 64, 96))
@@ -268,11 +272,13 @@ def export_checkpoint(
     opset: int = 17,
     pore_weight: float | None = None,
     postprocess: Mapping[str, Any] | None = None,
+    calibration_looks: Sequence[str] = (),
 ) -> ExportReport | DetectorExportReport | PhaseExportReport:
     """Export a training checkpoint (``.ckpt``) of any kind; see `export_onnx`, `export_detector`,
     `export_phases`.
 
-    `pore_weight` (classifier) and `postprocess` (detector thresholds) override stored values.
+    `pore_weight` (classifier) and `postprocess` (detector thresholds) override stored values;
+    `calibration_looks` (detector, int8 with generated calibration) adds fields in those generator looks.
     """
     from fracscope.models.checkpoint import load_network
 
@@ -287,7 +293,10 @@ def export_checkpoint(
             raise ValueError(f"{ckpt_path} is a detector checkpoint: pore_weight is a classifier setting")
         if postprocess:
             metadata = dataclasses.replace(metadata, postprocess={**metadata.postprocess, **postprocess})
-        return export_detector(network, out_path, metadata, opset=opset, quantize=quantize, calibration=calibration)
+        return export_detector(network, out_path, metadata, opset=opset, quantize=quantize, calibration=calibration,
+                               calibration_looks=calibration_looks)
+    if calibration_looks:
+        raise ValueError(f"{ckpt_path}: calibration looks are a detector export setting")
     if postprocess:
         raise ValueError(f"{ckpt_path} is a classifier checkpoint: post-processing thresholds are detector settings")
     if pore_weight is not None:

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", type=Path, default=None,
                         help=".npy/.npz of real inputs (N, C, H, W) for int8 calibration (default: generated)")
     parser.add_argument("--calibration-limit", type=int, default=256, help="use at most this many (default 256)")
+    parser.add_argument("--calibration-looks", default="", metavar="LOOK[,LOOK]",
+                        help="detector --int8 without --calibration: also calibrate on generated fields in these "
+                             "generator looks (e.g. infiltrated), for a detector trained on them")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     classifier = parser.add_argument_group("classifier")
     classifier.add_argument("--pore-weight", type=float, default=None,
@@ -96,8 +99,10 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.pore_decision_weight is not None:
         parser.error("--pore-decision-weight re-sets an exported phase-model .onnx; export first")
     calib = load_calibration(args.calibration, args.calibration_limit) if args.calibration else None
+    looks = tuple(x for x in args.calibration_looks.split(",") if x)
     report = export_checkpoint(args.checkpoint, args.out, quantize=args.int8, calibration=calib,
-                               opset=args.opset, pore_weight=args.pore_weight, postprocess=post)
+                               opset=args.opset, pore_weight=args.pore_weight, postprocess=post,
+                               calibration_looks=looks)
     print(report.summary())
     print(f"sha256 {report.sha256}")
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +75,13 @@ def load_calibration(path: str | Path, limit: int | None = None) -> np.ndarray:
 
 
 def synthetic_calibration_tiles(working_pixel_size_um: float, n_tiles: int = 32, tile_px: int = 256,
-                                seed: int = 4321) -> np.ndarray:
+                                seed: int = 4321, looks: Sequence[str] = ()) -> np.ndarray:
     """float32 (n_tiles, 1, tile_px, tile_px) normalised detector tiles at working scale.
 
     Random tiles of synthetic electrode fields of both presets from the training synth
-    config at a seed training does not use (never the held-out config).
+    config at a seed training does not use (never the held-out config). With `looks`
+    (generator looks, e.g. "infiltrated"), as many fields again per look are rendered in it,
+    for a network trained on those looks; without, the tiles are those of earlier exports.
     """
     from fracscope.detect.learned import normalise_image, to_working_scale
     from fracscope.synth import load_config, make_field
@@ -87,9 +89,10 @@ def synthetic_calibration_tiles(working_pixel_size_um: float, n_tiles: int = 32,
     rng = np.random.default_rng(seed)
     tiles = []
     presets = ("gp", "p")
-    n_fields = 4
+    field_looks = [[], *([f"imaging.looks=[{look}]"] for look in looks)]
+    n_fields = 4 * len(field_looks)
     for k in range(n_fields):
-        cfg = load_config(presets[k % 2], ["electrode.field_px=[1024,1024]"])
+        cfg = load_config(presets[k % 2], ["electrode.field_px=[1024,1024]", *field_looks[k // 4]])
         item = make_field(cfg, seed, k)
         work = normalise_image(to_working_scale(np.asarray(item.image.pixels),
                                                 float(item.image.pixel_size_um) / working_pixel_size_um))
