@@ -80,6 +80,17 @@ def round_trip_ms(address: str, fields: Path, n: int = 40) -> tuple[float, float
     return 1000 * statistics.median(times), len(pickle.dumps(outcome)) / 1e6
 
 
+def _cluster(n_workers: int):
+    """A LocalCluster of single-threaded workers started as `executor.n_workers=` starts them (WORKER_DASK_CONFIG)."""
+    import dask
+    from distributed import LocalCluster
+
+    from fracscope.executor.dask import WORKER_DASK_CONFIG
+
+    with dask.config.set(WORKER_DASK_CONFIG):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+
+
 def _field_dir(work: Path, n: int) -> Path:
     """A folder with links to the first `n` generated fields."""
     all_fields = work / "all_fields"
@@ -93,13 +104,11 @@ def _field_dir(work: Path, n: int) -> Path:
 
 def marginal(args) -> None:
     """Marginal per-image cost of the local executor and of Dask (1 worker x 1 thread), one thread each."""
-    from distributed import LocalCluster
-
     work = Path(args.workdir)
     n1, n2 = args.fields, args.marginal
     make_fields(work / "all_fields", 95 * max(n1, n2))
     dirs = {n: _field_dir(work, n) for n in (1, n1, n2)}
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = _cluster(1)
     variants = {"local": ("detect_workers=0", *ONE_THREAD),
                 "dask": ("executor=dask", f"executor.address={cluster.scheduler_address}", *ONE_THREAD)}
     walls: dict[tuple[str, int], list[float]] = {(v, n): [] for v in variants for n in (n1, n2)}
@@ -144,16 +153,13 @@ def main() -> None:
         marginal(args)
         return
 
-    from distributed import LocalCluster
-
     work = Path(args.workdir)
     n_true = make_fields(work / "all_fields", 95 * args.fields)
     fields, warm = _field_dir(work, args.fields), _field_dir(work, 1)
     print(f"fields: {args.fields} of 2048x1536 px at 0.05 um/px ({n_true} true particles generated in "
           f"{work / 'all_fields'})")
 
-    clusters = {n: LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
-                for n in (1, 2)}
+    clusters = {n: _cluster(n) for n in (1, 2)}
     variants = {
         "local, 1 thread, detect_workers=0": ("detect_workers=0", *ONE_THREAD),
         "dask, 1 worker x 1 thread": ("executor=dask", f"executor.address={clusters[1].scheduler_address}",

@@ -334,3 +334,21 @@ def test_a_mosaic_is_analysed_as_tiles_on_the_workers_as_locally(cluster, tmp_pa
     assert sum("analyse_tile_task" in k for k in set(tasks)) == 12
     assert on_dask.n_particles == local.n_particles > 20
     _assert_same_results(tmp_path / "local", tmp_path / "dask")
+
+
+def test_a_local_cluster_the_run_starts_leaves_glibc_its_adaptive_mmap_threshold():
+    # A fresh process: a nanny writes its environment into the process that runs it, so an earlier cluster of
+    # this test session would leak MALLOC_TRIM_THRESHOLD_ into later ones.
+    code = (
+        "import os\n"
+        "from fracscope.executor import ExecutorSettings\n"
+        "from fracscope.executor.dask import connect\n"
+        "if __name__ == '__main__':\n"
+        "    client, cluster = connect(ExecutorSettings(name='dask', n_workers=1))\n"
+        "    print(sorted(client.run(lambda: os.environ.get('MALLOC_TRIM_THRESHOLD_', 'unset')).values()))\n"
+        "    client.close(); cluster.close()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['unset']"
