@@ -352,3 +352,16 @@ def test_a_local_cluster_the_run_starts_leaves_glibc_its_adaptive_mmap_threshold
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['unset']"
+
+
+def test_a_worker_started_with_a_trim_threshold_gets_glibcs_adaptive_thresholds_back():
+    code = (
+        "from fracscope.executor.work import keep_large_arrays_on_the_heap\n"
+        "print(keep_large_arrays_on_the_heap())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    unset = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    dask_like = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                               env={**env, "MALLOC_TRIM_THRESHOLD_": "65536"})
+    assert unset.stdout.split() == ["False"]  # nothing to undo: glibc's own adaptive mode is on
+    assert dask_like.stdout.split() == ["True"]  # glibc accepted both thresholds (this is Linux with glibc)

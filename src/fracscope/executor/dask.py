@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 DASK_EXTRA_INSTALL = "pip install -e '.[dask]'"
 # Dask's nanny starts each worker with MALLOC_TRIM_THRESHOLD_=65536, which turns off glibc's adaptive mmap
 # threshold: every large numpy temporary is then mmapped and unmapped again. Left unset, a worker ran the same
-# images 8-12 % faster (4 of 4 interleaved rounds, bench/dask_scaling.py); clusters this run starts leave it unset.
+# images 8 % faster in one sitting (4 of 4 interleaved rounds; within noise in others: docs/BENCHMARKS.md);
+# clusters this run starts leave it unset.
 WORKER_DASK_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 

@@ -15,8 +15,10 @@ The task still returns only after its files are on disk.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -70,6 +72,23 @@ class FileOutcome:
 
 _stages: dict[str, tuple[Detector, Models]] = {}  # per worker process: settings -> (detector, models)
 _stages_lock = threading.Lock()
+# glibc's mallopt parameters, and the largest thresholds its adaptive mode reaches on 64-bit Linux.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_ADAPTIVE_MMAP_MAX_BYTES = 32 << 20
+
+
+def keep_large_arrays_on_the_heap() -> bool:
+    """In a worker started with MALLOC_TRIM_THRESHOLD_ set (Dask's nanny sets 65536), give glibc back the
+    thresholds its adaptive mode would reach, so numpy temporaries of up to 32 MiB are not mmapped and unmapped
+    each time (measured: docs/BENCHMARKS.md, issue 20). True when applied; a no-op elsewhere."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _ADAPTIVE_MMAP_MAX_BYTES)) and bool(
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _ADAPTIVE_MMAP_MAX_BYTES))
 
 
 def _stage(run) -> tuple[Detector, Models]:
@@ -80,6 +99,8 @@ def _stage(run) -> tuple[Detector, Models]:
     key = json.dumps({**needs, "analysis": dataclasses.asdict(run.analysis)}, sort_keys=True, default=str)
     with _stages_lock:
         if key not in _stages:
+            if not _stages:  # the worker's first run
+                keep_large_arrays_on_the_heap()
             _stages.clear()  # a worker serves one run's settings at a time
             _stages[key] = (build_detector(run.detect), Models.for_settings(run.analysis, run))
         return _stages[key]
