@@ -163,6 +163,13 @@ class Models:
         """The crop model's crop spec, or None when no crops are needed."""
         return self.crops.metadata.crop_spec if self.crops is not None else None
 
+    def check_polarity(self, segmenter: str, polarity: str, instead: str) -> None:
+        """Refuse a pore polarity the model that segments never saw (`fracscope.phases.check_polarity`):
+        the phase model for segmenter=model, the crop model for crops; the threshold takes either."""
+        model = {"model": self.phases, "crops": self.crops}.get(segmenter)
+        if model is not None:
+            check_polarity(model.metadata, polarity, instead=instead)
+
 
 @dataclass
 class Predicted:
@@ -193,10 +200,9 @@ def predict_particles(
     codes = class_probs = phase_probs = None
     pore_weight = 1.0
     polarity = resolve_pore_polarity(settings.pore_polarity, located.image.pixels, located.instances)
-    if settings.pore_polarity == "auto" and settings.segmenter != "threshold":
-        model = models.phases if settings.segmenter == "model" else models.crops
+    if settings.pore_polarity == "auto":  # a set polarity was checked at start-up
         try:
-            check_polarity(model.metadata, polarity, instead="segmenter=threshold pore_polarity=bright")
+            models.check_polarity(settings.segmenter, polarity, instead="segmenter=threshold pore_polarity=bright")
         except ValueError as err:
             raise ValueError(f"pore_polarity=auto found {polarity} pores in this image (the band around its "
                              f"particles is brighter than they are: Pt or resin infiltrated?): {err}") from None

@@ -44,9 +44,9 @@ from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.locate import LocateFailure, locate_ahead
-from fracscope.measure.threshold import POLARITIES
+from fracscope.measure.threshold import check_pore_polarity_setting
 from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
-from fracscope.phases import check_polarity, resolve_pore_weight
+from fracscope.phases import resolve_pore_weight
 from fracscope.progress import RunProgress
 from fracscope.report import ReportOptions, ReportWriter
 from fracscope.report.lock import OutputLock
@@ -271,11 +271,9 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     models = Models.for_settings(settings, run_settings)
     # A bad override (or crop model weight) fails here, not per image, and on every route, not only crops.
     resolve_pore_weight(models.crops.metadata if models.crops is not None else None, settings.pore_weight)
-    if settings.pore_polarity not in (*POLARITIES, "auto"):
-        raise ValueError(f"pore_polarity must be one of {[*POLARITIES, 'auto']}, got {settings.pore_polarity!r}")
-    if settings.segmenter in ("model", "crops") and settings.pore_polarity != "auto":  # auto: checked per image
-        model = models.phases if settings.segmenter == "model" else models.crops
-        check_polarity(model.metadata, settings.pore_polarity, instead="segmenter=threshold")
+    check_pore_polarity_setting(settings.pore_polarity)
+    if settings.pore_polarity != "auto":  # auto: checked per image
+        models.check_polarity(settings.segmenter, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(run_settings.input)
     if not has_glob(input_spec) and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")

@@ -9,6 +9,7 @@ from skimage.filters import threshold_otsu
 from fracscope.types import Phase
 
 POLARITIES: tuple[str, ...] = ("dark", "bright")
+PORE_POLARITY_SETTINGS: tuple[str, ...] = (*POLARITIES, "auto")  # what `pore_polarity` may be set to
 # The band just outside the detected particles decides whether an image's pores are filled: within
 # RING_PX of a particle, pores between neighbours hold Pt or resin in an infiltrated image and dark matrix
 # otherwise; farther away the current collector or binder can dominate either way. Measured shares of the band
@@ -22,23 +23,28 @@ BRIGHT_RING_SHARE = 0.25
 def image_pore_polarity(pixels: np.ndarray, instances: np.ndarray) -> str:
     """"bright" when the band just outside the detected particles is mostly brighter than the particles
     (pores filled with Pt or resin), else "dark" (empty pores); "dark" when either region is empty."""
-    values = np.asarray(pixels)
     inside = instances > 0
-    ring = ndi.binary_dilation(inside, iterations=RING_PX) & ~inside
-    if not inside.any() or not ring.any():
+    if not inside.any():
         return "dark"
+    ring = ndi.binary_dilation(inside, iterations=RING_PX) & ~inside
+    if not ring.any():
+        return "dark"
+    values = np.asarray(pixels)
     particle_grey = float(np.median(values[inside]))
     bright_share = float(np.mean(values[ring] > particle_grey))
     return "bright" if bright_share > BRIGHT_RING_SHARE else "dark"
 
 
+def check_pore_polarity_setting(setting: str) -> None:
+    """Refuse a `pore_polarity` setting other than dark, bright or auto."""
+    if setting not in PORE_POLARITY_SETTINGS:
+        raise ValueError(f"pore_polarity must be one of {list(PORE_POLARITY_SETTINGS)}, got {setting!r}")
+
+
 def resolve_pore_polarity(setting: str, pixels: np.ndarray, instances: np.ndarray) -> str:
     """The run's `pore_polarity` ("dark", "bright" or "auto") for one image: auto decides from the image."""
-    if setting == "auto":
-        return image_pore_polarity(pixels, instances)
-    if setting not in POLARITIES:
-        raise ValueError(f"pore_polarity must be one of {[*POLARITIES, 'auto']}, got {setting!r}")
-    return setting
+    check_pore_polarity_setting(setting)
+    return image_pore_polarity(pixels, instances) if setting == "auto" else setting
 
 
 def image_threshold(pixels: np.ndarray, polarity: str = "dark") -> float | None:
