@@ -72,3 +72,21 @@ def test_infer_with_detect_tiled_analyses_tile_by_tile(mosaic, tmp_path):
     # One tile as large as the image: the same run analyses it whole; the particle count barely moves.
     whole = run(infer(f"output={tmp_path / 'whole'}", "detect.tile_px=2048"))
     assert abs(whole.n_particles - outcome.n_particles) <= 0.05 * whole.n_particles
+
+
+def test_a_mosaics_pore_polarity_is_that_of_the_tiles_holding_most_particles():
+    from fracscope.detect.tiling import Tile
+    from fracscope.mosaic import TilePiece, assemble
+    from fracscope.types import ParticleResult, SEMImage
+
+    def piece(col: int, n: int, polarity: str) -> TilePiece:
+        tile = Tile((0, col), (0, 10 * col, 10, 10 * col + 10), (0, 10 * col, 10, 10 * col + 10), (0, 0, 0, 0))
+        parts = [ParticleResult(i + 1, "intact", (1.0, 0.0, 0.0), False, False, False, (0, 0, 1, 1)) for i in range(n)]
+        return TilePiece(tile, np.zeros((10, 10), np.uint32), np.zeros((10, 10), np.uint8), parts, n, 0,
+                         pore_polarity=polarity)
+
+    image = SEMImage(pixels=np.zeros((10, 30), np.uint8), pixel_size_um=0.05)
+    mostly_bright = [piece(0, 1, "dark"), piece(1, 3, "bright"), piece(2, 0, "dark")]
+    assert assemble(image, mostly_bright, "m", "g").pore_polarity == "bright"
+    assert assemble(image, [piece(0, 2, "dark"), piece(1, 1, "bright")], "m", "g").pore_polarity == "dark"
+    assert assemble(image, [], "m", "g").pore_polarity == "dark"

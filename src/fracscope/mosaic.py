@@ -29,6 +29,7 @@ from fracscope.crop import crop_particles
 from fracscope.detect import Detector, build_detector, detector_factory
 from fracscope.detect.tiling import OversizedObjectWarning, Tile, TiledDetector, TileGrid, owned_objects, tile_grid
 from fracscope.locate import LocatedParticles, with_estimated_scale
+from fracscope.measure.threshold import POLARITIES
 from fracscope.types import ImageResult, ParticleResult, SEMImage
 
 
@@ -44,6 +45,7 @@ class TilePiece:
     n_objects: int
     n_oversized: int
     seconds: dict[str, float] = field(default_factory=dict)
+    pore_polarity: str = "dark"  # the tile's, as `predict_particles` decided it
 
 
 @dataclass
@@ -106,7 +108,8 @@ def analyse_tile(window: SEMImage, tile: Tile, detector: Detector, models: Model
     located = LocatedParticles(window, instances, crops, {}, detector.min_diameter_um)
     result = measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)
     particles = [dataclasses.replace(p, crop=None) for p in result.particles]
-    return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds))
+    return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds),
+                     result.pore_polarity)
 
 
 def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str,
@@ -135,8 +138,11 @@ def assemble(image: SEMImage, pieces: Sequence[TilePiece], stem: str, group: str
             "raise detect.overlap_px above the largest particle's diameter in pixels",
             OversizedObjectWarning, stacklevel=2,
         )
+    # The image's pore polarity: that of the tiles holding most of its particles (each tile decides its own).
+    votes = {p: sum(len(piece.particles) for piece in pieces if piece.pore_polarity == p) for p in POLARITIES}
+    polarity = "bright" if votes["bright"] > votes["dark"] else "dark"
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
-                       pixel_size_range_um=pixel_size_range_um)
+                       pixel_size_range_um=pixel_size_range_um, pore_polarity=polarity)
 
 
 def analyse_mosaic(
