@@ -183,15 +183,11 @@ def run_pipeline(ann: Annotation, work: Path, pixel_size_um: float | None, args)
     run(compose("infer", *overrides))  # pore_polarity=auto, as a user's default run
     images_csv = out / "images.csv"
     found = pd.read_csv(images_csv) if images_csv.exists() and images_csv.stat().st_size else pd.DataFrame()
-    if len(found) and "pore_polarity" in found:
-        polarity = f"auto: {found['pore_polarity'].iloc[0]}"
-    else:  # an error row: auto judged the pores bright and the phase model was never trained on them
+    if not len(found) or "pore_polarity" not in found:
         errors = out / "errors.csv"
         reason = pd.read_csv(errors)["error"].iloc[0] if errors.exists() and errors.stat().st_size else "no row"
-        if "pore_polarity" not in str(reason):
-            raise RuntimeError(f"{ann.name}: the run wrote no result: {reason}")
-        polarity = "auto: bright, refused by the phase model; rerun with dark"
-        run(compose("infer", *overrides, "pore_polarity=dark", "resume=false"))
+        raise RuntimeError(f"{ann.name}: the run wrote no result: {reason}")
+    polarity = f"auto: {found['pore_polarity'].iloc[0]}"
     seconds = time.perf_counter() - t0
     inst = out / "instances" / f"{ann.name}.tif"
     pred = tifffile.imread(inst) if inst.exists() else np.zeros(pixels.shape, np.uint32)

@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-from scipy import ndimage as ndi
 
 from fracscope.measure import (
     count_fragments,
@@ -151,28 +150,3 @@ def test_global_image_threshold_is_the_papers_method_when_pores_are_few():
     # Otsu over the section alone splits the grains: far too many pores.
     assert porosity_pct(threshold_phases(img, mask, "dark"), mask) > truth + 10
     assert image_threshold(img, "bright") is None
-
-
-def test_pore_polarity_is_bright_when_the_band_around_the_particles_is_mostly_brighter():
-    from fracscope.measure.threshold import RING_PX, image_pore_polarity, resolve_pore_polarity
-
-    instances = np.zeros((60, 80), np.int32)
-    instances[15:45, 10:30] = 1
-    instances[15:45, 50:70] = 2
-    space = instances == 0
-    img = np.where(space, 0.9, 0.5)  # Pt fill around mid-grey particles
-    assert image_pore_polarity(img, instances) == "bright"
-    # Only the band within RING_PX of a particle counts: dark binder or a collector farther away does not.
-    near = ndi.binary_dilation(instances > 0, iterations=RING_PX) & space
-    assert image_pore_polarity(np.where(space & ~near, 0.1, img), instances) == "bright"
-    # Dark binder in the band's left part (under the 25 % share): still bright; in most of it: dark.
-    left = near & (np.arange(80)[None, :] < 14)
-    assert 0.15 < left.sum() / near.sum() < 0.25
-    assert image_pore_polarity(np.where(left, 0.1, img), instances) == "bright"
-    assert image_pore_polarity(np.where(near & (np.arange(80)[None, :] < 60), 0.1, img), instances) == "dark"
-    assert image_pore_polarity(np.where(space, 0.1, 0.5), instances) == "dark"  # empty pores
-    assert image_pore_polarity(img, np.zeros_like(instances)) == "dark"  # nothing detected: the default
-    assert resolve_pore_polarity("dark", img, instances) == "dark"  # a set polarity wins
-    assert resolve_pore_polarity("auto", img, instances) == "bright"
-    with pytest.raises(ValueError, match="pore_polarity"):
-        resolve_pore_polarity("grey", img, instances)

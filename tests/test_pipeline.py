@@ -195,14 +195,34 @@ def test_rim_trim_only_takes_pixels_away_and_keeps_every_particle(tmp_path, fiel
         run(compose_infer(f"input={root}/A", f"output={tmp_path}/bad", "trim_rim=pore"))
 
 
-def test_refuses_a_polarity_the_model_never_saw(tmp_path, field_dir, random_onnx_model):
+def test_refuses_an_unknown_pore_polarity(tmp_path, field_dir, random_onnx_model):
     root, _ = field_dir
-    with pytest.raises(ValueError, match="bright"):
-        run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}",
-                          "pore_polarity=bright"))
     with pytest.raises(ValueError, match="pore_polarity must be one of"):
         run(compose_infer(f"input={root}", f"output={tmp_path}", f"model_path={random_onnx_model}",
                           "pore_polarity=grey"))
+
+
+def test_an_infiltrated_field_is_found_as_the_same_field_with_dark_pores(tmp_path):
+    """The default run (pore_polarity=auto, shipped models) on one field rendered with dark pores and with
+    Pt-filled ones: the second is called bright, detected in dark-pore contrast, and found as well."""
+    from fracscope.detect import match_instances
+    from fracscope.synth import load_config, make_field, with_overrides
+
+    cfg = load_config("p", overrides=["electrode.field_px=[384,512]"])
+    fields = {"dark": make_field(cfg, 3, 0),
+              "bright": make_field(with_overrides(cfg, ["imaging.looks=[infiltrated]"]), 3, 0)}
+    assert np.array_equal(fields["dark"].instances, fields["bright"].instances)  # one truth
+    (tmp_path / "in").mkdir()
+    for name, item in fields.items():
+        write_image_tiff(tmp_path / "in" / f"{name}.tif", item.image.pixels, item.image.pixel_size_um)
+    run(compose_infer(f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "report.write_review=false"))
+    images = pd.read_csv(tmp_path / "out" / "images.csv").set_index("stem")
+    assert images.loc["dark", "pore_polarity"] == "dark" and images.loc["bright", "pore_polarity"] == "bright"
+    f1 = {}
+    for name, item in fields.items():
+        m = match_instances(item.instances, tifffile.imread(tmp_path / "out" / "instances" / f"{name}.tif"), iou=0.5)
+        f1[name] = 2 * m.tp / (2 * m.tp + m.fp + m.fn)
+    assert f1["dark"] > 0.85 and f1["bright"] > f1["dark"] - 0.1, f1
 
 
 def test_cuda_without_gpu_runtime_is_a_clear_error(tmp_path, field_dir, random_onnx_model):

@@ -288,7 +288,7 @@ def test_scale_bar_reader_reads_the_generated_data_bar(pixel_size_um):
 
 @pytest.mark.parametrize(("binder", "unfilled"), [(0.05, 0.0), (0.5, 0.15)])  # the training draws' extremes
 def test_auto_pore_polarity_calls_infiltrated_fields_bright_and_plain_ones_dark(plain, binder, unfilled):
-    from fracscope.measure.threshold import image_pore_polarity
+    from fracscope.polarity import image_pore_polarity
 
     it = _field(["infiltrated"], [f"imaging.binder_fraction={binder}", f"imaging.unfilled_fraction={unfilled}"])
     assert image_pore_polarity(it.image.pixels, it.instances) == "bright"

@@ -31,13 +31,12 @@ from fracscope.detect import Detector
 from fracscope.io import relative_source
 from fracscope.locate import LocatedParticles, locate_particles
 from fracscope.measure import measure_particle
-from fracscope.measure.threshold import image_threshold, resolve_pore_polarity, threshold_phases
+from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
     CropPhases,
     ImagePhaseCodes,
     PhaseRule,
-    check_polarity,
     particle_phases,
     phases_on_image_grid,
     predict_crops,
@@ -62,8 +61,9 @@ class AnalysisSettings:
     # "native": the phase model file's class rule on the native crack measurements | "head": the crop
     # model's class head | "topology": the head corrected by crack-mask connectivity
     classify: str = "native"
-    # "dark" (empty pores) | "bright" (Pt- or resin-filled) | "auto": decided per image from the detected
-    # particles against the space between them (`fracscope.measure.threshold.image_pore_polarity`)
+    # "dark" (empty pores) | "bright" (Pt- or resin-filled: the networks see them in dark-pore contrast) |
+    # "auto": decided per image from the detected particles against the space between them
+    # (`fracscope.polarity.image_pore_polarity`)
     pore_polarity: str = "auto"
     low_confidence: float = 0.6  # flag particles whose top class probability is below this
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
@@ -163,13 +163,6 @@ class Models:
         """The crop model's crop spec, or None when no crops are needed."""
         return self.crops.metadata.crop_spec if self.crops is not None else None
 
-    def check_polarity(self, segmenter: str, polarity: str, instead: str) -> None:
-        """Refuse a pore polarity the model that segments never saw (`fracscope.phases.check_polarity`):
-        the phase model for segmenter=model, the crop model for crops; the threshold takes either."""
-        model = {"model": self.phases, "crops": self.crops}.get(segmenter)
-        if model is not None:
-            check_polarity(model.metadata, polarity, instead=instead)
-
 
 @dataclass
 class Predicted:
@@ -199,24 +192,17 @@ def predict_particles(
     t = time.perf_counter()
     codes = class_probs = phase_probs = None
     pore_weight = 1.0
-    polarity = resolve_pore_polarity(settings.pore_polarity, located.image.pixels, located.instances)
-    if settings.pore_polarity == "auto":  # a set polarity was checked at start-up
-        try:
-            models.check_polarity(settings.segmenter, polarity, instead="segmenter=threshold pore_polarity=bright")
-        except ValueError as err:
-            raise ValueError(f"pore_polarity=auto found {polarity} pores in this image (the band around its "
-                             f"particles is brighter than they are: Pt or resin infiltrated?): {err}") from None
     if models.phases is not None:
         image = located.image
         # Without a pixel size: the estimate (`locate.with_estimated_scale`), else the model's working one.
         px = image.working_pixel_size_um or models.phases.working_pixel_size_um
-        codes = models.phases.predict_codes(image.pixels, px) if located.instances.any() else None
+        codes = models.phases.predict_codes(located.pixels_for_networks, px) if located.instances.any() else None
     if models.crops is not None:
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
     return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight,
-                     models.pixel_size_range_um, polarity)
+                     models.pixel_size_range_um, located.pore_polarity)
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
@@ -310,7 +296,7 @@ def analyse_image(
 ) -> ImageResult:
     """Find, segment, measure and classify every particle of one image."""
     times = times or StageTimes()
-    located = locate_particles(image, detector, models.crop_spec)
+    located = locate_particles(image, detector, models.crop_spec, settings.pore_polarity)
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
     return measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)

@@ -1,5 +1,8 @@
 """Detect → crop: from an image to its particle instances and their crops.
 
+An image whose pores turn out bright (Pt- or resin-infiltrated, `fracscope.polarity`) is detected again,
+and cropped, in dark-pore contrast, which is what the networks were trained on.
+
 `locate_ahead` runs this stage for upcoming images in worker processes while the main
 process runs the model on the current one, so detection and the network share the cores.
 """
@@ -22,6 +25,13 @@ from fracscope.child_process import die_with_parent, release_sigint_in_child, si
 from fracscope.crop import CropSpec, crop_particles
 from fracscope.detect import Detector, build_detector
 from fracscope.io import ReadFailure
+from fracscope.polarity import (
+    check_pore_polarity_setting,
+    dark_pore_contrast,
+    fill_darkened,
+    has_mid_grey_particles,
+    image_pore_polarity,
+)
 from fracscope.types import ParticleCrop, SEMImage
 
 
@@ -35,6 +45,14 @@ class LocatedParticles:
     seconds: dict[str, float]
     min_diameter_um: float | None = None  # the detector's; sections whose final outline is smaller are dropped
     scores: np.ndarray | None = None  # the detector's confidence per object (label k at k - 1); None: it gives none
+    pore_polarity: str = "dark"  # the run's setting, or under "auto" what was decided for this image
+    network_pixels: np.ndarray | None = None  # what the phase and crop models see when not image.pixels
+
+    @property
+    def pixels_for_networks(self) -> np.ndarray:
+        """The pixels the phase and crop models run on (`fracscope.polarity.fill_darkened` for bright
+        pores); measurements and overlays keep `image.pixels`."""
+        return self.image.pixels if self.network_pixels is None else self.network_pixels
 
 
 @dataclass
@@ -45,18 +63,53 @@ class LocateFailure:
     error: str
 
 
-def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | None) -> LocatedParticles:
+def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | None,
+                     pore_polarity: str = "dark") -> LocatedParticles:
     """Detect the particles of one image and cut a crop around each, as `crop_spec` (the crop model's)
     says; no crops when it is None (no crop model runs). An image without a pixel size first gets
-    the detector's estimate (`with_estimated_scale`), which the detector and the phase model use."""
+    the detector's estimate (`with_estimated_scale`), which the detector and the phase model use.
+    `pore_polarity` ("dark", "bright" or "auto", `fracscope.polarity`): bright pores are detected and
+    cropped in dark-pore contrast (under "auto" after a first detection has found them bright)."""
     t0 = time.perf_counter()
-    image = with_estimated_scale(image, detector)
-    instances, scores = detector.detect_scored(image)
+    image, instances, scores, polarity, network_pixels = detect_in_dark_pore_contrast(image, detector, pore_polarity)
     t1 = time.perf_counter()
-    crops = crop_particles(image.pixels, instances, crop_spec) if crop_spec is not None else []
+    pixels = image.pixels if network_pixels is None else network_pixels
+    crops = crop_particles(pixels, instances, crop_spec) if crop_spec is not None else []
     t2 = time.perf_counter()
     seconds = {"detect": t1 - t0, "crop": t2 - t1}
-    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um, scores)
+    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um, scores, polarity,
+                            network_pixels)
+
+
+def detect_in_dark_pore_contrast(image: SEMImage, detector: Detector, pore_polarity: str):
+    """(image, instances, scores, polarity, the phase and crop models' pixels or None) of one image,
+    detected as its pores need: as it is for dark pores; in `dark_pore_contrast` for bright ones, where a
+    missing pixel size is estimated on the folded image (the unfolded one reads the Pt as particles), and
+    then `fill_darkened` for the models.
+
+    Under "auto" (`fracscope.polarity`): bright when the band around the first detection's particles is
+    brighter than they are; else, when the histogram shows mid-grey particles between a bright fill and
+    dark voids, the folded image is detected too and is kept when the band around its particles is bright.
+    """
+    check_pore_polarity_setting(pore_polarity)
+    without_size = image.working_pixel_size_um is None
+    unfolded = None
+    if pore_polarity != "bright":
+        image = with_estimated_scale(image, detector)
+        instances, scores = detector.detect_scored(image)
+        if pore_polarity == "dark" or (image_pore_polarity(image.pixels, instances) == "dark"
+                                       and not has_mid_grey_particles(image.pixels)):
+            return image, instances, scores, "dark", None
+        unfolded = (image, instances, scores)
+    folded = dark_pore_contrast(image.pixels)
+    estimate = detector.estimate_pixel_size_um(folded) if without_size else None
+    if estimate is not None:
+        image = dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
+    instances, scores = detector.detect_scored(dataclasses.replace(image, pixels=folded))
+    if (unfolded is not None and image_pore_polarity(unfolded[0].pixels, unfolded[1]) == "dark"
+            and image_pore_polarity(image.pixels, instances) == "dark"):
+        return (*unfolded, "dark", None)  # mid-grey particles, but no fill around them
+    return image, instances, scores, "bright", fill_darkened(image.pixels)
 
 
 def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:
@@ -70,25 +123,26 @@ def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:
     return dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
 
 
-def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None):
+def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None, pore_polarity: str = "dark"):
     """`locate_particles`, or a `LocateFailure` that says why it raised."""
     try:
-        return locate_particles(image, detector, crop_spec)
+        return locate_particles(image, detector, crop_spec, pore_polarity)
     except Exception as exc:  # one bad image must not stop a run over thousands
         return LocateFailure(image, f"{type(exc).__name__}: {exc}")
 
 
 # Set by the pool initializer, and only inside worker processes: each builds its detector once.
-_worker_args: tuple[Detector, CropSpec | None] | None = None
+_worker_args: tuple[Detector, CropSpec | None, str] | None = None
 
 
-def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, parent_pid: int) -> None:
+def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, pore_polarity: str,
+                 parent_pid: int) -> None:
     global _worker_args
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down
     # (`sigint_ignored` covers the start when the pool is used from the main thread).
     release_sigint_in_child()
-    _worker_args = (build_detector(detect_cfg), crop_spec)
+    _worker_args = (build_detector(detect_cfg), crop_spec, pore_polarity)
 
 
 def _locate_in_worker(image: SEMImage):
@@ -101,6 +155,7 @@ def locate_ahead(
     detect_cfg: Mapping[str, Any],
     crop_spec: CropSpec | None,
     workers: int = 1,
+    pore_polarity: str = "dark",
 ) -> Iterator[LocatedParticles | LocateFailure | ReadFailure]:
     """Located particles of each image, in input order.
 
@@ -112,13 +167,13 @@ def locate_ahead(
     if workers <= 0:
         detector = build_detector(detect_cfg)
         for item in images:
-            yield locate_safely(item, detector, crop_spec) if isinstance(item, SEMImage) else item
+            yield locate_safely(item, detector, crop_spec, pore_polarity) if isinstance(item, SEMImage) else item
         return
     build_detector(detect_cfg)  # fail here on a bad config, not in every worker
     depth = workers + 1
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(dict(detect_cfg), crop_spec, os.getpid())) as pool:
+                             initargs=(dict(detect_cfg), crop_spec, pore_polarity, os.getpid())) as pool:
         pending: deque[Future | ReadFailure] = deque()
         for item in images:
             if not isinstance(item, SEMImage):

@@ -28,8 +28,8 @@ from fracscope.analysis import AnalysisSettings, Models, StageTimes, measure_par
 from fracscope.crop import crop_particles
 from fracscope.detect import Detector, build_detector, detector_factory
 from fracscope.detect.tiling import OversizedObjectWarning, Tile, TiledDetector, TileGrid, owned_objects, tile_grid
-from fracscope.locate import LocatedParticles, with_estimated_scale
-from fracscope.measure.threshold import POLARITIES
+from fracscope.locate import LocatedParticles, detect_in_dark_pore_contrast, with_estimated_scale
+from fracscope.polarity import POLARITIES
 from fracscope.types import ImageResult, ParticleResult, SEMImage
 
 
@@ -97,15 +97,17 @@ def analyse_tile(window: SEMImage, tile: Tile, detector: Detector, models: Model
     """Detect, keep what this tile owns, run the models and measure, all on the tile's window."""
     times = StageTimes()
     t = time.perf_counter()
-    labels = np.asarray(detector.detect(window))
+    window, labels, _, polarity, network_pixels = detect_in_dark_pore_contrast(window, detector,
+                                                                               settings.pore_polarity)
     kept, n_oversized = owned_objects(tile, labels)
     instances = np.zeros(labels.shape, np.uint32)
     for new_id, (label, box) in enumerate(kept, start=1):
         instances[box][labels[box] == label] = new_id
     t = times.add("detect", t)
-    crops = crop_particles(window.pixels, instances, models.crop_spec) if models.crop_spec is not None else []
+    pixels = window.pixels if network_pixels is None else network_pixels
+    crops = crop_particles(pixels, instances, models.crop_spec) if models.crop_spec is not None else []
     times.add("crop", t)
-    located = LocatedParticles(window, instances, crops, {}, detector.min_diameter_um)
+    located = LocatedParticles(window, instances, crops, {}, detector.min_diameter_um, None, polarity, network_pixels)
     result = measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)
     particles = [dataclasses.replace(p, crop=None) for p in result.particles]
     return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds),

@@ -44,7 +44,7 @@ from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.locate import LocateFailure, locate_ahead
-from fracscope.measure.threshold import check_pore_polarity_setting
+from fracscope.polarity import check_pore_polarity_setting
 from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
 from fracscope.phases import resolve_pore_weight
 from fracscope.progress import RunProgress
@@ -272,8 +272,6 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
     # A bad override (or crop model weight) fails here, not per image, and on every route, not only crops.
     resolve_pore_weight(models.crops.metadata if models.crops is not None else None, settings.pore_weight)
     check_pore_polarity_setting(settings.pore_polarity)
-    if settings.pore_polarity != "auto":  # auto: checked per image
-        models.check_polarity(settings.segmenter, settings.pore_polarity, instead="segmenter=threshold")
     input_spec = resolve_input(run_settings.input)
     if not has_glob(input_spec) and not Path(input_spec).exists():
         raise FileNotFoundError(f"input not found: {input_spec}")
@@ -383,6 +381,7 @@ def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
         run_settings.detect,
         models.crop_spec,
         workers=run_settings.detect_workers,
+        pore_polarity=settings.pore_polarity,
     )
     warned_scale = False
     # One writer thread, in input order: image i is measured and written while the model runs

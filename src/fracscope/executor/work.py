@@ -129,7 +129,7 @@ def analyse_file(task: FileTask, run, input_root: str | None) -> FileOutcome:
         image: SEMImage = dataclasses.replace(item, source=task.path)
         stem = image_stem(image, root)
         page = as_mosaic(image, detector)  # itself when the detector is not tiled or one tile holds it
-        located = locate_safely(image, detector, models.crop_spec) if page is image else page
+        located = locate_safely(image, detector, models.crop_spec, run.analysis.pore_polarity) if page is image else page
         if isinstance(located, LocateFailure):
             outcome.items.append(ImageFailure(task.source, image.page, located.error))
             continue

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.measure.threshold import POLARITIES
+from fracscope.polarity import POLARITIES
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
