@@ -39,8 +39,10 @@ LearnedDetector = Any
 
 # Area-weighted mean equivalent diameter of the sections of a calendered electrode (secondary
 # particles of d50 ~ 11 µm, cut at random heights, 40 % fines). Calibrated on generated fields of
-# tuning seeds 101-103 (median error ~0 at 0.01-0.12 µm/px; bench/scale_estimation.py scores seeds 201+); real
-# electrodes vary by their d50, and the estimate with them.
+# tuning seeds 101-103 (bench/scale_estimation.py scores seeds 201+); remeasured there in session 15
+# with the cut-section disc fit: median error +4.5 % at 0.01 µm/px, −2.5 to −7.5 % at 0.02-0.2. The
+# generator's 24 µm fields (0.01 µm/px) hold smaller sections (area-weighted ~10.1 µm) than its 80 µm
+# ones (~11.4 µm); real electrodes vary by their d50, and the estimate with them.
 REFERENCE_DIAMETER_UM = 10.7
 # Candidate pixel sizes: 25 on a log grid, a factor of ~1.21 apart.
 CANDIDATES_UM: tuple[float, ...] = tuple(float(v) for v in np.geomspace(0.004, 0.4, 25))
