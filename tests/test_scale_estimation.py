@@ -13,6 +13,7 @@ from fracscope.detect.scale import (
     ScaleCandidate,
     estimate_pixel_size_um,
     fitted_circle_diameter_px,
+    outline_circle_px,
     pick_estimate,
     summarise_objects,
 )
@@ -74,6 +75,30 @@ def test_a_section_cut_by_the_window_is_sized_by_its_fitted_circle() -> None:
     assert visible_d < 70
     assert fitted_circle_diameter_px(cut) == pytest.approx(80, rel=0.03)
     assert fitted_circle_diameter_px(np.zeros((50, 50), bool)) == 0.0
+
+
+@pytest.mark.parametrize(("centre_rc", "visible_share"), [((-25, 100), 0.14), ((-10, -15), 0.09), ((100, 100), 1.0)])
+def test_the_fitted_disc_is_the_drawn_one_however_little_the_window_shows(centre_rc, visible_share) -> None:
+    yy, xx = np.mgrid[:200, :200]
+    disc = np.hypot(yy - centre_rc[0], xx - centre_rc[1]) <= 40  # diameter 80 px
+    assert disc.sum() / (np.pi * 40**2) == pytest.approx(visible_share, abs=0.01)  # a cap, a corner, whole
+    assert fitted_circle_diameter_px(disc) == pytest.approx(80, rel=0.02)
+    row, col, radius = outline_circle_px(disc)  # the start: the circle through the outline alone
+    assert abs(row - centre_rc[0]) < 2.5 and abs(col - centre_rc[1]) < 2.5 and abs(radius - 40) < 3.0
+
+
+def test_in_a_corner_the_area_fit_beats_the_outline_circle() -> None:
+    yy, xx = np.mgrid[:200, :200]
+    corner = np.hypot(yy + 15, xx + 15) <= 40  # 7 % of a disc of diameter 80 px in the window's corner
+    outline_d = 2 * outline_circle_px(corner)[2]
+    assert outline_d < 73  # a short pixelated arc: the algebraic circle is 10 % small
+    assert fitted_circle_diameter_px(corner) == pytest.approx(80, rel=0.03)
+
+
+def test_a_sliver_with_too_little_outline_has_no_circle() -> None:
+    sliver = np.zeros((50, 50), bool)
+    sliver[0, 20:25] = True  # 5 pixels along the window's edge: no outline away from it
+    assert outline_circle_px(sliver) is None and fitted_circle_diameter_px(sliver) == 0.0
 
 
 def test_one_blob_filling_the_window_says_nothing() -> None:
