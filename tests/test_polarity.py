@@ -193,3 +193,20 @@ def test_a_missing_pixel_size_is_estimated_again_on_the_folded_image():
     det = RecordingDetector(estimate_um=0.1)
     detect_in_dark_pore_contrast(SEMImage(img, 0.05), det, "auto")
     assert det.estimated_on == []
+
+
+def test_phase_training_sees_a_filled_field_as_inference_does():
+    """A generated infiltrated field enters phase-model training with its fill darkened, as
+    `locate_particles` hands a bright-pore image to the phase model; a plain field as it is."""
+    from fracscope.crop import NORM_PERCENTILES
+    from fracscope.data.phase_data import has_filled_pores, prepare_phase_field
+    from fracscope.detect.learned import normalise_image, to_working_scale
+    from fracscope.synth import load_config, make_field, with_overrides
+
+    cfg = load_config("p", overrides=["electrode.field_px=[192,256]", "electrode.pixel_size_um=0.1"])
+    plain = make_field(cfg, 4, 0)
+    filled = make_field(with_overrides(cfg, ["imaging.looks=[infiltrated]"]), 4, 0)
+    assert has_filled_pores(filled) and not has_filled_pores(plain)
+    for item, seen in ((filled, fill_darkened(filled.image.pixels)), (plain, plain.image.pixels)):
+        expected = normalise_image(to_working_scale(seen, 2.0), NORM_PERCENTILES).astype(np.float16)
+        assert np.array_equal(prepare_phase_field(item, 0.05).image, expected)

@@ -3,7 +3,9 @@
 Each source image (a synthetic electrode field, or an annotated image of a user dataset with
 a phase map) is resampled ONCE to the phase model's working pixel size (default 0.05 µm/px)
 with `fracscope.detect.learned.to_working_scale` and normalised by percentiles over the
-whole resampled field: exactly what `fracscope.phase_map` does at inference. The phase map
+whole resampled field: exactly what `fracscope.phase_map` does at inference. A generated field with
+filled (bright) pores is first turned into what the model sees of such an image at inference,
+`fracscope.polarity.fill_darkened`. The phase map
 goes through `fracscope.crop.resize_phase_map` (nearest, cracks kept connected when
 shrinking). Targets are the four phase codes of `fracscope.types.Phase` for every pixel.
 
@@ -25,9 +27,10 @@ import torch
 from fracscope.crop import NORM_PERCENTILES, resize_phase_map
 from fracscope.data.detector_data import FieldDataModule, _pad_to
 from fracscope.detect.learned import normalise_image, to_working_scale, working_shape
+from fracscope.polarity import fill_darkened
 from fracscope.types import PHASE_NAMES, AnnotatedImage
 
-PHASE_FIELD_CACHE_VERSION = 1
+PHASE_FIELD_CACHE_VERSION = 2  # 2: bright-pore fields with their fill darkened
 DEFAULT_PHASE_PIXEL_SIZE_UM = 0.05
 
 
@@ -59,9 +62,15 @@ def prepare_phase_field(item: AnnotatedImage, working_pixel_size_um: float,
     if px is None or not px > 0:
         raise ValueError(f"{item.stem}: no pixel size; give data.assume_pixel_size_um")
     scale = float(px) / float(working_pixel_size_um)
-    image = normalise_image(to_working_scale(item.image.pixels, scale), NORM_PERCENTILES)
+    pixels = fill_darkened(item.image.pixels) if has_filled_pores(item) else item.image.pixels
+    image = normalise_image(to_working_scale(pixels, scale), NORM_PERCENTILES)
     phases = resize_phase_map(np.asarray(item.phases, np.uint8), working_shape(np.shape(item.image.pixels), scale))
     return PhaseField(image.astype(np.float16), phases, float(px))
+
+
+def has_filled_pores(item: AnnotatedImage) -> bool:
+    """Whether a generated field was rendered with bright (Pt- or resin-filled) pores."""
+    return "infiltrated" in item.meta.get("looks", ()) or item.meta.get("pore_polarity") == "bright"
 
 
 def save_phase_fields(path: Path, fields: Sequence[PhaseField]) -> None:
