@@ -127,17 +127,18 @@ def test_bright_pores_are_detected_again_in_dark_pore_contrast():
     # auto: the first detection finds the particle, the band around it is Pt: bright; the second
     # detection runs on the folded image.
     det = RecordingDetector()
-    out, instances, _, polarity, network = detect_in_dark_pore_contrast(image, det, "auto")
+    found = detect_in_dark_pore_contrast(image, det, "auto")
+    out, instances, polarity, network = found.image, found.instances, found.pore_polarity, found.network_pixels
     assert polarity == "bright" and len(det.seen) == 2
     assert np.array_equal(det.seen[1], dark_pore_contrast(img)) and np.array_equal(network, fill_darkened(img))
     assert (instances[particles] > 0).mean() > 0.95 and not instances[~particles].any()
     assert out.pixels is img  # measurements keep the image's own pixels
     # Set to bright: one detection, on the folded image; set to dark: one, on the image as it is.
     det = RecordingDetector()
-    assert detect_in_dark_pore_contrast(image, det, "bright")[3] == "bright" and len(det.seen) == 1
+    assert detect_in_dark_pore_contrast(image, det, "bright").pore_polarity == "bright" and len(det.seen) == 1
     det = RecordingDetector()
-    _, _, _, polarity, network = detect_in_dark_pore_contrast(image, det, "dark")
-    assert polarity == "dark" and network is None and np.array_equal(det.seen[0], img)
+    found = detect_in_dark_pore_contrast(image, det, "dark")
+    assert found.pore_polarity == "dark" and found.network_pixels is None and np.array_equal(det.seen[0], img)
     with pytest.raises(ValueError, match="pore_polarity"):
         detect_in_dark_pore_contrast(image, RecordingDetector(), "grey")
 
@@ -151,8 +152,9 @@ def test_a_fill_taken_for_particles_is_found_by_the_histogram_and_the_folded_det
     assert (first[pt] > 0).mean() > 0.9 and image_pore_polarity(img, first) == "dark"
     assert has_mid_grey_particles(img)
     det = RecordingDetector(brightest=True)
-    _, instances, _, polarity, _ = detect_in_dark_pore_contrast(SEMImage(img, 0.1), det, "auto")
-    assert polarity == "bright" and len(det.seen) == 2
+    found = detect_in_dark_pore_contrast(SEMImage(img, 0.1), det, "auto")
+    instances = found.instances
+    assert found.pore_polarity == "bright" and len(det.seen) == 2
     assert (instances[particles] > 0).mean() > 0.9 and not instances[pt].any()
 
 
@@ -177,15 +179,16 @@ def test_the_histogram_gate_needs_a_thick_brighter_and_a_darker_phase_around_the
     capped[:10] = 255
     assert has_mid_grey_particles(capped)
     det = RecordingDetector()
-    image, instances, _, polarity, network = detect_in_dark_pore_contrast(SEMImage(capped, 0.1), det, "auto")
-    assert polarity == "dark" and network is None and len(det.seen) == 2
-    assert np.array_equal(det.seen[0], capped) and np.array_equal(instances, det.detect(image))
+    found = detect_in_dark_pore_contrast(SEMImage(capped, 0.1), det, "auto")
+    assert found.pore_polarity == "dark" and found.network_pixels is None and len(det.seen) == 2
+    assert np.array_equal(det.seen[0], capped) and np.array_equal(found.instances, det.detect(found.image))
 
 
 def test_a_missing_pixel_size_is_estimated_again_on_the_folded_image():
     img, _, _, _ = infiltrated_scene()
     det = RecordingDetector(estimate_um=0.1)  # its second estimate is 0.2
-    out, _, _, polarity, network = detect_in_dark_pore_contrast(SEMImage(img, None), det, "auto")
+    found = detect_in_dark_pore_contrast(SEMImage(img, None), det, "auto")
+    out, polarity, network = found.image, found.pore_polarity, found.network_pixels
     assert polarity == "bright" and len(det.estimated_on) == 2
     assert np.array_equal(det.estimated_on[1], dark_pore_contrast(img)) and network is not None
     assert out.estimated_pixel_size_um == pytest.approx(0.2) and out.pixel_size_source == "estimated"

@@ -71,21 +71,31 @@ def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | 
     `pore_polarity` ("dark", "bright" or "auto", `fracscope.polarity`): bright pores are detected and
     cropped in dark-pore contrast (under "auto" after a first detection has found them bright)."""
     t0 = time.perf_counter()
-    image, instances, scores, polarity, network_pixels = detect_in_dark_pore_contrast(image, detector, pore_polarity)
+    found = detect_in_dark_pore_contrast(image, detector, pore_polarity)
     t1 = time.perf_counter()
-    pixels = image.pixels if network_pixels is None else network_pixels
-    crops = crop_particles(pixels, instances, crop_spec) if crop_spec is not None else []
-    t2 = time.perf_counter()
-    seconds = {"detect": t1 - t0, "crop": t2 - t1}
-    return LocatedParticles(image, instances, crops, seconds, detector.min_diameter_um, scores, polarity,
-                            network_pixels)
+    located = LocatedParticles(found.image, found.instances, [], {}, detector.min_diameter_um, found.scores,
+                               found.pore_polarity, found.network_pixels)
+    if crop_spec is not None:
+        located.crops = crop_particles(located.pixels_for_networks, found.instances, crop_spec)
+    located.seconds = {"detect": t1 - t0, "crop": time.perf_counter() - t1}
+    return located
 
 
-def detect_in_dark_pore_contrast(image: SEMImage, detector: Detector, pore_polarity: str):
-    """(image, instances, scores, polarity, the phase and crop models' pixels or None) of one image,
-    detected as its pores need: as it is for dark pores; in `dark_pore_contrast` for bright ones, where a
-    missing pixel size is estimated on the folded image (the unfolded one reads the Pt as particles), and
-    then `fill_darkened` for the models.
+@dataclass
+class Detected:
+    """One image's particles as detected, and how its pores were judged (`detect_in_dark_pore_contrast`)."""
+
+    image: SEMImage  # with the pixel size estimate, if one was made
+    instances: np.ndarray
+    scores: np.ndarray | None
+    pore_polarity: str  # "dark" or "bright"
+    network_pixels: np.ndarray | None = None  # bright: `fill_darkened`, what the phase and crop models see
+
+
+def detect_in_dark_pore_contrast(image: SEMImage, detector: Detector, pore_polarity: str) -> Detected:
+    """One image detected as its pores need: as it is for dark pores; in `dark_pore_contrast` for bright
+    ones, where a missing pixel size is estimated on the folded image (the unfolded one reads the Pt as
+    particles), and then `fill_darkened` for the models.
 
     Under "auto" (`fracscope.polarity`): bright when the band around the first detection's particles is
     brighter than they are; else, when the histogram shows mid-grey particles between a bright fill and
@@ -96,20 +106,21 @@ def detect_in_dark_pore_contrast(image: SEMImage, detector: Detector, pore_polar
     unfolded = None
     if pore_polarity != "bright":
         image = with_estimated_scale(image, detector)
-        instances, scores = detector.detect_scored(image)
-        if pore_polarity == "dark" or (image_pore_polarity(image.pixels, instances) == "dark"
-                                       and not has_mid_grey_particles(image.pixels)):
-            return image, instances, scores, "dark", None
-        unfolded = (image, instances, scores)
+        unfolded = Detected(image, *detector.detect_scored(image), "dark")
+        if pore_polarity == "dark":
+            return unfolded
+        band_bright = image_pore_polarity(image.pixels, unfolded.instances) == "bright"
+        if not band_bright and not has_mid_grey_particles(image.pixels):
+            return unfolded
+        unfolded = None if band_bright else unfolded
     folded = dark_pore_contrast(image.pixels)
     estimate = detector.estimate_pixel_size_um(folded) if without_size else None
     if estimate is not None:
         image = dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
     instances, scores = detector.detect_scored(dataclasses.replace(image, pixels=folded))
-    if (unfolded is not None and image_pore_polarity(unfolded[0].pixels, unfolded[1]) == "dark"
-            and image_pore_polarity(image.pixels, instances) == "dark"):
-        return (*unfolded, "dark", None)  # mid-grey particles, but no fill around them
-    return image, instances, scores, "bright", fill_darkened(image.pixels)
+    if unfolded is not None and image_pore_polarity(image.pixels, instances) == "dark":
+        return unfolded  # mid-grey particles, but no fill around them in either contrast
+    return Detected(image, instances, scores, "bright", fill_darkened(image.pixels))
 
 
 def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:

@@ -97,17 +97,17 @@ def analyse_tile(window: SEMImage, tile: Tile, detector: Detector, models: Model
     """Detect, keep what this tile owns, run the models and measure, all on the tile's window."""
     times = StageTimes()
     t = time.perf_counter()
-    window, labels, _, polarity, network_pixels = detect_in_dark_pore_contrast(window, detector,
-                                                                               settings.pore_polarity)
-    kept, n_oversized = owned_objects(tile, labels)
-    instances = np.zeros(labels.shape, np.uint32)
+    found = detect_in_dark_pore_contrast(window, detector, settings.pore_polarity)
+    kept, n_oversized = owned_objects(tile, found.instances)
+    instances = np.zeros(found.instances.shape, np.uint32)
     for new_id, (label, box) in enumerate(kept, start=1):
-        instances[box][labels[box] == label] = new_id
+        instances[box][found.instances[box] == label] = new_id
     t = times.add("detect", t)
-    pixels = window.pixels if network_pixels is None else network_pixels
-    crops = crop_particles(pixels, instances, models.crop_spec) if models.crop_spec is not None else []
+    located = LocatedParticles(found.image, instances, [], {}, detector.min_diameter_um, None, found.pore_polarity,
+                               found.network_pixels)
+    if models.crop_spec is not None:
+        located.crops = crop_particles(located.pixels_for_networks, instances, models.crop_spec)
     times.add("crop", t)
-    located = LocatedParticles(window, instances, crops, {}, detector.min_diameter_um, None, polarity, network_pixels)
     result = measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)
     particles = [dataclasses.replace(p, crop=None) for p in result.particles]
     return TilePiece(tile, result.instances, result.phases, particles, len(kept), n_oversized, dict(times.seconds),

@@ -14,6 +14,8 @@ the bright direction (`fracscope.measure.threshold`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -41,8 +43,11 @@ THICK_OPENING_PX = 2
 MIN_BRIGHT_SHARE = 0.03
 MIN_DARK_SHARE = 0.02
 
-# The fold (`dark_pore_contrast`), on the image's grey scale stretched so that these percentiles span 0-1:
+# The fold (`dark_pore_contrast`), on the image's grey scale stretched so that these percentiles span 0-1
+# (taken over a strided subsample of at most about STAT_SAMPLES pixels: a full sort of a 3 Mpx field
+# costs ~0.15 s):
 NORM_PERCENTILES = (0.5, 99.5)
+STAT_SAMPLES = 1 << 18
 # the particle grey level is the histogram's mode over this many bins, smoothed by HIST_SIGMA_BINS, leaving
 # out END_BINS at each end (clipped Pt or voids pile up there and can outnumber the particle pixels);
 HIST_BINS = 256
@@ -89,6 +94,12 @@ def has_mid_grey_particles(pixels: np.ndarray) -> bool:
     than it (Pt, resin) and one much darker (unfilled voids, binder): the histogram of an infiltrated
     section. Then a detector trained on dark pores may have taken the fill for particles, and the image is
     worth detecting again in dark-pore contrast (`fracscope.locate.detect_in_dark_pore_contrast`)."""
+    # On a subsample first, without the opening (at most what the opening leaves): most dark-pore images
+    # have no brighter phase at all, and stop here for a few ms.
+    sample = stretch(subsample(np.asarray(pixels)))
+    grey = particle_grey_level(sample)
+    if not ((sample > grey + FOLD_DEPTH).mean() > MIN_BRIGHT_SHARE and (sample < grey - FOLD_DEPTH).mean() > MIN_DARK_SHARE):
+        return False
     stretched = stretch(pixels)
     grey = particle_grey_level(stretched)
     brighter = ndi.binary_opening(stretched > grey + FOLD_DEPTH, iterations=THICK_OPENING_PX)
@@ -102,10 +113,16 @@ def check_pore_polarity_setting(setting: str) -> None:
         raise ValueError(f"pore_polarity must be one of {list(PORE_POLARITY_SETTINGS)}, got {setting!r}")
 
 
+def subsample(values: np.ndarray, max_samples: int = STAT_SAMPLES) -> np.ndarray:
+    """Every k-th row and column of `values`, k the smallest that leaves at most about `max_samples`."""
+    stride = max(1, math.ceil(math.sqrt(values.size / max_samples)))
+    return values[::stride, ::stride]
+
+
 def stretch(pixels: np.ndarray) -> np.ndarray:
-    """float32 grey levels with the `NORM_PERCENTILES` mapped to 0 and 1, clipped there."""
+    """float32 grey levels with the `NORM_PERCENTILES` (of a `subsample`) mapped to 0 and 1, clipped there."""
     values = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(values, NORM_PERCENTILES)
+    lo, hi = np.percentile(subsample(values), NORM_PERCENTILES)
     if not hi > lo:
         return np.zeros(values.shape, np.float32)
     return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
