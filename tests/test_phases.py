@@ -8,7 +8,7 @@ import tifffile
 
 import fracscope.phases
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops
-from fracscope.phases import check_polarity, resolve_pore_weight  # the model file's rules
+from fracscope.phases import resolve_pore_weight  # the model file's rule
 from fracscope.cli import compose
 from fracscope.model_file import ModelMetadata
 from fracscope.types import ParticleCrop, Phase
@@ -111,14 +111,6 @@ def test_pore_weight_resolution():
             resolve_pore_weight(SimpleNamespace(pore_weight=1.3), bad)
 
 
-def test_polarity_check_names_the_way_out():
-    dark_only = SimpleNamespace(pore_polarities=("dark",))
-    check_polarity(dark_only, "dark", instead="segmenter=threshold")
-    check_polarity(SimpleNamespace(pore_polarities=("dark", "bright")), "bright", instead="x")
-    with pytest.raises(ValueError, match=r"'bright'.*\['dark'\].*segment\.method=otsu"):
-        check_polarity(dark_only, "bright", instead="segment.method=otsu")
-
-
 class _Backend:
     """Stands in for a model: every crop pixel solid 0.55, pore 0.45."""
 
@@ -172,8 +164,8 @@ def test_infer_and_pores3d_segment_through_the_same_step(monkeypatch):
     assert fracscope.pores3d.segment.phases_on_image_grid is fracscope.analysis.phases_on_image_grid
 
 
-def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path, monkeypatch):
-    """Both refusals end `python -m fracscope.pores3d` with a one-line SettingsError."""
+def test_pores3d_refuses_a_weight_the_model_does_not_allow(tmp_path, monkeypatch):
+    """The refusal ends `python -m fracscope.pores3d` with a one-line SettingsError."""
     from omegaconf import OmegaConf
 
     import fracscope.runtime
@@ -184,8 +176,6 @@ def test_pores3d_refuses_a_polarity_or_weight_the_model_does_not_allow(tmp_path,
     tifffile.imwrite(stack, np.zeros((2, 16, 16), np.uint8))
     cfg = compose("pores3d", f"input={stack}", f"output={tmp_path / 'out'}", "voxel_size_um=[0.02,0.01,0.01]",
                   "segment.method=model", "segment.model=crops", f"segment.model_path={stack}")
-    with pytest.raises(SettingsError, match=r"'bright'.*segment\.method=otsu"):
-        run(OmegaConf.merge(cfg, {"segment": {"pore_polarity": "bright"}}))
     with pytest.raises(SettingsError, match="pore_weight must be positive"):
         run(OmegaConf.merge(cfg, {"segment": {"pore_weight": 0.0}}))
 

@@ -404,6 +404,45 @@ def test_model_segmentation_replaces_voids_inside_the_section(phantom, truth, tm
     assert res.n_pores == 1 and res.porosity_pct == pytest.approx(100.0)
 
 
+class _RecordingBackend(_FakeBackend):
+    """Every crop pixel solid; keeps the crop images it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(Phase.SOLID)
+        self.images: list[np.ndarray] = []
+
+    def predict_batched(self, x, batch_size):
+        self.images.extend(x[:, 0])
+        return super().predict_batched(x, batch_size)
+
+
+def test_a_bright_pore_stack_reaches_the_model_with_its_fill_darkened(phantom, truth, tmp_path):
+    """As in 2-D (`fracscope.polarity.fill_darkened`): Pt-filled pores and embedding, brighter than the
+    solid in the stack, are darker than it in what the model sees; with dark pores the slice is unchanged."""
+    body, ids = truth
+    volume = StackRenderer(phantom, Imaging(pore_polarity="bright")).volume()
+    settings = Settings(write_labels=False, plots=False, segment=SegmentSettings(method="model", pore_polarity="bright"))
+    seen = {}
+    for polarity in ("bright", "dark"):
+        backend = _RecordingBackend()
+        analyse_stack(ArrayStack(volume, VoxelSize(*VOXEL)), settings, tmp_path / polarity,
+                      model=ModelVoids(backend, pore_polarity=polarity))
+        seen[polarity] = backend.images
+    z = int(np.argmax((ids > 0).sum(axis=(1, 2))))  # the slice with most pore voxels
+    sl = volume[z]
+    solid, pore = body[z] & (ids[z] == 0), ids[z] > 0
+    assert sl[pore].mean() > sl[solid].mean()  # rendered bright
+    from fracscope.pores3d.segment import model_view
+
+    phases = np.where(solid | pore, Phase.SOLID, 0).astype(np.uint8)
+    view = model_view(sl, phases, "bright")
+    assert view[pore].mean() < view[solid].mean() and view[~body[z]].mean() < view[solid].mean()
+    assert model_view(sl, phases, "dark") is sl
+    # The crops the model got differ between the two settings (darkened fill against the raw slice).
+    assert len(seen["bright"]) == len(seen["dark"]) > 0
+    assert not all(np.allclose(a, b) for a, b in zip(seen["bright"], seen["dark"]))
+
+
 class _UnsureBackend(_FakeBackend):
     """Every crop pixel: solid 0.55, pore 0.45; ``pore_weight`` in the metadata when given."""
 

@@ -264,7 +264,7 @@ def test_training_recipe_draws_looks_per_field(experiment, data):
     assert job.imaging.looks_p["infiltrated"] > 0 and "fill_level" in job.imaging.randomize
     default_spec = settings_from_config(FieldSynthSpec, default.data.synth, "default")
     assert job.key_dict() != default_spec.jobs()[0].key_dict()
-    # A phase model trained on the recipe records that it saw filled pores (check_polarity reads it).
+    # A phase model trained on the recipe records that it saw filled pores.
     assert spec.pore_polarities() == ["dark", "bright"] and default_spec.pore_polarities() == ["dark"]
     small = replace(job, electrode=replace(job.electrode, field_px=(96, 128), pixel_size_um=0.1))
     looks = [tuple(make_field(small, 0, i).meta["looks"]) for i in range(8)]

@@ -18,8 +18,8 @@ and by `fracscope.pores3d.segment.ModelVoids` (the particle section of each slic
    likely of solid, pore and crack wins.
 
 A phase model that predicts on the image's own grid replaces the paste-back here and nowhere
-else. Also here, because both callers apply them to the same model file: which pore weight holds
-(`resolve_pore_weight`) and the refusal of a pore polarity the model never saw (`check_polarity`).
+else. Also here, because both callers apply it to the same model file: which pore weight holds
+(`resolve_pore_weight`).
 """
 
 from __future__ import annotations
@@ -60,20 +60,6 @@ def resolve_pore_weight(metadata: Any, override: float | None = None) -> float:
     if not weight > 0:
         raise ValueError(f"pore_weight must be positive (or null for the model's own), got {weight}")
     return float(weight)
-
-
-def check_polarity(metadata: Any, polarity: str, instead: str) -> None:
-    """Refuse a pore polarity ("dark" or "bright") the model never saw in training.
-
-    `instead`: the setting that segments without the model, named in the message
-    (e.g. "segmenter=threshold").
-    """
-    seen = tuple(getattr(metadata, "pore_polarities", ()))
-    if polarity not in seen:
-        raise ValueError(
-            f"pore_polarity={polarity!r} but this model was trained only on {list(seen)} pores; "
-            f"use a model trained with the inverted-pore augmentation, or {instead}"
-        )
 
 
 @dataclass(frozen=True)

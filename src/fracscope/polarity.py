@@ -149,13 +149,18 @@ def dark_pore_contrast(pixels: np.ndarray) -> np.ndarray:
     return (_open_seams(folded) + FOLD_DEPTH).astype(np.float32)
 
 
-def fill_darkened(pixels: np.ndarray) -> np.ndarray:
+def fill_darkened(pixels: np.ndarray, particle: np.ndarray | None = None) -> np.ndarray:
     """A bright-pore image as the phase and crop models see it: float32 on `stretch`'s scale, unchanged up
     to FILL_TEXTURE_SIGMAS robust standard deviations of the particle grey above it (the particles' own
     grain texture stays), and darker the brighter a pixel is beyond that (slope FILL_SLOPE, floored at 0):
-    Pt- or resin-filled pores and cracks turn as dark as empty ones; seams opened."""
+    Pt- or resin-filled pores and cracks turn as dark as empty ones; seams opened. The particle grey is the
+    median over `particle` (a mask, e.g. a FIB slice's section, where the fill may cover most of the
+    image), else the histogram's mode (`particle_grey_level`)."""
     stretched = stretch(pixels)
-    grey = particle_grey_level(stretched)
+    if particle is not None and particle.any():
+        grey = float(np.median(stretched[particle]))
+    else:
+        grey = particle_grey_level(stretched)
     near = np.abs(stretched - grey) < FOLD_DEPTH
     sigma = 1.4826 * float(np.median(np.abs(stretched[near] - grey))) if near.any() else 0.0
     top = grey + FILL_TEXTURE_SIGMAS * sigma

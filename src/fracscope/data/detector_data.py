@@ -84,7 +84,8 @@ class FieldSynthSpec:
 
     def pore_polarities(self) -> list[str]:
         """Pore appearances the fields show: "bright" too when any field group renders pores filled
-        (the infiltrated look, or bright pores), recorded in a phase model's file for `check_polarity`."""
+        (the infiltrated look, or bright pores), recorded in a phase model's file (informational:
+        bright-pore images reach the networks in dark-pore contrast, `fracscope.polarity`)."""
         bright = any(
             cfg.imaging.pore_polarity == "bright" or "infiltrated" in cfg.imaging.looks
             or float(cfg.imaging.looks_p.get("infiltrated", 0.0)) > 0

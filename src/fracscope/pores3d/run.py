@@ -24,7 +24,6 @@ import numpy as np
 from fracscope.io.memmap import release_pages
 from fracscope.io.tiff import write_volume_tiff
 from fracscope.measure import PROFILE_FRACTIONS
-from fracscope.phases import check_polarity
 from fracscope.pores3d.align import AlignedStack, estimate_drift
 from fracscope.pores3d.label import ChunkedLabeler, LabelMerge, structure
 from fracscope.pores3d.measure import (
@@ -409,14 +408,12 @@ def _slice_model(seg: SegmentConfig, pore_polarity: str, stack: Stack) -> Native
             from fracscope.phase_map import PhaseMapModel
 
             phase_model = PhaseMapModel(resolve_phase_model(seg.phase_model_path), device=seg.device)
-            check_polarity(phase_model.metadata, pore_polarity, instead="segment.method=otsu")
-            return NativeVoids(phase_model, stack.voxel_size.x_um)
+            return NativeVoids(phase_model, stack.voxel_size.x_um, pore_polarity)
         from fracscope.assets import resolve_model
         from fracscope.runtime import load_backend
 
         backend = load_backend(resolve_model(seg.model_path), device=seg.device)
-        check_polarity(backend.metadata, pore_polarity, instead="segment.method=otsu")
-        return ModelVoids(backend, seg.batch_size, seg.pore_weight)
+        return ModelVoids(backend, seg.batch_size, seg.pore_weight, pore_polarity)
     except ValueError as exc:  # the model does not fit the settings: a one-line error
         raise SettingsError(str(exc)) from None
 

@@ -27,7 +27,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.polarity import POLARITIES
+from fracscope.polarity import POLARITIES, fill_darkened
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
@@ -251,6 +251,14 @@ def main_section(phases: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]] |
     return own, ndi.find_objects(own.astype(np.uint8))[0]
 
 
+def model_view(pixels: np.ndarray, phases: np.ndarray, pore_polarity: str) -> np.ndarray:
+    """One slice as the networks see it: as it is with dark pores; with bright (filled) ones, the fill
+    darkened around the grey of the threshold's solid (`fracscope.polarity.fill_darkened`), as in 2-D."""
+    if pore_polarity != "bright":
+        return pixels
+    return fill_darkened(pixels, phases == Phase.SOLID)
+
+
 class NativeVoids:
     """The native-resolution phase model as the pore segmenter, slice by slice (the default model).
 
@@ -267,9 +275,10 @@ class NativeVoids:
         The slices' in-plane pixel size (µm).
     """
 
-    def __init__(self, model, pixel_size_um: float) -> None:
+    def __init__(self, model, pixel_size_um: float, pore_polarity: str = "dark") -> None:
         self.model = model
         self.pixel_size_um = float(pixel_size_um)
+        self.pore_polarity = pore_polarity
 
     def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
         """Replace the void of each slice's main section in `phases` (in place) by the model's."""
@@ -279,7 +288,7 @@ class NativeVoids:
                 continue
             own, box = found
             # The whole slice: the model's percentile normalisation expects matrix around the particle.
-            codes = self.model.predict_codes(block[i], self.pixel_size_um)
+            codes = self.model.predict_codes(model_view(block[i], phases[i], self.pore_polarity), self.pixel_size_um)
             inside = own[box]
             region = phases[i][box]
             region[inside] = np.where(codes.inside[box][inside] == Phase.SOLID, Phase.SOLID, Phase.PORE)
@@ -304,10 +313,12 @@ class ModelVoids:
         model file's own (``metadata.pore_weight``; 1.0 where it has none).
     """
 
-    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None) -> None:
+    def __init__(self, backend, batch_size: int = 16, pore_weight: float | None = None,
+                 pore_polarity: str = "dark") -> None:
         self.backend = backend
         self.batch_size = int(batch_size)
         self.pore_weight = resolve_pore_weight(backend.metadata, pore_weight)
+        self.pore_polarity = pore_polarity
 
     def refine(self, block: np.ndarray, phases: np.ndarray) -> None:
         """Replace the void of each slice's main section in `phases` (in place) by the model's."""
@@ -318,7 +329,8 @@ class ModelVoids:
             if found is None:
                 continue
             own, box = found
-            crop = crop_particle(block[i], own.astype(np.uint32), 1, meta.crop_spec, bbox=box)
+            pixels = model_view(block[i], phases[i], self.pore_polarity)
+            crop = crop_particle(pixels, own.astype(np.uint32), 1, meta.crop_spec, bbox=box)
             jobs.append((i, own, box, crop))
         if not jobs:
             return
