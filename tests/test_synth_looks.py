@@ -259,6 +259,8 @@ def test_training_recipe_draws_looks_per_field(experiment, data):
         default = compose("train", overrides=[f"experiment={experiment}"])
         cfg = compose("train", overrides=[f"experiment={experiment}", f"data={data}"])
     assert cfg.data._target_ == default.data._target_ and cfg.data.tile_px == default.data.tile_px
+    # A recipe's list of synth overrides replaces the default's: it must repeat the default's own.
+    assert set(default.data.synth.overrides) <= set(cfg.data.synth.overrides)
     spec = settings_from_config(FieldSynthSpec, cfg.data.synth, "recipe")
     job = spec.jobs()[0]
     assert job.imaging.looks_p["infiltrated"] > 0 and "fill_level" in job.imaging.randomize
