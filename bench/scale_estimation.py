@@ -1,11 +1,17 @@
 """Scale estimation (issue 21): the pixel size of an untagged image, estimated from the image.
 
 Usage: ``python bench/scale_estimation.py [--seeds 201,202,203] [--pixel-sizes 0.01,0.02,...]
-[--real] [--json out.json]``
+[--packed-field-um 80] [--real] [--json out.json]``
 
 Synthetic part: one generated electrode field (preset gp, `conf/synth/config.yaml` imaging) per seed
 and pixel size, 80 µm a side clipped to 512-2400 px (at 0.01 µm/px a 24 µm field: 1-3 particles,
-most cut by the border). The seeds 101-103 tuned `fracscope.detect.scale.REFERENCE_DIAMETER_UM`;
+most cut by the border). Every field is a window of an 80 µm packing (`electrode.packed_field_um`,
+`--packed-field-um`; since session 16): at 0.035-0.2 µm/px the field is the packing itself (80 µm or
+more), at 0.01 and 0.02 the central 24 / 48 µm of it, so every pixel size sees one particle
+population, as a microscope zooming in on a large electrode does. ``--packed-field-um 0`` is the
+session 15 design, each field packed alone, where a small field gets smaller sections (the
+generator's small-field bias, conf/synth/config.yaml) and the 0.01 row measured it too.
+The seeds 101-103 tuned `fracscope.detect.scale.REFERENCE_DIAMETER_UM`;
 the default seeds 201-203 were not looked at before. Per pixel size:
 
 * **median err %**: median over fields of (estimate / true - 1), and the largest |err|;
@@ -15,7 +21,10 @@ the default seeds 201-203 were not looked at before. Per pixel size:
 * **granulometry err %**: the cheaper alternative that was measured and not shipped: Otsu
   foreground of a ~512 px copy, mean distance to the matrix over it (a disk of diameter D has a
   mean of D/6), mapped to µm by a constant fitted on the tuning seeds (`GRANULOMETRY_K`);
-* **s/estimate**: seconds per estimate on this machine (one onnxruntime thread).
+* **s/estimate**: seconds per estimate on this machine (one onnxruntime thread);
+* **true D µm**: per field, the mean true section diameter (from the generator's sphere size and cut
+  height) weighted by visible area: what an estimator that read every section exactly would see
+  (the estimator's prior is `REFERENCE_DIAMETER_UM`).
 
 ``--real``: the estimate on three real images of known approximate pixel size, and how many
 particles the detector finds at the estimate vs. at the known value.
@@ -42,6 +51,7 @@ from fracscope.synth.generate import make_field  # noqa: E402
 from fracscope.types import AnnotatedImage, SEMImage  # noqa: E402
 
 FIELD_UM = 80.0
+PACKED_UM = 80.0  # every field is a window of a packing this large (0: each field packed alone, before session 16)
 FIELD_PX = (512, 2400)
 PIXEL_SIZES = (0.01, 0.02, 0.035, 0.05, 0.08, 0.12, 0.2)
 # µm: true pixel size x mean distance-to-matrix (px) over the foreground, median over tuning seeds 101-103.
@@ -53,10 +63,19 @@ REAL = (
 )
 
 
-def field(pixel_size_um: float, seed: int) -> AnnotatedImage:
+def field(pixel_size_um: float, seed: int, packed_field_um: float = PACKED_UM) -> AnnotatedImage:
     side = int(np.clip(round(FIELD_UM / pixel_size_um), *FIELD_PX))
-    cfg = load_config("gp", [f"electrode.pixel_size_um={pixel_size_um}", f"electrode.field_px=[{side},{side}]"])
+    cfg = load_config("gp", [f"electrode.pixel_size_um={pixel_size_um}", f"electrode.field_px=[{side},{side}]",
+                             f"electrode.packed_field_um={packed_field_um}"])
     return make_field(cfg, seed, 0)
+
+
+def true_section_diameter_um(item: AnnotatedImage) -> float:
+    """Visible-area-weighted mean of the generator's section diameters (sphere size, cut height)."""
+    m = [p.measurements for p in item.particles]
+    area = np.array([v["area_um2"] for v in m])
+    d = 2 * np.sqrt(np.maximum([0.25 * v["sphere_diameter_um"] ** 2 - v["section_offset_um"] ** 2 for v in m], 0))
+    return float((area * d).sum() / area.sum())
 
 
 def granulometry_mean_distance_px(pixels: np.ndarray) -> float:
@@ -79,12 +98,13 @@ def f1(evals: list) -> float:
     return 2 * tp / n if n else 1.0
 
 
-def synthetic(det: LearnedDetector, seeds: list[int], pixel_sizes: list[float]) -> list[dict]:
+def synthetic(det: LearnedDetector, seeds: list[int], pixel_sizes: list[float], packed_field_um: float) -> list[dict]:
     rows = []
     for px in pixel_sizes:
-        errs, gran, secs, at_est, at_true, k = [], [], [], [], [], []
+        errs, gran, secs, at_est, at_true, k, true_d = [], [], [], [], [], [], []
         for seed in seeds:
-            item = field(px, seed)
+            item = field(px, seed, packed_field_um)
+            true_d.append(round(true_section_diameter_um(item), 2))
             t = time.perf_counter()
             est = estimate_pixel_size_um(item.image.pixels, det)
             secs.append(time.perf_counter() - t)
@@ -98,11 +118,12 @@ def synthetic(det: LearnedDetector, seeds: list[int], pixel_sizes: list[float]) 
         rows.append(dict(pixel_size_um=px, median_err=float(np.median(errs)), max_abs_err=float(np.max(np.abs(errs))),
                          errs=[round(e, 3) for e in errs], f1_est=f1(at_est), f1_true=f1(at_true),
                          n_gt=sum(e.n_gt for e in at_true), granulometry_median_err=float(np.median(gran)),
-                         granulometry_k=k, seconds=float(np.mean(secs))))
+                         granulometry_k=k, seconds=float(np.mean(secs)), true_section_d_um=true_d,
+                         packed_field_um=packed_field_um))
         r = rows[-1]
         print(f"{px:6.3f} | {100 * r['median_err']:+6.1f} | {100 * r['max_abs_err']:5.1f} | {r['f1_est']:.3f} | "
-              f"{r['f1_true']:.3f} | {r['n_gt']:4d} | {100 * r['granulometry_median_err']:+7.1f} | {r['seconds']:.1f}",
-              flush=True)
+              f"{r['f1_true']:.3f} | {r['n_gt']:4d} | {100 * r['granulometry_median_err']:+7.1f} | {r['seconds']:.1f} | "
+              f"{' '.join(f'{100 * e:+.1f}' for e in errs)} | {' '.join(f'{d:.2f}' for d in true_d)}", flush=True)
     return rows
 
 
@@ -132,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="201,202,203")
     ap.add_argument("--pixel-sizes", default=",".join(map(str, PIXEL_SIZES)))
+    ap.add_argument("--packed-field-um", type=float, default=PACKED_UM,
+                    help="fields are central windows of a packing this large (0: each field packed alone, the "
+                         "session 15 design)")
     ap.add_argument("--real", action="store_true", help="also the real images")
     ap.add_argument("--no-synthetic", action="store_true")
     ap.add_argument("--json", type=Path)
@@ -142,9 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {}
     if not args.no_synthetic:
         seeds = [int(s) for s in args.seeds.split(",")]
-        print(f"seeds {seeds}, preset gp, field {FIELD_UM:g} µm clipped to {FIELD_PX} px")
-        print("px um  | med err % | max|err| % | F1 est | F1 true | n GT | granul. err % | s/estimate")
-        out["synthetic"] = synthetic(det, seeds, [float(v) for v in args.pixel_sizes.split(",")])
+        packed = (f"each field the central window of a {args.packed_field_um:g} µm packing" if args.packed_field_um
+                  else "each field packed alone (small fields get smaller sections)")
+        print(f"seeds {seeds}, preset gp, field {FIELD_UM:g} µm clipped to {FIELD_PX} px, {packed}")
+        print("px um  | med err % | max|err| % | F1 est | F1 true | n GT | granul. err % | s/estimate | err % per field "
+              "| true D µm per field")
+        out["synthetic"] = synthetic(det, seeds, [float(v) for v in args.pixel_sizes.split(",")], args.packed_field_um)
     if args.real:
         out["real"] = real(det)
     if args.json:

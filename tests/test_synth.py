@@ -6,6 +6,7 @@ imported from the generator, so it can catch the generator lying about its class
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from fracscope.measure import measure_particle
-from fracscope.synth import SYNTH_VERSION, generate_crops, generate_electrode, load_config
+from fracscope.synth import SYNTH_VERSION, generate_crops, generate_electrode, load_config, make_field
+from fracscope.synth.generate import _pack
+from fracscope.synth.geometry import canvas_half_px
 from fracscope.types import CLASS_NAMES
 
 FAST_PX = ["crops.pixel_size_um=[0.08,0.08]"]
@@ -235,3 +238,86 @@ def test_short_cracks_are_short_thin_and_mild():
     assert np.median(short_um) < 0.5 * np.median(long_um)
     same = list(generate_crops(load_config("gp", [*FAST_PX, "damage=[0,1,0]", "particle.short_crack_fraction=0.0"]), 3, seed=21))
     assert all(_same(a, b) for a, b in zip(same, longs[:3]))
+
+
+# sha256 (first 16 hex) of a default gp field's pixels, instances, phases, truth table and meta (seed 3),
+# rendered at main 8842879 before electrode.packed_field_um existed (same numpy/scipy as the project's venv).
+PACKED_OFF_HASHES = {0.05: ("[192,256]", "b8b6419af733ddbf"), 0.02: ("[256,256]", "20103c34dcc002e6")}
+WINDOW = ["electrode.pixel_size_um=0.2", "electrode.field_px=[120,120]"]  # a 24 µm field
+
+
+def _field_hash(item) -> str:
+    d = hashlib.sha256()
+    for a in (item.image.pixels, item.instances, item.phases):
+        d.update(np.ascontiguousarray(a).tobytes())
+    d.update(json.dumps([(p.particle_id, p.class_name, p.measurements) for p in item.particles], sort_keys=True).encode())
+    d.update(json.dumps(item.meta, sort_keys=True).encode())
+    return d.hexdigest()[:16]
+
+
+def _true_section_diameter_um(item) -> float:
+    """Visible-area-weighted mean of the generator's section diameters (sphere size and cut height)."""
+    m = [p.measurements for p in item.particles]
+    area = np.array([v["area_um2"] for v in m])
+    d = 2 * np.sqrt(np.maximum([0.25 * v["sphere_diameter_um"] ** 2 - v["section_offset_um"] ** 2 for v in m], 0))
+    return float((area * d).sum() / area.sum())
+
+
+@pytest.mark.parametrize("px", sorted(PACKED_OFF_HASHES))
+def test_packed_field_off_or_no_larger_than_the_field_renders_as_before(px):
+    shape, expected = PACKED_OFF_HASHES[px]
+    base = [f"electrode.pixel_size_um={px}", f"electrode.field_px={shape}"]
+    cfg = load_config("gp", base)
+    assert cfg.electrode.packed_field_um == 0 and "packed_field_um" not in cfg.key_dict()["electrode"]
+    assert _field_hash(make_field(cfg, 3, 0)) == expected
+    # A packing no larger than the field (its shorter side) is the field itself.
+    side_um = 192 * px if shape == "[192,256]" else 256 * px
+    same = load_config("gp", [*base, f"electrode.packed_field_um={side_um}"])
+    assert "packed_field_um" in same.key_dict()["electrode"]
+    assert _field_hash(make_field(same, 3, 0)) == expected
+
+
+def test_packed_field_window_is_the_centre_of_the_larger_packing_and_matches_its_truth():
+    px, seed = 0.2, 5
+    cfg = load_config("gp", [*WINDOW, "electrode.packed_field_um=80", "damage=[0.3,0.4,0.3]"])
+    item = make_field(cfg, seed, 0)
+    h, w = item.instances.shape
+    assert (h, w) == (120, 120) and item.phases.shape == (h, w) and item.image.pixels.shape == (h, w)
+    # The same rng stream packs the 80 µm area first; the field is its centre, 28 µm in from each side.
+    placed = _pack(cfg, (80.0, 80.0), np.random.default_rng([seed, 1, 0]))
+    by_spec = {(s.sphere_diameter_um, s.offset_um): (y - 28.0, x - 28.0, s) for y, x, s in placed}
+    assert len(placed) > 5 * len(item.particles)  # most of the packing lies off the field and is not rendered
+    ids = [p.particle_id for p in item.particles]
+    assert ids == list(range(1, len(ids) + 1)) and set(np.unique(item.instances)) == {0, *ids}
+    from_outside = 0
+    for p in item.particles:
+        m = p.measurements
+        y, x, spec = by_spec[(m["sphere_diameter_um"], m["section_offset_um"])]
+        mask = item.instances == p.particle_id
+        rows, cols = np.nonzero(mask)
+        half = canvas_half_px(spec, px)
+        # Every pixel lies on the particle's canvas at its packed position, shifted by the window's offset.
+        assert np.abs(rows - int(round(y / px))).max() <= half and np.abs(cols - int(round(x / px))).max() <= half
+        on_edge = bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+        assert m["touches_border"] == float(on_edge)
+        assert m["area_um2"] == pytest.approx(mask.sum() * px * px)
+        assert independent_class(mask, item.phases) == p.class_name
+        assert np.all(item.phases[mask] > 0) and not np.any(item.phases[item.instances == 0])
+        if not (0 <= y <= h * px and 0 <= x <= w * px):
+            from_outside += 1
+            assert on_edge  # a section centred off the field is cut by its border and says so
+    assert from_outside >= 1
+
+
+def test_packed_field_gives_a_small_field_the_sections_of_a_large_one():
+    """The area-weighted true section diameter of 24 µm windows of an 80 µm packing matches that of
+    80 µm fields; 24 µm fields packed alone have smaller sections (the bias the option removes)."""
+    window = load_config("gp", [*WINDOW, "electrode.packed_field_um=80"])
+    alone = load_config("gp", WINDOW)
+    large = load_config("gp", ["electrode.pixel_size_um=0.2", "electrode.field_px=[400,400]"])
+    seeds = range(1, 9)
+    d_window = np.mean([_true_section_diameter_um(make_field(window, s, 0)) for s in seeds])
+    d_alone = np.mean([_true_section_diameter_um(make_field(alone, s, 0)) for s in seeds])
+    d_large = np.mean([_true_section_diameter_um(make_field(large, s, 0)) for s in seeds[:3]])
+    assert abs(d_window - d_large) < 0.4
+    assert d_large - d_alone > 0.8

@@ -78,6 +78,7 @@ class ElectrodeConfig:
     fines_d_range_um: tuple[float, float]
     min_visible_px: int
     contact_overlap: float
+    packed_field_um: float
 
 
 @dataclass(frozen=True)
@@ -113,16 +114,17 @@ class SynthConfig:
     def key_dict(self) -> dict[str, Any]:
         """`to_dict` for cache keys: while no look can be on (`imaging.looks` empty, every
         `looks_p` 0) and none of their parameters is drawn, the look parameters change no
-        pixel and are left out, as are `electrode.contact_overlap` at 0 and the short-crack
-        keys at `particle.short_crack_fraction` 0, so caches keyed before these keys existed
-        stay valid."""
+        pixel and are left out, as are `electrode.contact_overlap` and `electrode.packed_field_um`
+        at 0 and the short-crack keys at `particle.short_crack_fraction` 0, so caches keyed
+        before these keys existed stay valid."""
         d = self.to_dict()
         im = self.imaging
         if not im.looks and not any(float(p) > 0 for p in im.looks_p.values()) and not set(im.randomize) & set(LOOK_FIELDS):
             for name in ("looks", "looks_p", *LOOK_FIELDS):
                 d["imaging"].pop(name, None)
-        if not self.electrode.contact_overlap:
-            d["electrode"].pop("contact_overlap")
+        for name in ("contact_overlap", "packed_field_um"):
+            if not getattr(self.electrode, name):
+                d["electrode"].pop(name)
         if not self.particle.short_crack_fraction:
             for name in ("short_crack_fraction", "short_crack_length_um", "short_crack_width_um"):
                 d["particle"].pop(name)

@@ -231,6 +231,24 @@ def _pack(cfg, shape_um: tuple[float, float], rng: np.random.Generator) -> list[
     return placed
 
 
+def _pack_window(cfg, field_um: tuple[float, float], rng: np.random.Generator) -> list[tuple[float, float, ParticleSpec]]:
+    """`_pack` over at least `electrode.packed_field_um` a side, positions shifted so that the field
+    is the central window of the packed area (the field itself at 0 or when it is larger).
+
+    A field packed alone meets its area fraction deeper down `_pack`'s largest-first pool the
+    more of it hangs over the border, so small fields get smaller sections; a window of a larger
+    packing sees the sections of the larger field, as a zoomed-in microscope sees an electrode's.
+    """
+    side_um = float(cfg.electrode.packed_field_um)
+    h, w = field_um
+    packed_h, packed_w = max(h, side_um), max(w, side_um)
+    placed = _pack(cfg, (packed_h, packed_w), rng)
+    if (packed_h, packed_w) == (h, w):
+        return placed
+    oy, ox = 0.5 * (packed_h - h), 0.5 * (packed_w - w)
+    return [(y - oy, x - ox, spec) for y, x, spec in placed]
+
+
 def _lost_to_neighbours(k: int, discs: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
     """Pixels of the window where another particle's section disc has a lower power distance
     (|p - c|² - r²) than particle k's: overlapping discs then meet on their radical line, the flat
@@ -263,7 +281,7 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     rng = np.random.default_rng([int(seed), 1, int(index)])
     px = float(cfg.electrode.pixel_size_um)
     hp, wp = (int(v) for v in cfg.electrode.field_px)
-    placed = _pack(cfg, (hp * px, wp * px), rng)
+    placed = _pack_window(cfg, (hp * px, wp * px), rng)
     instances = np.zeros((hp, wp), np.uint32)
     phases = np.zeros((hp, wp), np.uint8)
     grains = np.full((hp, wp), -1, np.int64)
@@ -274,14 +292,14 @@ def make_field(cfg: SynthConfig, seed: int, index: int) -> AnnotatedImage:
     flatten = float(cfg.electrode.contact_overlap) > 0
     discs = np.array([(y / px, x / px, spec.section_radius_um / px) for y, x, spec in placed]).reshape(-1, 3)
     for k, (y_um, x_um, spec) in enumerate(placed):
-        lp = render_particle(cfg, spec, px, rng)
-        half = lp.mask.shape[0] // 2
+        half = canvas_half_px(spec, px)
         cy, cx = int(round(y_um / px)), int(round(x_um / px))
         y0, x0 = cy - half, cx - half
-        fy0, fy1 = max(y0, 0), min(y0 + lp.mask.shape[0], hp)
-        fx0, fx1 = max(x0, 0), min(x0 + lp.mask.shape[1], wp)
+        fy0, fy1 = max(y0, 0), min(y0 + 2 * half + 1, hp)
+        fx0, fx1 = max(x0, 0), min(x0 + 2 * half + 1, wp)
         if fy1 <= fy0 or fx1 <= fx0:
-            continue
+            continue  # off the field (only with packed_field_um): never rendered, so its cost is the packing's
+        lp = render_particle(cfg, spec, px, rng)
         loc = (slice(fy0 - y0, fy1 - y0), slice(fx0 - x0, fx1 - x0))
         win = (slice(fy0, fy1), slice(fx0, fx1))
         vis = lp.mask[loc] & (instances[win] == 0)
