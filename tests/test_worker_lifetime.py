@@ -139,3 +139,71 @@ def test_a_ctrl_c_inside_sigint_ignored_is_raised_when_the_block_ends():
             os.kill(os.getpid(), signal.SIGINT)
             reached_end_of_block = True
     assert reached_end_of_block
+
+
+def test_a_ctrl_c_that_another_thread_takes_inside_sigint_ignored_is_raised_only_when_the_block_ends():
+    """The main thread blocks SIGINT, so the kernel hands it to another thread (a run has decode, writer and
+    onnxruntime threads) and Python raised KeyboardInterrupt in the main thread inside the block: inside
+    `Process.start()` just after the fork, the child never got its start-up data and printed an EOFError."""
+    import threading
+
+    from fracscope.child_process import sigint_ignored
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)  # does not block SIGINT: it takes the signal
+    other.start()
+    steps = 0
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_ignored():
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(20):  # Python runs signal handlers between these steps
+                    time.sleep(0.01)
+                    steps += 1
+    finally:
+        stop.set()
+        other.join()
+    assert steps == 20
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
+
+
+# A parent that detects ahead in one worker (`locate_ahead`, as a run does) with another thread running, and
+# gets a Ctrl-C to its process group just as the worker is forked: the moment the race needed.
+_CTRL_C_AT_FORK = """
+import multiprocessing.util as util, os, signal, sys, threading, time
+import numpy as np
+from fracscope.locate import locate_ahead
+from fracscope.types import SEMImage
+
+real_spawn = util.spawnv_passfds
+
+def spawn_then_ctrl_c(path, args, passfds):
+    pid = real_spawn(path, args, passfds)
+    if any("spawn_main" in os.fsdecode(arg) for arg in args):  # the worker, not multiprocessing's resource tracker
+        os.killpg(0, signal.SIGINT)
+        deadline = time.monotonic() + 2  # Python runs the handler here, once the other thread has taken it
+        while time.monotonic() < deadline:
+            pass
+    return pid
+
+util.spawnv_passfds = spawn_then_ctrl_c
+
+if __name__ == "__main__":
+    threading.Thread(target=threading.Event().wait, daemon=True).start()  # a run's decode threads
+    image = SEMImage(np.zeros((64, 64), np.float32), 0.05)
+    try:
+        list(locate_ahead([image], {"_target_": "fracscope.detect.classical.ClassicalDetector"}, None, workers=1))
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    print("not interrupted", flush=True)
+"""
+
+
+def test_a_ctrl_c_as_a_detect_worker_is_forked_leaves_no_traceback(tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_CTRL_C_AT_FORK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+                         start_new_session=True)
+    assert (run.returncode, run.stdout, run.stderr) == (130, "interrupted\n", "")

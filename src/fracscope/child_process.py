@@ -47,22 +47,34 @@ def _watch_parent(parent_pid: int) -> None:
 
 @contextlib.contextmanager
 def sigint_ignored() -> Iterator[None]:
-    """Children started inside the block hold Ctrl-C back from their start on; the parent keeps it.
+    """Children started inside the block hold Ctrl-C back from their start on; the parent defers it.
 
     Ctrl-C reaches the terminal's whole process group; a worker still importing would print its
     own traceback. SIGINT is *blocked* (not ignored) in the block: a child inherits the blocked
-    mask until its initializer ignores SIGINT and unblocks it (`release_sigint_in_child`), and a
-    Ctrl-C that arrives inside the block stays pending here and is raised as soon as the block
-    ends (ignoring it lost such a Ctrl-C, and the run went on). Off the main thread it does nothing.
+    mask until its initializer ignores SIGINT and unblocks it (`release_sigint_in_child`).
+    The parent's other threads (decode, writer, onnxruntime) still take the signal, and Python
+    runs its handler in the main thread at once: a KeyboardInterrupt raised inside
+    ``Process.start()``, just after the fork, left a child that never got its start-up data (an
+    EOFError traceback) and a pool that did not know it. So the handler only notes the Ctrl-C
+    inside the block, and it is raised as soon as the block ends (ignoring it lost such a
+    Ctrl-C, and the run went on). Off the main thread it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    handler = signal.getsignal(signal.SIGINT)
+    caught: list[int] = []
+    if callable(handler):  # a Python handler (KeyboardInterrupt): run it after the block
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # one pending here is noted on this line
+        if callable(handler):
+            signal.signal(signal.SIGINT, handler)
+    if caught:
+        handler(signal.SIGINT, None)
 
 
 def release_sigint_in_child() -> None:

@@ -103,18 +103,41 @@ class CropSpec:
 DEFAULT_CROP_SPEC = CropSpec()
 
 
+def strided_sample(pixels: np.ndarray, max_samples: int) -> np.ndarray:
+    """Every k-th row and column of a 2-D image (a view), k the smallest stride that leaves at most
+    `max_samples` pixels; the image itself when it has no more.
+
+    Grey-level statistics of a large image (percentiles, histograms) are taken on it: a full sort of a
+    3 Mpx field costs ~0.15 s. The same image always gives the same sample.
+    """
+    values = np.asarray(pixels)
+    if values.ndim != 2:
+        raise ValueError(f"strided_sample takes a 2-D image, got shape {values.shape}")
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    rows, cols = values.shape
+    # ceil(sqrt(size / max_samples)) is the smallest stride that can do; the rounding up at the
+    # bottom and right edges may need one or two more
+    stride = max(1, math.ceil(math.sqrt(values.size / max_samples)))
+    while -(-rows // stride) * -(-cols // stride) > max_samples:
+        stride += 1
+    return values if stride == 1 else values[::stride, ::stride]
+
+
 def normalize_intensity(pixels: np.ndarray, low_pct: float = NORM_PERCENTILES[0],
-                        high_pct: float = NORM_PERCENTILES[1]) -> np.ndarray:
+                        high_pct: float = NORM_PERCENTILES[1], max_samples: int | None = None) -> np.ndarray:
     """Robust percentile scaling to [0, 1], as float32.
 
     Values at or below the `low_pct` percentile map to 0, at or above `high_pct`
     to 1, linearly in between. A constant input (no spread between the
-    percentiles) maps to all zeros instead of dividing by zero.
+    percentiles) maps to all zeros instead of dividing by zero. With `max_samples`, an image
+    with more pixels takes its percentiles from its `strided_sample` (bounded cost).
     """
     arr = np.asarray(pixels, dtype=np.float32)
     if arr.size == 0:
         return arr
-    lo, hi = np.percentile(arr, (low_pct, high_pct))
+    sample = arr if max_samples is None else strided_sample(arr, max_samples)
+    lo, hi = np.percentile(sample, (low_pct, high_pct))
     span = float(hi) - float(lo)
     if not span > 0:
         return np.zeros(arr.shape, dtype=np.float32)

@@ -45,7 +45,7 @@ class TilePiece:
     n_objects: int
     n_oversized: int
     seconds: dict[str, float] = field(default_factory=dict)
-    pore_polarity: str = "dark"  # the tile's, as `predict_particles` decided it
+    pore_polarity: str = "dark"  # the tile's, as `fracscope.locate.detect_in_dark_pore_contrast` decided it
 
 
 @dataclass

@@ -6,8 +6,8 @@
 1. the image is resampled to the model's working pixel size with `to_working_scale` (area
    averaging down, bilinear up), as the training fields were;
 2. it is normalised by the stored percentiles over the whole working image
-   (`normalise_image`). Above `MAX_PERCENTILE_SAMPLES` pixels the two percentiles come from a
-   regular subsample (every k-th row and column) so that their sort stays bounded;
+   (`fracscope.crop.normalize_intensity`). Above `MAX_PERCENTILE_SAMPLES` pixels the two percentiles
+   come from a regular subsample (`fracscope.crop.strided_sample`) so that their sort stays bounded;
 3. the network runs tile by tile (`fracscope.detect.tiling.TileGrid`): tiles of ``tile_px``
    working px overlapping by at least ``overlap_px``, laid on the 32-px block grid so every
    tile meets the encoder's strides in the same phase as one whole-image pass would. A tile
@@ -37,33 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
-from fracscope.detect.learned import check_enlargement, normalise_image, pad_to_multiple, to_working_scale
+from fracscope.crop import normalize_intensity
+from fracscope.detect.learned import check_enlargement, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
 from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
 from fracscope.phases import ImagePhaseCodes, codes_from_probs
 
 #: Largest working image whose normalisation percentiles are taken over every pixel (16.8 Mpx,
-#: e.g. 4096 x 4096); larger ones use a strided subsample of at most about this many pixels.
+#: e.g. 4096 x 4096); larger ones use a strided subsample of at most this many pixels.
 MAX_PERCENTILE_SAMPLES = 1 << 24
-
-
-def normalise_working(work: np.ndarray, percentiles: tuple[float, float],
-                      max_samples: int = MAX_PERCENTILE_SAMPLES) -> np.ndarray:
-    """Percentile scaling of a working-scale image to [0, 1] (float32).
-
-    Up to `max_samples` pixels this is `normalise_image` (exactly what training did); above,
-    the percentiles come from every k-th row and column, k = ceil(sqrt(size / max_samples)).
-    """
-    if work.size <= max_samples:
-        return normalise_image(work, percentiles)
-    stride = math.ceil(math.sqrt(work.size / max_samples))
-    lo, hi = (float(v) for v in np.percentile(work[::stride, ::stride], percentiles))
-    if not hi - lo > 0:  # a constant image: zeros, as normalise_image
-        return np.zeros(work.shape, np.float32)
-    out = np.asarray(work, dtype=np.float32).copy()
-    out -= np.float32(lo)
-    out *= np.float32(1.0 / (hi - lo))
-    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _footprint_max_1d(arr: np.ndarray, n_out: int, axis: int) -> np.ndarray:
@@ -167,7 +149,8 @@ class PhaseMapModel:
         if not (math.isfinite(float(pixel_size_um)) and float(pixel_size_um) > 0):
             raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um}")
         scale = check_enlargement(pixel_size_um, self.working_pixel_size_um, "phase model")
-        work = normalise_working(to_working_scale(pixels, scale), self.metadata.percentiles)
+        work = normalize_intensity(to_working_scale(pixels, scale), *self.metadata.percentiles,
+                                   max_samples=MAX_PERCENTILE_SAMPLES)
         probs = self.predict_working(work)
         del work
         return probabilities_to_grid(probs, pixels.shape, self.crack_index)

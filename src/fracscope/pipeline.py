@@ -44,9 +44,9 @@ from fracscope.io import SUPPORTED_SUFFIXES, FoundFiles, ReadFailure, find_image
 from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.locate import LocateFailure, locate_ahead
-from fracscope.polarity import check_pore_polarity_setting
 from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
 from fracscope.phases import resolve_pore_weight
+from fracscope.polarity import check_pore_polarity_setting
 from fracscope.progress import RunProgress
 from fracscope.report import ReportOptions, ReportWriter
 from fracscope.report.lock import OutputLock

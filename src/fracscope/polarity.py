@@ -14,10 +14,10 @@ the bright direction (`fracscope.measure.threshold`).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import ndimage as ndi
+
+from fracscope.crop import NORM_PERCENTILES, normalize_intensity, strided_sample
 
 POLARITIES: tuple[str, ...] = ("dark", "bright")
 PORE_POLARITY_SETTINGS: tuple[str, ...] = (*POLARITIES, "auto")  # what `pore_polarity` may be set to
@@ -43,10 +43,9 @@ THICK_OPENING_PX = 2
 MIN_BRIGHT_SHARE = 0.03
 MIN_DARK_SHARE = 0.02
 
-# The fold (`dark_pore_contrast`), on the image's grey scale stretched so that these percentiles span 0-1
-# (taken over a strided subsample of at most about STAT_SAMPLES pixels: a full sort of a 3 Mpx field
-# costs ~0.15 s):
-NORM_PERCENTILES = (0.5, 99.5)
+# The fold (`dark_pore_contrast`), on the image's grey scale stretched as the networks' inputs are
+# (`fracscope.crop.normalize_intensity`), the percentiles taken over a strided subsample of at most
+# STAT_SAMPLES pixels (`fracscope.crop.strided_sample`):
 STAT_SAMPLES = 1 << 18
 # the particle grey level is the histogram's mode over this many bins, smoothed by HIST_SIGMA_BINS, leaving
 # out END_BINS at each end (clipped Pt or voids pile up there and can outnumber the particle pixels);
@@ -96,7 +95,7 @@ def has_mid_grey_particles(pixels: np.ndarray) -> bool:
     worth detecting again in dark-pore contrast (`fracscope.locate.detect_in_dark_pore_contrast`)."""
     # On a subsample first, without the opening (at most what the opening leaves): most dark-pore images
     # have no brighter phase at all, and stop here for a few ms.
-    sample = stretch(subsample(np.asarray(pixels)))
+    sample = stretch(strided_sample(pixels, STAT_SAMPLES))
     grey = particle_grey_level(sample)
     if not ((sample > grey + FOLD_DEPTH).mean() > MIN_BRIGHT_SHARE and (sample < grey - FOLD_DEPTH).mean() > MIN_DARK_SHARE):
         return False
@@ -113,19 +112,10 @@ def check_pore_polarity_setting(setting: str) -> None:
         raise ValueError(f"pore_polarity must be one of {list(PORE_POLARITY_SETTINGS)}, got {setting!r}")
 
 
-def subsample(values: np.ndarray, max_samples: int = STAT_SAMPLES) -> np.ndarray:
-    """Every k-th row and column of `values`, k the smallest that leaves at most about `max_samples`."""
-    stride = max(1, math.ceil(math.sqrt(values.size / max_samples)))
-    return values[::stride, ::stride]
-
-
 def stretch(pixels: np.ndarray) -> np.ndarray:
-    """float32 grey levels with the `NORM_PERCENTILES` (of a `subsample`) mapped to 0 and 1, clipped there."""
-    values = np.asarray(pixels, dtype=np.float32)
-    lo, hi = np.percentile(subsample(values), NORM_PERCENTILES)
-    if not hi > lo:
-        return np.zeros(values.shape, np.float32)
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    """float32 grey levels with the `fracscope.crop.NORM_PERCENTILES` (of a `strided_sample` of at most
+    STAT_SAMPLES pixels) mapped to 0 and 1, clipped there; zeros for a flat image."""
+    return normalize_intensity(pixels, *NORM_PERCENTILES, max_samples=STAT_SAMPLES)
 
 
 def particle_grey_level(stretched: np.ndarray) -> float:

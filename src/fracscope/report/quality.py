@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fracscope.crop import strided_sample
 from fracscope.types import ImageResult, ParticleResult
 
 SCALE_IMPLAUSIBLE = "scale_implausible"
@@ -67,7 +68,7 @@ MAX_SATURATED_FRACTION = 0.20
 # Under 5 % (13 of 256 levels) the image is nearly flat and quantisation noise is of the size of
 # the pore/solid contrast.
 MIN_GREY_RANGE_FRACTION = 0.05
-# Percentiles come from a regular subsample of at most about this many pixels (bounded cost).
+# Percentiles come from a regular subsample of at most this many pixels (bounded cost).
 GREY_SAMPLE_PX = 1 << 20
 # The numbers are rounded to this many decimals before the flags are taken from them: the table
 # then reproduces every flag, and the last digits of the class probabilities, which differ by
@@ -148,16 +149,15 @@ def grey_levels(pixels: np.ndarray, sample_px: int = GREY_SAMPLE_PX) -> tuple[fl
     """(saturated fraction, grey range fraction) of an image.
 
     saturated: fraction of pixels at the darkest or brightest level of `grey_level_range`;
-    range: (99th - 1st percentile) / that range's width (percentiles of a strided subsample of at
-    most about `sample_px` pixels).
+    range: (99th - 1st percentile) / that range's width (percentiles of a `fracscope.crop.strided_sample` of
+    at most `sample_px` pixels).
     """
     pixels = np.asarray(pixels)
     if not pixels.size:
         return 0.0, 0.0
     lo, hi = grey_level_range(pixels)
     saturated = float(np.count_nonzero((pixels <= lo) | (pixels >= hi))) / pixels.size
-    stride = max(1, math.ceil(math.sqrt(pixels.size / sample_px)))
-    p1, p99 = (float(v) for v in np.percentile(pixels[::stride, ::stride], (1, 99)))
+    p1, p99 = (float(v) for v in np.percentile(strided_sample(pixels, sample_px), (1, 99)))
     return saturated, ((p99 - p1) / (hi - lo) if hi > lo else 0.0)
 
 
