@@ -98,8 +98,8 @@ def sample_run(tmp_path_factory):
         rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
         return (rows[0], cols[0], rows[-1], cols[-1]) if rows.size else ()
 
-    def watched(codes, region, own, trim=()):
-        found = original(codes, region, own, trim)
+    def watched(codes, region, own, trim=(), *rest):
+        found = original(codes, region, own, trim, *rest)
         trimmed_box.append(box(found.mask) != box(own))
         return found
 

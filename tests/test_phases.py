@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 import fracscope.phases
-from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops
+from fracscope.phases import CropPhases, ImagePhaseCodes, PhaseRule, phases_on_image_grid, predict_crops
 from fracscope.phases import resolve_pore_weight  # the model file's rule
 from fracscope.cli import compose
 from fracscope.model_file import ModelMetadata
@@ -258,3 +258,46 @@ def test_the_pore_decision_weight_tips_pixels_to_pore_and_is_set_in_a_phase_file
     assert read_metadata(path, PhaseMetadata).pore_decision_weight == 1.3
     with pytest.raises(SystemExit):
         export_main([str(path), "--pore-weight", "1.3"])  # the crop model's setting
+
+
+def test_expected_pore_count_keeps_a_fine_pore_the_argmax_drops() -> None:
+    from fracscope.phases import particle_phases, pores_by_expected_count
+
+    mask = np.ones((5, 5), bool)
+    mask[4, 4] = False  # outside the section
+    phases = np.full((5, 5), Phase.SOLID, np.uint8)
+    phases[4, 4] = Phase.BACKGROUND
+    phases[0, 0] = Phase.CRACK
+    phases[2, 2] = Phase.PORE
+    prob = np.full((5, 5), 10, np.uint8)  # 0.04: under the floor, counts nothing
+    prob[0, 0] = 255  # a crack pixel's pore share is not moved elsewhere
+    prob[2, 2] = 200
+    prob[1, 2] = prob[3, 2] = prob[2, 1] = prob[2, 3] = 102  # 0.4 each: no argmax pore
+    # expected: (200 + 4 * 102) / 255 = 2.38 -> 2 pixels, the centre and the first of the tied neighbours
+    out = pores_by_expected_count(phases, prob, mask)
+    want = phases.copy()
+    want[1, 2] = Phase.PORE
+    np.testing.assert_array_equal(out, want)
+    # Fewer expected than argmax pores: the most likely stay.
+    phases2 = np.full((5, 5), Phase.SOLID, np.uint8)
+    phases2[1, 1] = phases2[3, 3] = Phase.PORE
+    prob2 = np.zeros((5, 5), np.uint8)
+    prob2[1, 1], prob2[3, 3] = 131, 135  # 1.04 expected -> 1
+    out2 = pores_by_expected_count(phases2, prob2, np.ones((5, 5), bool))
+    assert out2[3, 3] == Phase.PORE and out2[1, 1] == Phase.SOLID and (out2 == Phase.PORE).sum() == 1
+    # The route through particle_phases, and argmax leaving the codes as they are.
+    codes = ImagePhaseCodes(np.where(mask, Phase.SOLID, Phase.BACKGROUND).astype(np.uint8), phases, prob)
+    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask).phases, want)
+    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask, pore_count="argmax").phases,
+                                  np.where(mask, phases, Phase.BACKGROUND))
+    with pytest.raises(ValueError, match="pore_count"):
+        particle_phases(codes, (0, 0, 5, 5), mask, pore_count="soft")
+
+
+def test_codes_carry_the_pore_probability_in_255ths() -> None:
+    from fracscope.phases import codes_from_probs
+
+    probs = np.zeros((4, 1, 3), np.float32)
+    probs[Phase.SOLID] = [[1.0, 0.6, 0.2]]
+    probs[Phase.PORE] = [[0.0, 0.4, 0.8]]
+    assert codes_from_probs(probs).pore_probability.tolist() == [[0, 102, 204]]

@@ -34,6 +34,7 @@ from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
+    PORE_COUNTS,
     CropPhases,
     ImagePhaseCodes,
     PhaseRule,
@@ -70,6 +71,9 @@ class AnalysisSettings:
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
     keep_crops: bool = True  # keep crops on results for review contact sheets
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
+    # segmenter=model: how many pore pixels a section gets: "expected" (the sum of the model's pore
+    # probabilities, `fracscope.phases.pores_by_expected_count`) | "argmax" (each pixel's most likely phase)
+    pore_count: str = field(default="expected", metadata={"convert": lambda v: pore_count_mode(v)})
     # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
     # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
     trim_rim: str = field(default="background", metadata={"convert": lambda v: rim_trim_mode(v)})
@@ -231,7 +235,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
         r0, c0, r1, c1 = box
         own = instances[r0:r1, c0:c1] == pid
         index, crop = crops.get(pid, (None, None))
-        native = particle_phases(predicted.codes, box, own, trim) if predicted.codes is not None else None
+        native = (particle_phases(predicted.codes, box, own, trim, settings.pore_count)
+                  if predicted.codes is not None else None)
         if settings.segmenter == "threshold":
             local = threshold_phases(image.pixels[r0:r1, c0:c1], own, polarity, grey_threshold)
         else:
@@ -312,6 +317,13 @@ def image_stem(image: SEMImage, root: Path | None) -> str:
     rel = relative_source(image.source, root).with_suffix("")
     stem = "__".join(rel.parts)
     return f"{stem}_p{image.page:03d}" if image.n_pages > 1 else stem
+
+
+def pore_count_mode(value: object) -> str:
+    """infer.py's `pore_count`, checked against `fracscope.phases.PORE_COUNTS`."""
+    if value not in PORE_COUNTS:
+        raise ValueError(f"pore_count must be one of {list(PORE_COUNTS)}, got {value!r}")
+    return str(value)
 
 
 def rim_trim_mode(value: object) -> str:
