@@ -163,11 +163,16 @@ def codes_from_probs(probs: np.ndarray, pore_weight: float = 1.0) -> ImagePhaseC
     return ImagePhaseCodes(best, inside, pore_probability)
 
 
+def _counted(pore_probability: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
+    """The pixels of `mask` whose pore probability (uint8, × 255) reaches `floor`."""
+    return np.asarray(mask, bool) & (np.asarray(pore_probability) >= np.ceil(floor * 255 - 1e-9))
+
+
 def expected_pore_pixels(pore_probability: np.ndarray, mask: np.ndarray, floor: float = PORE_PROBABILITY_FLOOR) -> int:
     """The expected number of pore pixels in `mask`: the sum of the pore probabilities (uint8, × 255)
     that reach `floor`, rounded."""
-    p = np.asarray(pore_probability)[np.asarray(mask, bool)].astype(np.float64) / 255.0
-    return int(round(float(p[p >= floor].sum())))
+    q = np.asarray(pore_probability)[_counted(pore_probability, mask, floor)]
+    return int(round(int(q.sum(dtype=np.int64)) / 255))
 
 
 def pores_by_expected_count(phases: np.ndarray, pore_probability: np.ndarray, mask: np.ndarray,
@@ -180,15 +185,15 @@ def pores_by_expected_count(phases: np.ndarray, pore_probability: np.ndarray, ma
     area. Ties go to pixels the argmax already called pore. Cracks and the outside stay as they are.
     """
     phases = np.asarray(phases)
-    mask = np.asarray(mask, bool)
-    open_ = mask & (phases != Phase.CRACK)
-    k = expected_pore_pixels(pore_probability, open_, floor)  # a crack pixel's pore share has nowhere to go
-    rows, cols = np.nonzero(open_)
+    open_ = np.asarray(mask, bool) & (phases != Phase.CRACK)  # a crack pixel's pore share has nowhere to go
+    # The count never exceeds the pixels that reach the floor (each adds at most 1): only they are ranked.
+    rows, cols = np.nonzero(_counted(pore_probability, open_, floor))
     p = np.asarray(pore_probability)[rows, cols]
+    k = int(round(int(p.sum(dtype=np.int64)) / 255))
     was_pore = phases[rows, cols] == Phase.PORE
     order = np.lexsort((~was_pore, -p.astype(np.int16)))  # highest probability first, the argmax's pores first
     out = phases.copy()
-    out[rows, cols] = Phase.SOLID
+    out[open_ & (phases == Phase.PORE)] = Phase.SOLID
     out[rows[order[:k]], cols[order[:k]]] = Phase.PORE
     return out
 
