@@ -90,3 +90,38 @@ def test_a_mosaics_pore_polarity_is_that_of_the_tiles_holding_most_particles():
     assert assemble(image, mostly_bright, "m", "g").pore_polarity == "bright"
     assert assemble(image, [piece(0, 2, "dark"), piece(1, 1, "bright")], "m", "g").pore_polarity == "dark"
     assert assemble(image, [], "m", "g").pore_polarity == "dark"
+
+
+def _field_without_pixel_size(looks: str, seed: int):
+    """A generated 768 x 1,024 px field at 0.07 µm/px (2 x 2 tiles of 640 px), its pixel size dropped."""
+    from fracscope.synth import load_config, make_field
+    from fracscope.types import SEMImage
+
+    cfg = load_config("p", overrides=["electrode.field_px=[768,1024]", "electrode.pixel_size_um=0.07",
+                                      f"imaging.looks=[{looks}]"])
+    return SEMImage(make_field(cfg, seed, 0).image.pixels, None)
+
+
+LEARNED_TILES = {**TILED, "detector": {"_target_": "fracscope.detect.learned.LearnedDetector"}}
+
+
+def test_a_large_infiltrated_field_without_a_pixel_size_is_estimated_in_dark_pore_contrast():
+    """The mosaic's one estimate is made on the folded image (`locate.with_estimated_scale`): 0.0724 µm/px,
+    +3 %; on the image as it is, where the detector reads the Pt as particles, it was 0.0825, +18 %."""
+    from fracscope.mosaic import as_mosaic
+
+    page = as_mosaic(_field_without_pixel_size("infiltrated", 103), build_detector(LEARNED_TILES), "auto")
+    assert isinstance(page, MosaicPage) and page.image.pixel_size_source == "estimated"
+    assert page.image.estimated_pixel_size_um == pytest.approx(0.07, rel=0.15)
+
+
+def test_a_large_dark_pore_field_is_estimated_as_it_is():
+    """No fill in the histogram: auto estimates on the image as it is, as dark does (and as before)."""
+    from fracscope.mosaic import as_mosaic
+    from fracscope.polarity import has_mid_grey_particles
+
+    image = _field_without_pixel_size("", 103)
+    assert not has_mid_grey_particles(image.pixels)
+    detector = build_detector(LEARNED_TILES)
+    estimates = [as_mosaic(image, detector, setting).image.estimated_pixel_size_um for setting in ("auto", "dark")]
+    assert estimates[0] == estimates[1] == pytest.approx(0.07, rel=0.15)

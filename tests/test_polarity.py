@@ -213,3 +213,26 @@ def test_phase_training_sees_a_filled_field_as_inference_does():
     for item, seen in ((filled, fill_darkened(filled.image.pixels)), (plain, plain.image.pixels)):
         expected = normalise_image(to_working_scale(seen, 2.0), NORM_PERCENTILES).astype(np.float16)
         assert np.array_equal(prepare_phase_field(item, 0.05).image, expected)
+
+
+def test_a_mosaic_without_a_pixel_size_is_estimated_in_the_contrast_its_pores_need():
+    """`as_mosaic` makes one estimate for the whole image, before any detection: folded for bright pores,
+    and under auto when the histogram shows mid-grey particles between a fill and voids."""
+    from fracscope.detect.tiling import TiledDetector
+    from fracscope.mosaic import MosaicPage, as_mosaic
+
+    bright = np.tile(infiltrated_scene()[0], (3, 3))  # 300 x 300 px: tiles of 128 px
+    cols = np.arange(300)[None, :] % 100 + 0 * bright
+    dark = (np.where(cols < 60, 200, 30) + np.random.default_rng(1).integers(-6, 7, bright.shape)).astype(np.uint8)
+    assert has_mid_grey_particles(bright) and not has_mid_grey_particles(dark)
+    for pixels, setting, seen in ((bright, "auto", "folded"), (bright, "bright", "folded"), (bright, "dark", "as is"),
+                                  (dark, "auto", "as is"), (dark, "dark", "as is")):
+        inner = RecordingDetector(estimate_um=0.1)
+        page = as_mosaic(SEMImage(pixels, None), TiledDetector(inner, tile_px=128, overlap_px=32), setting)
+        assert isinstance(page, MosaicPage) and len(inner.estimated_on) == 1 and not inner.seen  # no detection
+        expected = dark_pore_contrast(pixels) if seen == "folded" else pixels
+        assert np.array_equal(inner.estimated_on[0], expected), (setting, seen)
+        assert page.image.estimated_pixel_size_um == pytest.approx(0.1) and page.image.pixel_size_source == "estimated"
+    inner = RecordingDetector(estimate_um=0.1)  # a known pixel size is never estimated
+    as_mosaic(SEMImage(bright, 0.05), TiledDetector(inner, tile_px=128, overlap_px=32), "auto")
+    assert inner.estimated_on == []

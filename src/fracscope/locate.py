@@ -114,21 +114,35 @@ def detect_in_dark_pore_contrast(image: SEMImage, detector: Detector, pore_polar
             return unfolded
         unfolded = None if band_bright else unfolded
     folded = dark_pore_contrast(image.pixels)
-    estimate = detector.estimate_pixel_size_um(folded) if without_size else None
-    if estimate is not None:
-        image = dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
+    if without_size:  # again, on the folded image (an estimate made unfolded, under auto, is replaced)
+        image = with_scale_estimated_on(image, folded, detector)
     instances, scores = detector.detect_scored(dataclasses.replace(image, pixels=folded))
     if unfolded is not None and image_pore_polarity(image.pixels, instances) == "dark":
         return unfolded  # mid-grey particles, but no fill around them in either contrast
     return Detected(image, instances, scores, "bright", fill_darkened(image.pixels))
 
 
-def with_estimated_scale(image: SEMImage, detector: Detector) -> SEMImage:
-    """`image` with the detector's pixel-size estimate when it has no pixel size (source
-    "estimated"; lengths stay in pixels); unchanged when it has one or the detector gives none."""
+def with_estimated_scale(image: SEMImage, detector: Detector, pore_polarity: str = "dark") -> SEMImage:
+    """`image` with the detector's pixel-size estimate when it has no pixel size (source "estimated";
+    lengths stay in pixels), made in the contrast its pores need; unchanged when it has one or the
+    detector gives none. "dark": on the image as it is. "bright": on its `dark_pore_contrast` (the
+    unfolded image reads the Pt as particles). "auto": folded when the histogram shows mid-grey particles
+    between a fill and voids (`has_mid_grey_particles`), without a detection: for a whole mosaic
+    (`fracscope.mosaic.as_mosaic`), which is never detected whole; a single image is estimated as it is
+    and again folded when its detection finds it bright (`detect_in_dark_pore_contrast`)."""
     if image.working_pixel_size_um is not None:
         return image
-    estimate = detector.estimate_pixel_size_um(image.pixels)
+    check_pore_polarity_setting(pore_polarity)
+    if pore_polarity == "auto":
+        pore_polarity = "bright" if has_mid_grey_particles(image.pixels) else "dark"
+    pixels = dark_pore_contrast(image.pixels) if pore_polarity == "bright" else image.pixels
+    return with_scale_estimated_on(image, pixels, detector)
+
+
+def with_scale_estimated_on(image: SEMImage, pixels: np.ndarray, detector: Detector) -> SEMImage:
+    """`image` with the detector's pixel-size estimate made on `pixels` (the image's own, or them in
+    dark-pore contrast), source "estimated"; unchanged when the detector gives none."""
+    estimate = detector.estimate_pixel_size_um(pixels)
     if estimate is None:
         return image
     return dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")

@@ -64,16 +64,16 @@ def mosaic_detector(detect: Mapping[str, Any]) -> TiledDetector | None:
     return None
 
 
-def as_mosaic(item: Any, detector: Detector | None) -> Any:
+def as_mosaic(item: Any, detector: Detector | None, pore_polarity: str) -> Any:
     """`item` as a `MosaicPage` when it is an image larger than one tile of a tiled detector, else as is
-    (any other detector, or None, leaves it as it is)."""
+    (any other detector, or None, leaves it as it is). `pore_polarity` is the run's setting."""
     if detector is None or not isinstance(item, SEMImage):
         return item
     if mosaic_grid(item, detector) is None:
         return item
-    # An image without a pixel size gets one estimate for the whole mosaic (not one per tile), and the
-    # grid's overlap follows it.
-    item = with_estimated_scale(item, detector)
+    # An image without a pixel size gets one estimate for the whole mosaic (not one per tile), made in the
+    # contrast its pores need (its tiles carry it and are not estimated again), and the grid's overlap follows it.
+    item = with_estimated_scale(item, detector, pore_polarity)
     grid = mosaic_grid(item, detector)
     return item if grid is None else MosaicPage(item, grid)
 

@@ -373,7 +373,7 @@ def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
         n_threads=run_settings.decode_threads,
     )
     todo = (
-        as_mosaic(todo_item, tiled)
+        as_mosaic(todo_item, tiled, settings.pore_polarity)
         for item in _timed(sources, times, "decode")
         if (todo_item := _not_done(item, done, skipped)) is not None
     )

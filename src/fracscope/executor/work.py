@@ -128,7 +128,8 @@ def analyse_file(task: FileTask, run, input_root: str | None) -> FileOutcome:
         handoff.reclaim()  # a page's networks run in a worker thread slot (after a page that handed it on)
         image: SEMImage = dataclasses.replace(item, source=task.path)
         stem = image_stem(image, root)
-        page = as_mosaic(image, detector)  # itself when the detector is not tiled or one tile holds it
+        # Itself when the detector is not tiled or one tile holds it.
+        page = as_mosaic(image, detector, run.analysis.pore_polarity)
         located = locate_safely(image, detector, models.crop_spec, run.analysis.pore_polarity) if page is image else page
         if isinstance(located, LocateFailure):
             outcome.items.append(ImageFailure(task.source, image.page, located.error))
