@@ -13,6 +13,9 @@ Dragonfly workflow, solid and void are separated by a grey-level threshold:
 - ``model``: the trained 2-D model applied slice by slice inside the particle section
   (`ModelVoids`); the particle outline still comes from the Otsu threshold.
 
+Which side of the threshold is void is the pore polarity: dark (empty pores) or bright (Pt- or
+resin-filled); under ``auto`` it is decided once per stack (`stack_pore_polarity`).
+
 The particle is the filled section: in each slice the solid is closed with a disc of
 ``envelope_closing_um`` (bridging pore mouths at the surface) and its holes are filled. Pores
 are the void voxels inside it. Slice-wise work keeps memory bounded by one chunk of slices.
