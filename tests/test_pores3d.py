@@ -26,7 +26,7 @@ from fracscope.pores3d.measure import (
     size_distribution,
 )
 from fracscope.pores3d.run import PoreSettings, Settings, min_voxels
-from fracscope.pores3d.segment import ModelVoids, SegmentSettings
+from fracscope.pores3d.segment import ModelVoids, SegmentSettings, decide_pore_polarity, stack_threshold
 from fracscope.pores3d.synth import (
     Imaging,
     PorePopulation,
@@ -359,6 +359,64 @@ def test_bright_pores_and_16_bit(phantom, tmp_path):
     assert sorted(res.table["n_voxels"]) == [216, 236, 716, 2128]
 
 
+# --- pore polarity: auto ------------------------------------------------------------------
+
+_SMALL_POP = PorePopulation(central_um3=(0.05, 0.02), porosity_pct=8.0)
+
+
+def _polarity_stack(polarity: str, fill: float, seed: int = 0, noise_sd: float = 0.0) -> ArrayStack:
+    voxel = (0.04, 0.02, 0.02)
+    ph = random_phantom((24, 64, 64), voxel, seed=seed, population=_SMALL_POP, particle_fill=fill)
+    img = Imaging(pore_polarity=polarity, noise_sd=noise_sd, blur_px=0.8 if noise_sd else 0.0)
+    return ArrayStack(StackRenderer(ph, img, seed=seed).volume(), VoxelSize(*voxel))
+
+
+@pytest.mark.parametrize("polarity", ["dark", "bright"])
+@pytest.mark.parametrize("fill, noise_sd", [(0.92, 0.0), (0.92, 0.06), (0.5, 0.0), (1.3, 0.0)])
+def test_auto_decides_the_stacks_pore_polarity(polarity, fill, noise_sd):
+    """Fill 0.5: most of the stack is outside (pore-space grey); 1.3: the particle fills the field."""
+    stack = _polarity_stack(polarity, fill, noise_sd=noise_sd)
+    assert decide_pore_polarity(stack, stack_threshold(stack, 24).value) == polarity
+
+
+def test_a_field_filling_particle_with_a_more_porous_core_keeps_its_polarity():
+    """A core with more pores than the rim (14 % of the centre against 5 % of the border band) does not
+    make the pores the centre's solid; with the contrast inverted the decision inverts."""
+    rng = np.random.default_rng(0)
+    vol = np.full((8, 64, 64), 180, np.uint8)
+    vol[:, 26:38, 26:38] = 20                       # a porous core: 144 of the centre's 1024 pixels
+    ring = np.ones((64, 64), bool)
+    ring[8:56, 8:56] = False
+    edge = np.argwhere(ring)
+    picked = edge[rng.choice(len(edge), 90, replace=False)]  # 5 % pores in the border band
+    vol[:, picked[:, 0], picked[:, 1]] = 20
+    voxel = VoxelSize(0.04, 0.02, 0.02)
+    assert decide_pore_polarity(ArrayStack(vol, voxel), 100.0) == "dark"
+    assert decide_pore_polarity(ArrayStack(255 - vol, voxel), 155.0) == "bright"
+
+
+def test_auto_is_the_default_and_equals_the_forced_polarity_end_to_end(phantom, tmp_path):
+    volume = StackRenderer(phantom, Imaging(pore_polarity="bright")).volume()
+    stack = ArrayStack(volume, VoxelSize(*VOXEL))
+    assert SegmentSettings().pore_polarity == "auto"
+    auto = analyse_stack(stack, FAST, tmp_path / "auto")
+    forced = analyse_stack(stack, Settings(write_labels=False, plots=False,
+                                           segment=SegmentSettings(pore_polarity="bright")), tmp_path / "bright")
+    wrong = analyse_stack(stack, Settings(write_labels=False, plots=False,
+                                          segment=SegmentSettings(pore_polarity="dark")), tmp_path / "dark")
+    assert auto.porosity_pct == forced.porosity_pct and auto.n_pores == forced.n_pores == 4
+    assert wrong.porosity_pct != forced.porosity_pct  # forcing still forces
+    seg = json.loads((tmp_path / "auto" / "summary.json").read_text())["segmentation"]
+    assert seg["pore_polarity"] == "bright" and seg["pore_polarity_setting"] == "auto"
+    seg = json.loads((tmp_path / "dark" / "summary.json").read_text())["segmentation"]
+    assert seg["pore_polarity"] == "dark" and seg["pore_polarity_setting"] == "dark"
+
+
+def test_an_unknown_pore_polarity_is_refused():
+    with pytest.raises(ValueError, match="pore_polarity"):
+        SegmentSettings(pore_polarity="grey")
+
+
 def test_local_threshold_follows_shading_that_defeats_a_global_one(column, tmp_path):
     body, ids = column.truth()
     # Brightness drifts from slice to slice (x0.55 .. x1.45, charging) and rises across each
@@ -428,6 +486,13 @@ def test_a_bright_pore_stack_reaches_the_model_with_its_fill_darkened(phantom, t
         analyse_stack(ArrayStack(volume, VoxelSize(*VOXEL)), settings, tmp_path / polarity,
                       model=ModelVoids(backend, pore_polarity=polarity))
         seen[polarity] = backend.images
+    # Under auto (the default) `run` builds the model before the stack is read; it gets the stack's decision.
+    backend = _RecordingBackend()
+    auto = Settings(write_labels=False, plots=False, segment=SegmentSettings(method="model"))
+    analyse_stack(ArrayStack(volume, VoxelSize(*VOXEL)), auto, tmp_path / "auto",
+                  model=ModelVoids(backend, pore_polarity="auto"))
+    assert len(backend.images) == len(seen["bright"])
+    assert all(np.array_equal(a, b) for a, b in zip(backend.images, seen["bright"]))
     z = int(np.argmax((ids > 0).sum(axis=(1, 2))))  # the slice with most pore voxels
     sl = volume[z]
     solid, pore = body[z] & (ids[z] == 0), ids[z] > 0

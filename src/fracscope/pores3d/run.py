@@ -15,7 +15,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,15 @@ from fracscope.pores3d.report import (
     write_summary,
     write_tables,
 )
-from fracscope.pores3d.segment import ModelVoids, NativeVoids, SegmentSettings, SliceSegmenter, stack_threshold
+from fracscope.pores3d.segment import (
+    ModelVoids,
+    NativeVoids,
+    SegmentSettings,
+    SliceSegmenter,
+    decide_pore_polarity,
+    stack_threshold,
+    with_stack_polarity,
+)
 from fracscope.pores3d.stack import Stack, StackError, VoxelSize, open_stack
 from fracscope.settings import SettingsError, settings_from_config
 from fracscope.types import Phase
@@ -340,7 +348,7 @@ def _align(stack: Stack, settings: AlignSettings, chunk_z: int, out: Path) -> tu
     return AlignedStack(stack, shifts), shifts
 
 
-def _summary(stack: Stack, settings: Settings, shifts: np.ndarray | None, threshold: float,
+def _summary(stack: Stack, settings: Settings, shifts: np.ndarray | None, threshold: float, pore_polarity: str,
              particle: ParticleGeometry, merge: LabelMerge, table: dict[str, np.ndarray],
              radial: RadialShells) -> dict:
     """summary.json's content (layout in the module docs of `fracscope.pores3d.report`)."""
@@ -360,7 +368,8 @@ def _summary(stack: Stack, settings: Settings, shifts: np.ndarray | None, thresh
             "max_shift_px": float(np.abs(shifts).max()) if shifts is not None else 0.0,
             "last_shift_px": shifts[-1].tolist() if shifts is not None else [0.0, 0.0],
         },
-        "segmentation": {"method": seg.method, "threshold": threshold, "pore_polarity": seg.pore_polarity,
+        "segmentation": {"method": seg.method, "threshold": threshold, "pore_polarity": pore_polarity,
+                         "pore_polarity_setting": seg.pore_polarity,
                          "envelope_closing_um": seg.envelope_closing_um, "keep_largest": seg.keep_largest},
         "connectivity": pores.connectivity,
         "min_volume_um3": pores.min_volume_um3,
@@ -452,9 +461,13 @@ def analyse_stack(stack: Stack, settings: Settings, output_dir: str | Path, mode
     seg = settings.segment
     found = None if seg.method == "fixed" else stack_threshold(stack, chunk_z)
     threshold = float(seg.threshold) if found is None else found.value
+    # auto: decided once for the whole stack, on the same threshold, before any slice is segmented.
+    polarity = decide_pore_polarity(stack, threshold) if seg.pore_polarity == "auto" else seg.pore_polarity
     t = _lap(timings, "threshold", t)
-    log.info("threshold %.6g (%s, pores %s)", threshold, seg.method, seg.pore_polarity)
-    segmenter = SliceSegmenter(seg, found or threshold, (voxel.y_um, voxel.x_um), model)
+    log.info("threshold %.6g (%s, pores %s%s)", threshold, seg.method, polarity,
+             " by auto" if seg.pore_polarity == "auto" else "")
+    segmenter = SliceSegmenter(replace(seg, pore_polarity=polarity), found or threshold, (voxel.y_um, voxel.x_um),
+                               with_stack_polarity(model, polarity))
     files: list[Path] = [out / SHIFTS_CSV] if shifts is not None else []
 
     with Scratch(Path(settings.work_dir) if settings.work_dir else out / ".work", settings.in_memory_mb,
@@ -487,7 +500,7 @@ def analyse_stack(stack: Stack, settings: Settings, output_dir: str | Path, mode
 
     table = pores.table(voxel, particle)
     radial = shells.result()
-    summary = _summary(stack, settings, shifts, threshold, particle, merge, table, radial)
+    summary = _summary(stack, settings, shifts, threshold, polarity, particle, merge, table, radial)
     from fracscope.report.summary import make_provenance  # the report package pulls in pandas
 
     prov = dict(provenance or {})

@@ -13,6 +13,9 @@ Dragonfly workflow, solid and void are separated by a grey-level threshold:
 - ``model``: the trained 2-D model applied slice by slice inside the particle section
   (`ModelVoids`); the particle outline still comes from the Otsu threshold.
 
+Which side of the threshold is void is the pore polarity: dark (empty pores) or bright (Pt- or
+resin-filled); under ``auto`` it is decided once per stack (`stack_pore_polarity`).
+
 The particle is the filled section: in each slice the solid is closed with a disc of
 ``envelope_closing_um`` (bridging pore mouths at the surface) and its holes are filled. Pores
 are the void voxels inside it. Slice-wise work keeps memory bounded by one chunk of slices.
@@ -20,6 +23,7 @@ are the void voxels inside it. Slice-wise work keeps memory bounded by one chunk
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +31,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
 from fracscope.crop import crop_particle
-from fracscope.polarity import POLARITIES, fill_darkened
+from fracscope.polarity import check_pore_polarity_setting, fill_darkened
 from fracscope.phases import CropPhases, PhaseRule, phases_on_image_grid, predict_crops, resolve_pore_weight
 from fracscope.pores3d.stack import Stack
 from fracscope.types import Phase
@@ -43,7 +47,8 @@ class SegmentSettings:
 
     method : "otsu" | "local" | "fixed" | "model".
     threshold : grey value for method "fixed" (voxels on the pore side of it, inclusive, are void).
-    pore_polarity : "dark" (empty pores) or "bright" (Pt- or resin-filled pores).
+    pore_polarity : "auto" (decided once per stack, `stack_pore_polarity`), "dark" (empty pores) or
+        "bright" (Pt- or resin-filled pores).
     local_window_um : Gaussian sigma of the local grey levels, method "local".
     envelope_closing_um : radius of the disc that closes the solid before hole filling; 0 = none.
     keep_largest : keep only the largest 3-D connected particle (neighbouring particles and
@@ -52,7 +57,7 @@ class SegmentSettings:
 
     method: str = "otsu"
     threshold: float | None = None
-    pore_polarity: str = "dark"
+    pore_polarity: str = "auto"
     local_window_um: float = 2.0
     envelope_closing_um: float = 0.2
     keep_largest: bool = True
@@ -60,8 +65,7 @@ class SegmentSettings:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"segment.method must be one of {METHODS}, got {self.method!r}")
-        if self.pore_polarity not in POLARITIES:
-            raise ValueError(f"segment.pore_polarity must be one of {POLARITIES}, got {self.pore_polarity!r}")
+        check_pore_polarity_setting(self.pore_polarity)
         if self.method == "fixed" and self.threshold is None:
             raise ValueError("segment.method=fixed needs segment.threshold=<grey value>")
         if self.envelope_closing_um < 0 or self.local_window_um <= 0:
@@ -127,6 +131,59 @@ def stack_threshold(stack: Stack, chunk_z: int) -> GlobalThreshold:
         raise ValueError("the stack has a single grey value; nothing to threshold")
     t = float(threshold_otsu(sample))
     return GlobalThreshold(t, float(sample[sample <= t].mean()), float(sample[sample > t].mean()))
+
+
+# How many slices, evenly spaced, `decide_pore_polarity` reads.
+_POLARITY_SLICES = 16
+# Centre-against-border log-odds of the bright class beyond which the class enriched in the centre is the
+# solid (odds 12 times apart); a particle filling the field with more pores in its core stays well below.
+_CENTRE_LOG_ODDS = 2.5
+# Shares are clipped to this and 1 minus it, so a pure border has finite log-odds.
+_SHARE_FLOOR = 1e-3
+
+
+def _log_odds(share: float) -> float:
+    p = min(max(share, _SHARE_FLOOR), 1.0 - _SHARE_FLOOR)
+    return float(np.log(p / (1.0 - p)))
+
+
+def stack_pore_polarity(pixels: np.ndarray, threshold: float) -> str:
+    """"dark" or "bright": the pores' polarity in slices `pixels` (n, Y, X) split at `threshold`.
+
+    The 2-D rules (a band around many particles, a mid-grey histogram mode) do not hold in a
+    FIB stack of one particle, which fills most of the field. Here the stack's threshold splits
+    solid from pore space, and in a FIB stack the pore space is the pores *and* the region
+    around the particle (empty or epoxy: dark; Pt-filled: bright, like the pores). The solid is
+    the majority phase of the particle, and the particle is what the stack was milled through,
+    in the middle of the field:
+
+    - where the bright class's odds in the centre (the middle half in y and x) and in the
+      border band (the outer eighth on each side) differ by more than a factor e^2.5 (about 12),
+      the class enriched in the centre is the solid: a particle with much outside around it,
+      even one that fills less than half of the centre;
+    - otherwise (the particle fills the field or nearly, so centre and border read alike; a
+      core with more pores than the rim shifts the odds by far less) the majority class of the
+      centre is the solid.
+
+    Solid bright → pores dark; solid dark → pores bright.
+    """
+    bright = np.asarray(pixels) > threshold
+    _, h, w = bright.shape
+    centre_share = float(bright[:, h // 4 : h - h // 4, w // 4 : w - w // 4].mean())
+    by, bx = max(1, h // 8), max(1, w // 8)
+    ring = np.ones((h, w), bool)
+    ring[by : h - by, bx : w - bx] = False
+    border_share = float(bright[:, ring].mean())
+    enrichment = _log_odds(centre_share) - _log_odds(border_share)
+    solid_bright = enrichment > 0 if abs(enrichment) > _CENTRE_LOG_ODDS else centre_share >= 0.5
+    return "dark" if solid_bright else "bright"
+
+
+def decide_pore_polarity(stack: Stack, threshold: float, n_slices: int = _POLARITY_SLICES) -> str:
+    """`stack_pore_polarity` on `n_slices` evenly spaced slices of the stack (read one at a time)."""
+    zs = np.unique(np.linspace(0, stack.shape[0] - 1, min(n_slices, stack.shape[0])).round().astype(int))
+    pixels = np.stack([stack.read(int(z), int(z) + 1)[0] for z in zs])
+    return stack_pore_polarity(pixels, threshold)
 
 
 def void_mask(pixels: np.ndarray, threshold: float | np.ndarray, polarity: str = "dark") -> np.ndarray:
@@ -257,6 +314,16 @@ def model_view(pixels: np.ndarray, phases: np.ndarray, pore_polarity: str) -> np
     if pore_polarity != "bright":
         return pixels
     return fill_darkened(pixels, phases == Phase.SOLID)
+
+
+def with_stack_polarity(model: "NativeVoids | ModelVoids | None", pore_polarity: str) -> "NativeVoids | ModelVoids | None":
+    """The slice model with the stack's decided `pore_polarity` where it was built under "auto"
+    (`pores3d.run` builds it before the stack is read); a model built for dark or bright keeps its own."""
+    if model is None or getattr(model, "pore_polarity", None) != "auto":
+        return model
+    decided = copy.copy(model)
+    decided.pore_polarity = pore_polarity
+    return decided
 
 
 class NativeVoids:
