@@ -34,10 +34,10 @@ from fracscope.measure import measure_particle
 from fracscope.measure.threshold import image_threshold, threshold_phases
 from fracscope.phase_map import PhaseMapModel
 from fracscope.phases import (
-    PORE_COUNTS,
     CropPhases,
     ImagePhaseCodes,
     PhaseRule,
+    check_pore_count,
     particle_phases,
     phases_on_image_grid,
     predict_crops,
@@ -73,7 +73,7 @@ class AnalysisSettings:
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
     # segmenter=model: how many pore pixels a section gets: "expected" (the sum of the model's pore
     # probabilities, `fracscope.phases.pores_by_expected_count`) | "argmax" (each pixel's most likely phase)
-    pore_count: str = field(default="expected", metadata={"convert": lambda v: pore_count_mode(v)})
+    pore_count: str = field(default="expected", metadata={"convert": check_pore_count})
     # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
     # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
     trim_rim: str = field(default="background", metadata={"convert": lambda v: rim_trim_mode(v)})
@@ -317,13 +317,6 @@ def image_stem(image: SEMImage, root: Path | None) -> str:
     rel = relative_source(image.source, root).with_suffix("")
     stem = "__".join(rel.parts)
     return f"{stem}_p{image.page:03d}" if image.n_pages > 1 else stem
-
-
-def pore_count_mode(value: object) -> str:
-    """infer.py's `pore_count`, checked against `fracscope.phases.PORE_COUNTS`."""
-    if value not in PORE_COUNTS:
-        raise ValueError(f"pore_count must be one of {list(PORE_COUNTS)}, got {value!r}")
-    return str(value)
 
 
 def rim_trim_mode(value: object) -> str:

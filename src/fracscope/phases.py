@@ -163,22 +163,18 @@ def codes_from_probs(probs: np.ndarray, pore_weight: float = 1.0) -> ImagePhaseC
     return ImagePhaseCodes(best, inside, pore_probability)
 
 
-def _counted(pore_probability: np.ndarray, mask: np.ndarray, floor: float) -> np.ndarray:
-    """The pixels of `mask` whose pore probability (uint8, × 255) reaches `floor`."""
-    return np.asarray(mask, bool) & (np.asarray(pore_probability) >= np.ceil(floor * 255 - 1e-9))
-
-
-def expected_pore_pixels(pore_probability: np.ndarray, mask: np.ndarray, floor: float = PORE_PROBABILITY_FLOOR) -> int:
-    """The expected number of pore pixels in `mask`: the sum of the pore probabilities (uint8, × 255)
-    that reach `floor`, rounded."""
-    q = np.asarray(pore_probability)[_counted(pore_probability, mask, floor)]
-    return int(round(int(q.sum(dtype=np.int64)) / 255))
+def check_pore_count(value: object) -> str:
+    """`value` as a `PORE_COUNTS` entry (infer.py's `pore_count`); a ValueError names the valid ones."""
+    if value not in PORE_COUNTS:
+        raise ValueError(f"pore_count must be one of {list(PORE_COUNTS)}, got {value!r}")
+    return str(value)
 
 
 def pores_by_expected_count(phases: np.ndarray, pore_probability: np.ndarray, mask: np.ndarray,
                             floor: float = PORE_PROBABILITY_FLOOR) -> np.ndarray:
     """`phases` (uint8 codes) with the pore pixels re-chosen inside `mask`: among the pixels not called
-    crack, the `expected_pore_pixels` of them with the highest pore probability become pore, the rest solid.
+    crack, as many as their expected pore count (the sum of their pore probabilities, uint8 × 255, that
+    reach `floor`, rounded) become pore, those of highest pore probability; the rest solid.
 
     The argmax keeps a pixel only where the pore is the most likely phase, so a pore a pixel or two
     across, whose probability is spread over its neighbours, is lost; the expected count keeps its
@@ -187,8 +183,9 @@ def pores_by_expected_count(phases: np.ndarray, pore_probability: np.ndarray, ma
     phases = np.asarray(phases)
     open_ = np.asarray(mask, bool) & (phases != Phase.CRACK)  # a crack pixel's pore share has nowhere to go
     # The count never exceeds the pixels that reach the floor (each adds at most 1): only they are ranked.
-    rows, cols = np.nonzero(_counted(pore_probability, open_, floor))
-    p = np.asarray(pore_probability)[rows, cols]
+    q = np.asarray(pore_probability)
+    rows, cols = np.nonzero(open_ & (q >= np.ceil(floor * 255 - 1e-9)))
+    p = q[rows, cols]
     k = int(round(int(p.sum(dtype=np.int64)) / 255))
     was_pore = phases[rows, cols] == Phase.PORE
     order = np.lexsort((~was_pore, -p.astype(np.int16)))  # highest probability first, the argmax's pores first
@@ -205,8 +202,7 @@ def particle_phases(codes: ImagePhaseCodes, box: Box, own: np.ndarray, trim_phas
     pore_count : "expected" (`pores_by_expected_count`, where the codes carry the pore probability)
         or "argmax" (the most likely phase of each pixel).
     """
-    if pore_count not in PORE_COUNTS:
-        raise ValueError(f"pore_count must be one of {PORE_COUNTS}, got {pore_count!r}")
+    check_pore_count(pore_count)
     r0, c0, r1, c1 = box
     own = np.asarray(own, bool)
     if trim_phases:
