@@ -81,3 +81,15 @@ def test_batch_helper_matches_single_sections() -> None:
     assert batch[0, 3].max() == 1.0 and batch[1, 3].max() == 0.0
     with pytest.raises(ValueError):
         section_inputs(grey, instances, phases, [3])
+
+
+def test_the_section_window_imports_without_torch_or_onnxruntime() -> None:
+    """Inference builds the windows: numpy, scipy and cv2 only."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = ("import sys, fracscope.sections; "
+            "assert not {'torch', 'onnxruntime'} & set(sys.modules), sorted({'torch', 'onnxruntime'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(src), "PATH": ""})
