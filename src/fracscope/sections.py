@@ -27,10 +27,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.model_file import MetadataError, SectionMetadata
 from fracscope.phase_map import footprint_max
-from fracscope.types import Phase
+from fracscope.types import SECTION_CHANNELS, Phase
 
-SECTION_CHANNELS: tuple[str, ...] = ("grey", "mask", "pore", "crack")
+__all__ = ["SECTION_CHANNELS", "SectionWindow", "section_input", "section_inputs"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,14 @@ class SectionWindow:
             raise ValueError(f"margin must be >= 1 (the window holds the whole mask box), got {self.margin}")
         if tuple(self.channels) != SECTION_CHANNELS:
             raise ValueError(f"channels must be {SECTION_CHANNELS}, got {tuple(self.channels)}")
+
+    @classmethod
+    def from_metadata(cls, meta: SectionMetadata) -> SectionWindow:
+        """The window a section-net file was trained with: inference builds its inputs with it."""
+        try:
+            return cls(int(meta.size_px), float(meta.margin), tuple(meta.channels))
+        except ValueError as err:
+            raise MetadataError(f"invalid section window in model metadata: {err}") from err
 
     def side_px(self, box_rows: int, box_cols: int) -> int:
         """Window side in source pixels of a mask box of `box_rows` x `box_cols` px: never below `size_px`,
