@@ -31,7 +31,7 @@ def test_section_metadata_from_a_checkpoints_hparams_and_json_round_trip() -> No
     assert checkpoint_kind({"config": {"task": "phase_map"}}) is PhaseMetadata
     meta = SectionMetadata.from_hparams(HPARAMS)
     assert (meta.size_px, meta.margin, meta.width, meta.class_names) == (48, 1.2, 8, CLASS_NAMES)
-    assert meta.window == SectionWindow(48, 1.2)
+    assert SectionWindow.from_metadata(meta) == SectionWindow(48, 1.2)
     assert meta.pixel_size_range_um == (0.035, 0.08) and meta.phase_model_sha256 == "ab" * 32
     assert meta.metrics["val/macro_f1"] == 0.8
     assert meta.extra["class_counts"] == [10, 5, 3] and meta.extra["class_weights"] == [1.0, 1.5, 2.0]
@@ -67,7 +67,7 @@ def test_section_net_shapes_and_export_parity(tmp_path) -> None:
     report = export_sections(net, out, SectionMetadata(width=8))
     assert report.max_abs_diff <= 1e-4 and report.class_argmax_agreement_pct == 100.0
     meta = read_metadata(out, SectionMetadata)
-    assert meta.precision == "fp32" and meta.export_date and meta.window == SectionWindow()
+    assert meta.precision == "fp32" and meta.export_date and SectionWindow.from_metadata(meta) == SectionWindow()
     with pytest.raises(MetadataError):
         read_metadata(out, PhaseMetadata)  # a sections file is refused where a phase model is expected
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
@@ -135,7 +135,7 @@ def test_sections_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache, 
     assert export_main([str(result.best_checkpoint), str(out)]) == 0
     assert "fp32 parity" in capsys.readouterr().out
     meta = read_metadata(out, SectionMetadata)
-    assert meta.width == 8 and meta.window == SectionWindow() and meta.class_names == CLASS_NAMES
+    assert meta.width == 8 and SectionWindow.from_metadata(meta) == SectionWindow() and meta.class_names == CLASS_NAMES
     assert meta.phase_model_sha256 == PhaseMapModel(threads=1).sha256
     assert meta.pixel_size_range_um == (0.08, 0.08) and "val/macro_f1" in meta.metrics
     assert sum(meta.extra["class_counts"]) > 0
