@@ -93,3 +93,24 @@ def test_the_section_window_imports_without_torch_or_onnxruntime() -> None:
     code = ("import sys, fracscope.sections; "
             "assert not {'torch', 'onnxruntime'} & set(sys.modules), sorted({'torch', 'onnxruntime'} & set(sys.modules))")
     subprocess.run([sys.executable, "-c", code], check=True, env={"PYTHONPATH": str(src), "PATH": ""})
+
+
+def test_the_product_window_is_the_measured_prototypes() -> None:
+    """`section_inputs` gives exactly `bench/section_net.py`'s inputs (what docs/BENCHMARKS.md measured), sections at
+    the image border and smaller than the window included."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import section_net
+
+    rng = np.random.default_rng(1)
+    instances = np.zeros((400, 500), np.uint32)
+    yy, xx = np.mgrid[:400, :500]
+    for k, (cy, cx, r) in enumerate([(100, 100, 37), (250, 300, 120), (380, 480, 30), (50, 400, 8)]):
+        instances[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (instances == 0)] = k + 1
+    codes = rng.integers(0, 4, instances.shape).astype(np.uint8)
+    grey = rng.random(instances.shape).astype(np.float32)
+    ours = section_inputs(grey, instances, codes, [1, 2, 3, 4])
+    theirs = np.stack([section_net.section_input(grey, instances, codes, pid, 64) for pid in (1, 2, 3, 4)])
+    assert np.array_equal(ours, theirs)
