@@ -112,6 +112,19 @@ def test_section_data_splits_by_field_and_augments_training_windows_only(monkeyp
 
 
 @pytest.mark.train
+def test_generated_sections_do_not_depend_on_the_generator_processes() -> None:
+    """Two small fields (plain and short-crack look), judgeable sections only, the same with 1 or 2 processes."""
+    from fracscope.data.section_data import SectionSynthSpec, generate_sections
+
+    spec = SectionSynthSpec(presets=["gp"], n_fields=1, source_pixel_sizes_um=[0.08], field_px=[512, 512])
+    one = generate_sections(spec, SectionWindow(), 3.0, workers=1)
+    two = generate_sections(spec, SectionWindow(), 3.0, workers=2)
+    assert len(one) > 0 and set(one.field) == {0, 1} and set(one.preset) == {"gp"}
+    assert np.array_equal(one.x, two.x) and np.array_equal(one.label, two.label)
+    assert one.x.shape[1:] == (4, 64, 64) and one.x[:, 1].max() > 0.99  # every window holds its mask
+
+
+@pytest.mark.train
 def test_sections_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache, capsys) -> None:
     """`train.py experiment=sections_smoke`: generated sections, the SectionModule and its checkpoint go through
     the one training path, and `python -m fracscope.export CKPT OUT.onnx` writes a sections file."""
