@@ -11,7 +11,10 @@ classifier    `ModelMetadata`     ``fracscope``                 ``crops`` → ``
 detector      `DetectorMetadata`  ``fracscope_detector``        ``image`` → ``foreground_prob``,
                                                                 ``distance``
 phases        `PhaseMetadata`     ``fracscope_phases``          ``image`` → ``phase_probs``
+sections      `SectionMetadata`   ``fracscope_sections``        ``sections`` → ``class_probs``
 ============  ==================  ============================  ===============================
+
+(``sections``: the section net of issue 18, trainable and exportable; inference does not use it yet.)
 
 A coming model kind adds a metadata dataclass with ``KIND``, ``METADATA_KEY``, ``INPUT_NAME``
 and ``OUTPUT_NAMES`` class attributes and a ``from_hparams``; `read_metadata`,
@@ -37,7 +40,7 @@ import fracscope
 from fracscope.crop import NORM_PERCENTILES, CropSpec
 from fracscope.detect.postprocess import PostprocessParams
 from fracscope.settings import SettingsError, settings_from_config
-from fracscope.types import CLASS_NAMES, PHASE_NAMES
+from fracscope.types import CLASS_NAMES, PHASE_NAMES, SECTION_CHANNELS
 
 PRECISIONS: tuple[str, ...] = ("fp32", "int8")
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda")
@@ -67,6 +70,14 @@ DEFAULT_PHASE_TILE_PX = 512
 DEFAULT_PHASE_OVERLAP_PX = 64
 #: ``config["task"]`` of a `PhaseModule` checkpoint (written by `PhaseDataModule.describe`).
 PHASE_MAP_TASK = "phase_map"
+
+# The section net (a class per particle section from its window of the native phase map).
+SECTIONS_METADATA_KEY = "fracscope_sections"
+SECTIONS_SCHEMA_VERSION = 1
+SECTIONS_INPUT_NAME = "sections"
+SECTIONS_OUTPUT_NAMES: tuple[str] = ("class_probs",)
+#: ``config["task"]`` of a `SectionModule` checkpoint (written by `SectionDataModule.describe`).
+SECTION_TASK = "section_class"
 
 M = TypeVar("M")
 
@@ -529,18 +540,133 @@ class PhaseMetadata:
         return cls(**kwargs)
 
 
-METADATA_CLASSES: tuple[type, ...] = (ModelMetadata, DetectorMetadata, PhaseMetadata)
+# --------------------------------------------------------------------------------------------
+# The section net
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SectionMetadata:
+    """What a section-net file says about itself (`fracscope.sections`, `fracscope.models.section_net`).
+
+    Attributes
+    ----------
+    class_names:
+        Output class names, in index order.
+    size_px, margin, channels:
+        The section window (`fracscope.sections.SectionWindow.from_metadata` rebuilds it): output
+        side (px), window side / the mask box's longer side, input channel names in order.
+    width:
+        The network's first-stage channel count (architecture fact).
+    min_eq_diameter_um:
+        Smallest section (equivalent diameter, µm) seen in training.
+    pixel_size_range_um:
+        (min, max) pixel size of the source images seen in training, µm; None when unknown.
+    phase_model_sha256:
+        SHA-256 of the phase model file whose phases the training windows carry: the net learned
+        that model's way of drawing pores and cracks ("" = unknown).
+    training_data, synth_version, metrics:
+        Provenance and best validation metrics (``val/macro_f1``, ...).
+    precision, fracscope_version, export_date, schema_version:
+        Filled at export.
+    extra:
+        Other plain-typed facts (class counts, augmentation, split seed, ...).
+    """
+
+    KIND: ClassVar[str] = "sections"
+    METADATA_KEY: ClassVar[str] = SECTIONS_METADATA_KEY
+    INPUT_NAME: ClassVar[str] = SECTIONS_INPUT_NAME
+    OUTPUT_NAMES: ClassVar[tuple[str, ...]] = SECTIONS_OUTPUT_NAMES
+
+    class_names: tuple[str, ...] = CLASS_NAMES
+    size_px: int = 64
+    margin: float = 1.15
+    channels: tuple[str, ...] = SECTION_CHANNELS
+    width: int = 24
+    min_eq_diameter_um: float = 3.0
+    pixel_size_range_um: tuple[float, float] | None = None
+    phase_model_sha256: str = ""
+    training_data: str = ""
+    synth_version: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    precision: str = "fp32"
+    fracscope_version: str = ""
+    export_date: str = ""
+    schema_version: int = SECTIONS_SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
+        object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
+        if self.pixel_size_range_um is not None:
+            lo, hi = (float(v) for v in self.pixel_size_range_um)
+            object.__setattr__(self, "pixel_size_range_um", (lo, hi))
+            if not 0 < lo <= hi:
+                raise MetadataError(f"pixel_size_range_um must satisfy 0 < min <= max, got {(lo, hi)}")
+        if len(self.class_names) < 2:
+            raise MetadataError(f"need at least 2 class names, got {self.class_names!r}")
+        if self.precision not in PRECISIONS:
+            raise MetadataError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check_schema(self.schema_version, SECTIONS_SCHEMA_VERSION, "section-net metadata")
+        # The window's own checks (`fracscope.sections.SectionWindow`, which imports this module): a bad
+        # window fails here, not at the first image.
+        if int(self.size_px) < 8 or not float(self.margin) >= 1.0 or self.channels != SECTION_CHANNELS:
+            raise MetadataError(f"invalid section window in model metadata: size_px {self.size_px} (>= 8), margin "
+                                f"{self.margin} (>= 1), channels {self.channels} (must be {SECTION_CHANNELS})")
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (sorted keys, plain types)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> SectionMetadata:
+        """Parse `to_json` output; unknown keys go to ``extra`` (forward compatibility)."""
+        return dataclass_from_json(cls, text, "section-net metadata")
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> SectionMetadata:
+        """Build from a `SectionModule` checkpoint's ``hyper_parameters`` (``net``, ``config``, ``class_weights``).
+
+        ``config`` is `SectionDataModule.describe()` plus ``best_metrics``; other plain ``config``
+        entries and the class weights are kept in ``extra``.
+        """
+        net = dict(hparams.get("net") or {})
+        cfg = dict(hparams.get("config") or {})
+        read = ("class_names", "size_px", "margin", "channels", "min_eq_diameter_um", "pixel_size_range_um",
+                "phase_model_sha256", "training_data", "synth_version")
+        kwargs: dict[str, Any] = {k: cfg[k] for k in read if cfg.get(k) is not None}
+        kwargs["width"] = int(net.get("width", cls.width))
+        kwargs["metrics"] = _numbers(cfg.get("best_metrics"))
+        names = kwargs.get("class_names", CLASS_NAMES)
+        if int(net.get("num_classes", len(names))) != len(names):
+            raise MetadataError(f"the network has {net.get('num_classes')} class outputs but the names are {names}")
+        if int(net.get("in_channels", len(kwargs.get("channels", cls.channels)))) != len(kwargs.get("channels",
+                                                                                                      cls.channels)):
+            raise MetadataError(f"the network takes {net.get('in_channels')} channels but the window has "
+                                f"{kwargs.get('channels', cls.channels)}")
+        used = {*read, "in_channels", "best_metrics", "task"}
+        extra = {k: v for k, v in cfg.items() if k not in used and _is_plain(v)}
+        if _is_plain(hparams.get("class_weights")) and hparams.get("class_weights"):
+            extra["class_weights"] = hparams["class_weights"]
+        kwargs["extra"] = extra
+        return cls(**kwargs)
+
+
+METADATA_CLASSES: tuple[type, ...] = (ModelMetadata, DetectorMetadata, PhaseMetadata, SectionMetadata)
 
 
 def checkpoint_kind(hparams: Mapping[str, Any]) -> type:
     """The metadata class of a checkpoint's model.
 
-    A `PhaseModule`'s ``config["task"]`` is ``"phase_map"``; only a `DetectorModule` stores
-    ``postprocess``; anything else is a classifier.
+    A `PhaseModule`'s ``config["task"]`` is ``"phase_map"``, a `SectionModule`'s ``"section_class"``;
+    only a `DetectorModule` stores ``postprocess``; anything else is a classifier.
     """
     config = hparams.get("config")
     if isinstance(config, Mapping) and config.get("task") == PHASE_MAP_TASK:
         return PhaseMetadata
+    if isinstance(config, Mapping) and config.get("task") == SECTION_TASK:
+        return SectionMetadata
     return DetectorMetadata if "postprocess" in hparams else ModelMetadata
 
 
@@ -635,7 +761,8 @@ def read_metadata(path: str | Path, kind: type[M] = ModelMetadata) -> M:  # type
     return metadata_from_props(path, read_props(path), kind)
 
 
-def write_metadata(path: str | Path, metadata: ModelMetadata | DetectorMetadata | PhaseMetadata) -> None:
+def write_metadata(path: str | Path,
+                   metadata: ModelMetadata | DetectorMetadata | PhaseMetadata | SectionMetadata) -> None:
     """Store `metadata` (replacing any previous one of its kind) in the ONNX file at `path`, in place."""
     import onnx
 

@@ -24,6 +24,8 @@ class Phase(IntEnum):
 
 
 PHASE_NAMES: tuple[str, ...] = ("background", "solid", "pore", "crack")
+#: Input channels of a section window (`fracscope.sections`), in order.
+SECTION_CHANNELS: tuple[str, ...] = ("grey", "mask", "pore", "crack")
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ replace) serves both kinds; what differs is the wrapper, the graph names and the
 - dense phase model (`export_phases`): ``image: float32 (batch, 1, height, width)`` (multiples
   of 32; `fracscope.phase_map.PhaseMapModel` pads each tile) → ``phase_probs`` (batch, 4,
   height, width), softmax included (`PhaseProbabilities`); batch, height and width are dynamic.
+- section net (`export_sections`): ``sections: float32 (batch, 4, S, S)`` (the section windows of
+  `fracscope.sections`) → ``class_probs`` (batch, n_classes), softmax included
+  (`SectionProbabilities`); the batch is dynamic, S fixed and recorded in the metadata. fp32 only.
 
 Everything a consumer needs to use the file correctly travels in its metadata
 (`fracscope.model_file`). Parity: `fracscope.export.parity`; int8: `fracscope.export.quantise`.
@@ -45,6 +48,8 @@ from fracscope.export.parity import (
     ParityTolerance,
     PhaseExportReport,
     PhaseParity,
+    SectionExportReport,
+    SectionParity,
     compare_outputs,
     parity_batch,
     parity_inputs,
@@ -57,9 +62,12 @@ from fracscope.model_file import (
     OUTPUT_NAMES,
     PHASES_INPUT_NAME,
     PHASES_OUTPUT_NAMES,
+    SECTIONS_INPUT_NAME,
+    SECTIONS_OUTPUT_NAMES,
     DetectorMetadata,
     ModelMetadata,
     PhaseMetadata,
+    SectionMetadata,
     read_metadata,
     write_metadata,
 )
@@ -70,12 +78,14 @@ __all__ = [
     "ExportReport",
     "ParityTolerance",
     "PhaseExportReport",
+    "SectionExportReport",
     "compare_outputs",
     "export_checkpoint",
     "export_detector",
     "export_network",
     "export_onnx",
     "export_phases",
+    "export_sections",
     "load_calibration",
     "parity_batch",
     "parity_inputs",
@@ -264,6 +274,40 @@ def export_phases(
     return export_network(wrapper, out_path, meta, graph, parity, opset, calibration, calibration_batch=4)
 
 
+def export_sections(
+    network: Any,
+    out_path: str | Path,
+    metadata: SectionMetadata,
+    opset: int = 17,
+    max_abs_diff: float = 1e-4,
+) -> SectionExportReport:
+    """Export a `SectionNet` to ONNX (softmax included) with a dynamic batch and metadata (fp32 only).
+
+    Parameters
+    ----------
+    network : nn.Module
+        ``x (N, 4, S, S) -> (N, n_classes)`` class logits; copied, the original is untouched.
+    metadata : SectionMetadata
+        Facts to embed (S = ``metadata.size_px``); ``precision``, ``export_date`` and
+        ``fracscope_version`` are set here.
+    max_abs_diff : float
+        Largest allowed |onnx - torch| probability over the parity windows.
+
+    Raises
+    ------
+    ExportParityError
+        When onnxruntime disagrees with PyTorch beyond `max_abs_diff`.
+    """
+    from fracscope.models.section_net import SectionProbabilities
+
+    meta = stamped(metadata, quantize=False)
+    wrapper = SectionProbabilities(prepare_for_export(network)).eval()
+    size = int(meta.size_px)
+    graph = Graph(SECTIONS_INPUT_NAME, SECTIONS_OUTPUT_NAMES, {0: "batch"}, (2, len(meta.channels), size, size))
+    parity = SectionParity(wrapper, Path(out_path), meta, opset, max_abs_diff)
+    return export_network(wrapper, out_path, meta, graph, parity, opset)
+
+
 def export_checkpoint(
     ckpt_path: str | Path,
     out_path: str | Path,
@@ -273,9 +317,9 @@ def export_checkpoint(
     pore_weight: float | None = None,
     postprocess: Mapping[str, Any] | None = None,
     calibration_looks: Sequence[str] = (),
-) -> ExportReport | DetectorExportReport | PhaseExportReport:
+) -> ExportReport | DetectorExportReport | PhaseExportReport | SectionExportReport:
     """Export a training checkpoint (``.ckpt``) of any kind; see `export_onnx`, `export_detector`,
-    `export_phases`.
+    `export_phases`, `export_sections`.
 
     `pore_weight` (classifier) and `postprocess` (detector thresholds) override stored values;
     `calibration_looks` (detector, int8 with generated calibration) adds fields in those generator looks.
@@ -283,6 +327,13 @@ def export_checkpoint(
     from fracscope.models.checkpoint import load_network
 
     network, metadata = load_network(ckpt_path)
+    if isinstance(metadata, SectionMetadata):
+        if pore_weight is not None or postprocess or calibration_looks:
+            raise ValueError(f"{ckpt_path} is a section-net checkpoint: pore_weight, post-processing thresholds and "
+                             "calibration looks are settings of the other kinds")
+        if quantize or calibration is not None:
+            raise ValueError(f"{ckpt_path} is a section-net checkpoint: it is exported in fp32 only")
+        return export_sections(network, out_path, metadata, opset=opset)
     if isinstance(metadata, PhaseMetadata):
         if pore_weight is not None or postprocess:
             raise ValueError(f"{ckpt_path} is a phase-model checkpoint: pore_weight and post-processing "

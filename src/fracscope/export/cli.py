@@ -14,11 +14,11 @@ from fracscope.export import (
     set_pore_weight,
     set_postprocess,
 )
-from fracscope.model_file import DETECTOR_METADATA_KEY, PHASES_METADATA_KEY, read_props
+from fracscope.model_file import DETECTOR_METADATA_KEY, PHASES_METADATA_KEY, SECTIONS_METADATA_KEY, read_props
 
 DESCRIPTION = """\
-Export a fracscope training checkpoint (particle classifier, learned detector or dense phase
-model; the kind is read from the checkpoint) to an ONNX model file with its metadata, after a parity check
+Export a fracscope training checkpoint (particle classifier, learned detector, dense phase
+model or section net; the kind is read from the checkpoint) to an ONNX model file with its metadata, after a parity check
 against PyTorch. --int8 writes a static int8 model instead.
 
 Given an exported .onnx instead of a checkpoint, only rewrites settings stored in it, in place:
@@ -77,6 +77,8 @@ def _export(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             parser.error("an .onnx input is rewritten in place: it takes only --pore-weight, "
                          "--pore-decision-weight or threshold options")
         props = read_props(args.checkpoint)
+        if SECTIONS_METADATA_KEY in props:
+            parser.error("a section-net .onnx has no settings to re-set")
         if PHASES_METADATA_KEY in props:
             if args.pore_decision_weight is None or post or args.pore_weight is not None:
                 parser.error("a phase-model .onnx takes only --pore-decision-weight")

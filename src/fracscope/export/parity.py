@@ -15,6 +15,9 @@ calls on the fp32 file and again on the int8 file; it returns the kind's report 
   pixels.
 - Dense phase model: fp32 as the detector's (two input sizes, max |Δprob|); int8 must give
   the same phase argmax as PyTorch on ``min_phase_agreement_pct`` of the calibration pixels.
+- Section net (`SectionParity`): fp32 only, max |Δprob| on a batch of random + structured
+  windows (`parity_batch` with four channels), in two batch sizes so the dynamic batch is
+  exercised.
 """
 
 from __future__ import annotations
@@ -27,7 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.model_file import DetectorMetadata, ModelMetadata, PhaseMetadata, open_onnx_session, sha256_of
+from fracscope.model_file import (
+    DetectorMetadata,
+    ModelMetadata,
+    PhaseMetadata,
+    SectionMetadata,
+    open_onnx_session,
+    sha256_of,
+)
 
 # (batch, height, width) of the detector's parity inputs: two shapes, neither square.
 PARITY_SHAPES: tuple[tuple[int, int, int], ...] = ((2, 96, 160), (1, 192, 64))
@@ -390,4 +400,59 @@ class PhaseParity:
                 f"int8 phase model agrees with PyTorch on the phase of only {agreement:.2f} % of pixels "
                 f"(< {self.min_phase_agreement_pct} %); {self.out_path} was not written", report
             )
+        return report
+
+
+@dataclass(frozen=True)
+class SectionExportReport:
+    """What a section-net export produced: fp32 parity (max |Δprob|) on `n_samples` windows in `batch_sizes`."""
+
+    path: Path
+    opset: int
+    n_samples: int
+    batch_sizes: tuple[int, ...]
+    max_abs_diff: float
+    class_argmax_agreement_pct: float
+    size_bytes: int
+    metadata: SectionMetadata
+    sha256: str = ""
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.precision
+
+    def summary(self) -> str:
+        return (f"{self.path} ({self.metadata.precision}, {self.size_bytes / 1e6:.2f} MB, opset {self.opset}): "
+                f"fp32 parity max |Δprob| {self.max_abs_diff:.2e}, class argmax agreement "
+                f"{self.class_argmax_agreement_pct:.1f} % on {self.n_samples} windows (batches of "
+                f"{', '.join(str(b) for b in self.batch_sizes)})")
+
+
+@dataclass
+class SectionParity:
+    """Parity of a section-net export (fp32 only): random + structured windows, run in two batch sizes."""
+
+    wrapper: Any
+    out_path: Path
+    metadata: SectionMetadata
+    opset: int
+    max_abs_diff: float = 1e-4
+    batch_sizes: tuple[int, ...] = (8, 3)
+
+    def __call__(self, path: Path, precision: str) -> SectionExportReport:
+        if precision != "fp32":
+            raise ExportParityError(f"the section net is exported in fp32 only; {self.out_path} was not written")
+        meta = self.metadata
+        x = parity_batch(int(meta.size_px), len(meta.channels), n_random=6, n_structured=6, seed=0)
+        worst, agree = 0.0, []
+        for b in self.batch_sizes:
+            (ref,), (got,) = torch_outputs(self.wrapper, x, b), onnx_outputs(path, SectionMetadata, x, b)
+            worst = max(worst, float(np.max(np.abs(ref - got))))
+            agree.append(float(100.0 * np.mean(ref.argmax(1) == got.argmax(1))))
+        report = SectionExportReport(self.out_path, self.opset, len(x), tuple(self.batch_sizes), worst, min(agree),
+                                     path.stat().st_size, meta, sha256=sha256_of(path))
+        if not worst <= self.max_abs_diff:
+            raise ExportParityError(
+                f"section-net ONNX export disagrees with PyTorch (max |Δprob| {worst:.3g} > {self.max_abs_diff:.3g}); "
+                f"{self.out_path} was not written", report)
         return report

@@ -16,6 +16,7 @@ from fracscope.model_file import (
     MetadataError,
     ModelMetadata,
     PhaseMetadata,
+    SectionMetadata,
     checkpoint_kind,
     load_checkpoint_dict,
     read_metadata,
@@ -32,13 +33,14 @@ def load_network(path: str | Path, kind: type | None = None) -> tuple[torch.nn.M
     ----------
     kind : type, optional
         `ModelMetadata` (particle network, ``x -> (class_logits, phase_logits)``),
-        `DetectorMetadata` (``x -> (N, 2, H, W)``) or `PhaseMetadata` (`PhaseNet`,
-        ``x -> (N, 4, H, W)`` phase logits); None: what the checkpoint holds
+        `DetectorMetadata` (``x -> (N, 2, H, W)``), `PhaseMetadata` (`PhaseNet`,
+        ``x -> (N, 4, H, W)`` phase logits) or `SectionMetadata` (`SectionNet`, ``x -> (N, 3)``
+        class logits); None: what the checkpoint holds
         (`fracscope.model_file.checkpoint_kind`). A mismatch is an error.
 
     Returns
     -------
-    (network, ModelMetadata, DetectorMetadata or PhaseMetadata)
+    (network, ModelMetadata, DetectorMetadata, PhaseMetadata or SectionMetadata)
 
     Raises
     ------
@@ -62,6 +64,10 @@ def load_network(path: str | Path, kind: type | None = None) -> tuple[torch.nn.M
         from fracscope.models.phase_net import build_phase_net
 
         network = build_phase_net(net_cfg)
+    elif found is SectionMetadata:
+        from fracscope.models.section_net import build_section_net
+
+        network = build_section_net(net_cfg)
     else:
         from fracscope.models.detector_net import build_detector_net
 

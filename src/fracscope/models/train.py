@@ -97,8 +97,8 @@ def run(cfg: DictConfig) -> RunResult:
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     config = dm.describe()
-    config["encoder"] = str(cfg.model.net.encoder)
-    config["in_channels"] = int(cfg.model.net.in_channels)
+    config["encoder"] = str(cfg.model.net.get("encoder", ""))  # the section net has none
+    config["in_channels"] = int(cfg.model.net.get("in_channels", config.get("in_channels", 1)))
     config["training_run"] = str(out)
     # (`config` is also instantiate()'s own first parameter: bind it through a partial.)
     module = instantiate(cfg.model, _partial_=True, _convert_="all")(config=config, class_weights=dm.class_weights())
