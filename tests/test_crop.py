@@ -242,3 +242,17 @@ def test_phase_resize_is_plain_nearest_when_enlarging():
     phases = rng.integers(0, 4, size=(40, 40)).astype(np.uint8)
     big = resize_phases(phases, 80)
     assert np.array_equal(big, np.repeat(np.repeat(phases, 2, 0), 2, 1))
+
+
+@pytest.mark.parametrize("dtype, levels", [(np.uint8, 256), (np.uint16, 65536), (np.uint16, 4096)])
+def test_integer_percentiles_from_the_histogram_equal_numpys(dtype, levels):
+    """8- and 16-bit images take their percentiles off the histogram: exactly `np.percentile`'s linear ones."""
+    from fracscope.crop import intensity_range
+
+    rng = np.random.default_rng(levels)
+    for _ in range(20):
+        img = rng.integers(0, levels, size=tuple(rng.integers(1, 200, 2))).astype(dtype)
+        for q in ((0.5, 99.5), (1.0, 99.0), (0.0, 100.0), (37.3, 62.1)):
+            assert intensity_range(img, *q) == tuple(float(v) for v in np.percentile(img.astype(np.float32), q))
+    ramp = np.arange(101, dtype=dtype).reshape(1, -1)
+    assert intensity_range(ramp, 0.5, 99.5) == (0.5, 99.5)  # interpolated between order statistics

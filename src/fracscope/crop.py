@@ -124,6 +124,47 @@ def strided_sample(pixels: np.ndarray, max_samples: int) -> np.ndarray:
     return values if stride == 1 else values[::stride, ::stride]
 
 
+def intensity_range(pixels: np.ndarray, low_pct: float = NORM_PERCENTILES[0], high_pct: float = NORM_PERCENTILES[1],
+                    max_samples: int | None = None) -> tuple[float, float]:
+    """The grey levels (lo, hi) that `normalize_intensity` maps to 0 and 1: the `low_pct` and `high_pct`
+    percentiles of `pixels` (of its `strided_sample` with `max_samples`)."""
+    arr = np.asarray(pixels)
+    sample = arr if max_samples is None else strided_sample(arr, max_samples)
+    if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        lo, hi = _histogram_percentiles(sample, (low_pct, high_pct))
+    else:
+        lo, hi = np.percentile(np.asarray(sample, dtype=np.float32), (low_pct, high_pct))
+    return float(lo), float(hi)
+
+
+def _histogram_percentiles(values: np.ndarray, percents: tuple[float, ...]) -> list[float]:
+    """`np.percentile`'s linear percentiles of 8- or 16-bit integers, read off their histogram: the same order
+    statistics without the sort (a 3 Mpx field: ~5 ms instead of ~60 ms)."""
+    cumulative = np.cumsum(np.bincount(values.ravel()))
+    n = int(cumulative[-1])
+    out = []
+    for q in percents:
+        position = float(q) / 100.0 * (n - 1)
+        below = math.floor(position)
+        # the k-th smallest value (0-based) is the first grey level whose cumulative count exceeds k
+        a, b = (float(np.searchsorted(cumulative, k, side="right")) for k in (below, min(below + 1, n - 1)))
+        t = position - below  # numpy's interpolation, term for term, so the result is bit-identical
+        out.append(b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t)
+    return out
+
+
+def scale_intensity(pixels: np.ndarray, grey_range: tuple[float, float]) -> np.ndarray:
+    """float32 `pixels` mapped linearly from `grey_range` (`intensity_range`) to [0, 1], clipped; all zeros
+    when the range is empty. A box of an image scaled so equals the same box of the whole image scaled."""
+    arr = np.asarray(pixels, dtype=np.float32)
+    lo, hi = grey_range
+    span = float(hi) - float(lo)
+    if not span > 0:
+        return np.zeros(arr.shape, dtype=np.float32)
+    out = (arr - np.float32(lo)) * np.float32(1.0 / span)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def normalize_intensity(pixels: np.ndarray, low_pct: float = NORM_PERCENTILES[0],
                         high_pct: float = NORM_PERCENTILES[1], max_samples: int | None = None) -> np.ndarray:
     """Robust percentile scaling to [0, 1], as float32.
@@ -136,13 +177,7 @@ def normalize_intensity(pixels: np.ndarray, low_pct: float = NORM_PERCENTILES[0]
     arr = np.asarray(pixels, dtype=np.float32)
     if arr.size == 0:
         return arr
-    sample = arr if max_samples is None else strided_sample(arr, max_samples)
-    lo, hi = np.percentile(sample, (low_pct, high_pct))
-    span = float(hi) - float(lo)
-    if not span > 0:
-        return np.zeros(arr.shape, dtype=np.float32)
-    out = (arr - np.float32(lo)) * np.float32(1.0 / span)
-    return np.clip(out, 0.0, 1.0, out=out)
+    return scale_intensity(arr, intensity_range(arr, low_pct, high_pct, max_samples))
 
 
 def _as_box(bbox) -> Box:

