@@ -28,7 +28,14 @@ import sys
 import numpy as np
 import pandas as pd
 
-from fracscope.classify import CRACK_FEATURES, HEAD_FEATURES, CrackClassifier, CrackRule, crack_features
+from fracscope.classify import (
+    CRACK_FEATURES,
+    HEAD_FEATURES,
+    SECTION_FEATURES,
+    CrackClassifier,
+    CrackRule,
+    crack_features,
+)
 from fracscope.scores import ClassScores
 from fracscope.types import CLASS_NAMES
 
@@ -47,7 +54,8 @@ def load_pairs(path: str | list[str], names=CRACK_FEATURES) -> tuple[pd.DataFram
     rows = []
     for r in pairs.to_dict("records"):
         row = {c[5:]: v for c, v in r.items() if c.startswith("pred_")}
-        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_")})
+        # Older pairs files lack the head columns: their p_* are the head's under --classify head.
+        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_") and f"head_{k}" not in row})
         rows.append(row)
     x = np.stack([crack_features(r, names) for r in rows]) if rows else np.zeros((0, len(names)))
     return pairs, x, pairs["true_class"].to_numpy()
@@ -62,7 +70,7 @@ def load_drawn(path: str, min_length_um: float, names=CRACK_FEATURES) -> tuple[n
     records = []
     for r in rows.to_dict("records"):
         row = {c[5:]: v for c, v in r.items() if c.startswith("pred_")}
-        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_")})
+        row.update({f"head_{k}": v for k, v in list(row.items()) if k.startswith("p_") and f"head_{k}" not in row})
         records.append(crack_features(row, names))
     y = np.where(rows["width_px"].to_numpy() > 0, CLASS_NAMES.index("mildly_damaged"), CLASS_NAMES.index("intact"))
     return np.stack(records), y, rows
@@ -99,6 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fit", required=True, nargs="+", help="pairs CSV(s) of tuning fields to fit on")
     ap.add_argument("--eval", required=True, help="pairs CSV of other tuning fields to score on")
+    ap.add_argument("--section-probs", action="store_true",
+                    help="the pairs carry the section net's probabilities (pred_net_p_*): also fit logistic+net "
+                         "(crack features and the net's three probabilities) and score the net alone")
     ap.add_argument("--head-probs", action="store_true",
                     help="the pairs come from --classify head runs: also fit logistic+head (crack features and the "
                          "crop model's class probabilities) and score the head alone")
@@ -146,6 +157,10 @@ def main() -> None:
             xh_drawn, yh_drawn, _ = load_drawn(args.drawn_fit, args.drawn_min_um, names)
             xh_fit, yh_fit = np.concatenate([xh_fit, xh_drawn]), np.concatenate([y_pairs, yh_drawn])
         routes["logistic+head"] = CrackClassifier.fit(xh_fit, yh_fit, names, l2=args.l2, class_weight=weights)
+    if args.section_probs:  # the pairs only: drawn sections carry no net probabilities
+        names = CRACK_FEATURES + SECTION_FEATURES
+        routes["logistic+net"] = CrackClassifier.fit(load_pairs(args.fit, names)[1], y_pairs, names, l2=args.l2,
+                                                     class_weight=weights)
     print("| route | macro-F1 | recall " + " | recall ".join(CLASS_NAMES) + " | class fractions true->pred % |")
     print("| --- | --- | --- | --- | --- | --- |")
     best, best_f1 = None, -1.0
@@ -160,6 +175,9 @@ def main() -> None:
             best, best_f1 = name, f1
     if args.head_probs:
         print(describe("head (crop model)", eval_pairs, y_eval, eval_pairs["pred_class"].to_numpy())[1])
+    if args.section_probs:
+        net_eval = load_pairs(args.eval, SECTION_FEATURES)[1]
+        print(describe("section net alone", eval_pairs, y_eval, net_eval.argmax(1))[1])
     print(f"best native route on the eval pairs: {best} (macro-F1 {best_f1:.3f}): {routes[best].to_dict()}")
     if args.write:
         import dataclasses

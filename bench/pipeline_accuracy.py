@@ -42,6 +42,7 @@ import tifffile  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+from fracscope.classify import HEAD_FEATURES, SECTION_FEATURES  # noqa: E402
 from fracscope.cli import compose  # noqa: E402
 from fracscope.detect import match_instances  # noqa: E402
 from fracscope.io import write_image_tiff  # noqa: E402
@@ -99,6 +100,7 @@ def main() -> None:
     ap.add_argument("--particles", type=int, default=2000)
     ap.add_argument("--model", default=None, help="crop model file (default: the shipped model)")
     ap.add_argument("--phase-model", default=None, help="native phase model file (default: the shipped model)")
+    ap.add_argument("--section-model", default=None, help="section net file (default: the shipped one)")
     ap.add_argument("--detector", default="classical")
     ap.add_argument("--classify", default="native", choices=["native", "head", "topology"])
     ap.add_argument("--segmenter", default="model", choices=["model", "crops", "threshold"])
@@ -132,6 +134,8 @@ def main() -> None:
         overrides.append(f"model_path={args.model}")
     if args.phase_model:
         overrides.append(f"phase_model_path={args.phase_model}")
+    if args.section_model:
+        overrides.append(f"section_model_path={args.section_model}")
     overrides += args.set
     cfg = compose("infer", *overrides)
     outcome = run(cfg)
@@ -235,7 +239,7 @@ def main() -> None:
 PROFILE_COLUMNS = [f"porosity_r{f}_pct" for f in (50, 60, 70, 80, 90, 100)]
 FEATURE_COLUMNS = ["eq_diameter_um", "crack_pct", "crack_length_um", "crack_reach_frac", "crack_reaches_surface",
                    "n_fragments", "crack_splits_section", "crack_splits_bridged", "longest_crack_frac", "n_cracks", "p_intact",
-                   "p_mildly_damaged", "p_broken"]
+                   "p_mildly_damaged", "p_broken", *SECTION_FEATURES, *HEAD_FEATURES]
 
 
 class PixelScores:

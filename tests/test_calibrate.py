@@ -9,7 +9,7 @@ import pytest
 
 from fracscope.assets import resolve_phase_model
 from fracscope.calibrate import evidence, main, run
-from fracscope.classify import HEAD_FEATURES, CrackClassifier, class_rule_from_dict
+from fracscope.classify import SECTION_FEATURES, CrackClassifier, class_rule_from_dict
 from fracscope.model_file import PhaseMetadata, read_metadata
 from fracscope.scores import ClassScores
 from fracscope.types import CLASS_NAMES
@@ -27,14 +27,14 @@ def _shipped() -> CrackClassifier:
 def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     """particles.csv rows of sections with one crack of drawn length, and the class a lab with a stricter
     intact/mild line gives them: broken when split, mildly damaged when the longest crack is at least
-    `LAB_MIN_LONGEST` of the diameter, intact otherwise. The head probabilities follow the crack length."""
+    `LAB_MIN_LONGEST` of the diameter, intact otherwise. The section net's probabilities follow the crack length."""
     rng = np.random.default_rng(seed)
     longest = np.where(rng.random(n) < 0.3, 0.0, rng.uniform(0.02, 1.2, n))
     splits = (longest > 0.8) & (rng.random(n) < 0.5)
     diameter = rng.uniform(5, 12, n)
     has = longest > 0
     p_damaged = 1 / (1 + np.exp(-(longest - 0.15) * 12))
-    head_broken = np.where(splits, 0.6, 0.05) * p_damaged
+    net_broken = np.where(splits, 0.6, 0.05) * p_damaged
     table = pd.DataFrame({
         "image": [f"lab/field{i % 10}.tif" for i in range(n)], "page": 0, "particle_id": np.arange(n) // 10 + 1,
         "eq_diameter_um": diameter, "crack_pct": 2.5 * longest, "crack_length_um": 1.3 * longest * diameter,
@@ -42,7 +42,7 @@ def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
         "crack_reaches_surface": (has & (rng.random(n) < 0.5)) * 1.0,
         "crack_splits_section": splits * 1.0, "crack_splits_bridged": splits * 1.0, "longest_crack_frac": longest,
         "n_cracks": has * rng.integers(1, 3, n) * 1.0,
-        "head_p_intact": 1 - p_damaged, "head_p_mildly_damaged": p_damaged - head_broken, "head_p_broken": head_broken,
+        "net_p_intact": 1 - p_damaged, "net_p_mildly_damaged": p_damaged - net_broken, "net_p_broken": net_broken,
     })
     label = np.where(splits, BROKEN, np.where(longest >= LAB_MIN_LONGEST, MILD, INTACT))
     return table, label
@@ -102,7 +102,7 @@ def test_the_written_file_carries_the_rule_into_infer(tmp_path):
     quiet = ["report.write_overlays=false", "report.write_review=false", "report.write_plots=false", "progress=false"]
     infer(compose("infer", f"input={fields}", f"output={tmp_path / 'run1'}", *quiet))
     first = pd.read_csv(tmp_path / "run1" / "particles.csv")
-    assert len(first) >= 9 and first[list(HEAD_FEATURES)].notna().all().all()
+    assert len(first) >= 9 and first[list(SECTION_FEATURES)].notna().all().all()
     probs = [f"p_{c}" for c in CLASS_NAMES]
     np.testing.assert_allclose(_shipped().predict_proba(evidence(first, _shipped().features)), first[probs], atol=1e-9)
 
@@ -163,11 +163,11 @@ def test_a_bad_prior_strength_is_one_line(tmp_path, capsys):
         assert "--prior-strength must be auto or a number >= 0" in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_table_without_head_probabilities_is_one_line(tmp_path, capsys):
+def test_a_table_without_the_section_net_probabilities_is_one_line(tmp_path, capsys):
     table, label = constructed_table(60, seed=4)
-    table.drop(columns=list(HEAD_FEATURES)).to_csv(tmp_path / "particles.csv", index=False)
+    table.drop(columns=list(SECTION_FEATURES)).to_csv(tmp_path / "particles.csv", index=False)
     _write_labels(tmp_path / "labels.csv", table, label)
     with pytest.raises(SystemExit):
         main([str(tmp_path / "particles.csv"), str(tmp_path / "labels.csv"), str(tmp_path / "lab.onnx")])
     err = capsys.readouterr().err
-    assert "head_p_intact" in err and "rerun infer" in err and len(err.strip().splitlines()) == 1
+    assert "net_p_intact" in err and "rerun infer" in err and len(err.strip().splitlines()) == 1

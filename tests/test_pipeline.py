@@ -58,8 +58,11 @@ def test_run_writes_every_output_and_ids_match_instances(tmp_path, field_dir, ra
     n_true = sum(len(item.particles) for item in truth.values())
     assert abs(outcome.n_particles - n_true) <= 0.15 * n_true
     summary = json.loads((out / "summary.json").read_text())
-    # The default route runs the phase model, and the crop model for the class head its class rule reads.
-    assert summary["provenance"]["phase_model_sha256"] and summary["provenance"]["model_sha256"]
+    # The default route runs the phase model and the section net its class rule reads, not the crop model.
+    prov = summary["provenance"]
+    assert prov["phase_model_sha256"] and prov["section_model_sha256"] and prov["model_sha256"] is None
+    assert table[["net_p_intact", "net_p_mildly_damaged", "net_p_broken"]].notna().all().all()
+    assert table["head_p_intact"].isna().all()
     timings = json.loads((out / "timings.json").read_text())
     assert timings["n_particles"] == outcome.n_particles and timings["peak_rss_mb"] > 0
     assert pd.read_parquet(out / "particles.parquet").shape == table.shape
@@ -330,8 +333,9 @@ def test_a_section_trimmed_under_the_detectors_minimum_is_dropped():
 
 
 def test_models_loads_the_crop_model_only_when_the_settings_or_the_class_rule_need_it(tmp_path):
-    """The shipped class rule reads the crop head, so the default loads both; a rule on crack measures alone,
-    or segmenter=threshold with classify=head, loads only what it reads."""
+    """The shipped class rule reads the section net, so the default loads the phase model and the section net
+    and not the crop model; a rule on crack measures alone, or segmenter=threshold with classify=head, loads
+    only what it reads."""
     import dataclasses
     import shutil
 
@@ -342,11 +346,12 @@ def test_models_loads_the_crop_model_only_when_the_settings_or_the_class_rule_ne
     from fracscope.pipeline import RunSettings
 
     default = Models.for_settings(AnalysisSettings())
-    assert default.phases is not None and default.crops is not None and default.crop_spec is not None
+    assert default.phases is not None and default.sections is not None
+    assert default.crops is None and default.crop_spec is None
     plain = tmp_path / "rule.onnx"
     shutil.copy(resolve_phase_model(None), plain)
     write_metadata(plain, dataclasses.replace(read_metadata(plain, PhaseMetadata), class_rule=CrackRule().to_dict()))
     only_phases = Models.for_settings(AnalysisSettings(), RunSettings(phase_model_path=str(plain)))
-    assert only_phases.phases is not None and only_phases.crops is None and only_phases.crop_spec is None
+    assert only_phases.phases is not None and only_phases.crops is None and only_phases.sections is None
     only_crops = Models.for_settings(AnalysisSettings(segmenter="threshold", classify="head"))
     assert only_crops.phases is None and only_crops.crops is not None

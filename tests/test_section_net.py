@@ -1,4 +1,5 @@
-"""The section net's model kind "sections": metadata, network, data, training and export (not yet used by infer)."""
+"""The section net's model kind "sections": metadata, network, data, training and export (its use at inference:
+test_section_route.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from fracscope.model_file import (
     PhaseMetadata,
     SectionMetadata,
     checkpoint_kind,
+    graph_sha256,
     read_metadata,
 )
 from fracscope.sections import SectionWindow
@@ -149,7 +151,8 @@ def test_sections_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache, 
     assert "fp32 parity" in capsys.readouterr().out
     meta = read_metadata(out, SectionMetadata)
     assert meta.width == 8 and SectionWindow.from_metadata(meta) == SectionWindow() and meta.class_names == CLASS_NAMES
-    assert meta.phase_model_sha256 == PhaseMapModel(threads=1).sha256
+    # the phase model's graph (weights), not its file: the class rule written into its metadata does not count
+    assert meta.phase_model_sha256 == graph_sha256(PhaseMapModel(threads=1).model_path)
     assert meta.pixel_size_range_um == (0.08, 0.08) and "val/macro_f1" in meta.metrics
     assert sum(meta.extra["class_counts"]) > 0
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

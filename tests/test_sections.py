@@ -114,3 +114,27 @@ def test_the_product_window_is_the_measured_prototypes() -> None:
     ours = section_inputs(grey, instances, codes, [1, 2, 3, 4])
     theirs = np.stack([section_net.section_input(grey, instances, codes, pid, 64) for pid in (1, 2, 3, 4)])
     assert np.array_equal(ours, theirs)
+
+
+def test_inference_inputs_equal_the_training_windows() -> None:
+    """At inference the grey range is taken once and applied box by box (`sections_of_image`); the windows equal
+    the training data's, which normalise the whole field first (`section_inputs` on `normalize_intensity`)."""
+    from scipy import ndimage as ndi
+
+    from fracscope.crop import normalize_intensity
+    from fracscope.sections import sections_of_image
+    from fracscope.synth import load_config, make_field
+
+    item = make_field(load_config("p", overrides=["electrode.field_px=[256,320]"]), 3, 0)
+    pixels, instances = item.image.pixels, item.instances
+    rng = np.random.default_rng(0)
+    codes = rng.choice([Phase.SOLID, Phase.PORE, Phase.CRACK], size=instances.shape, p=[0.9, 0.07, 0.03]).astype(np.uint8)
+    ids = [int(i) for i in np.unique(instances) if i][:6]
+    window = SectionWindow(size_px=48, margin=1.2)
+    training = section_inputs(normalize_intensity(pixels), instances, codes, ids, window)
+    boxes = ndi.find_objects(instances)
+    sections = [((b[0].start, b[1].start, b[0].stop, b[1].stop), instances[b] == i) for i in ids for b in [boxes[i - 1]]]
+    inference = sections_of_image(pixels, codes, sections, window)
+    assert len(ids) >= 3 and inference.shape == training.shape == (len(ids), 4, 48, 48)
+    assert np.array_equal(inference, training)
+    assert sections_of_image(pixels, codes, [], window).shape == (0, 4, 48, 48)

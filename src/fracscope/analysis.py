@@ -4,7 +4,8 @@
 (phases on the image grid, measurements, class) are its two halves, which a bulk run
 (`fracscope.pipeline`, `fracscope.executor`) runs on different threads or machines.
 By default the phase maps come from the native-resolution phase model (`fracscope.phase_map`)
-and the class from the crack measurements on them (`fracscope.classify`); the crop model
+and the class from the crack measurements on them and the section net's probabilities
+(`fracscope.sections`, `fracscope.classify`); the crop model
 (``segmenter=crops``, ``classify=head|topology``) and the paper's threshold
 (``segmenter=threshold``) remain as options.
 """
@@ -19,13 +20,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fracscope.assets import resolve_model, resolve_phase_model
+from fracscope.assets import resolve_section_model
 from fracscope.classify import (
     HEAD_FEATURES,
+    SECTION_FEATURES,
     CrackClassifier,
     CrackRule,
     class_from_fragments,
     class_rule_from_dict,
     needs_head,
+    needs_sections,
 )
 from fracscope.detect import Detector
 from fracscope.io import relative_source
@@ -45,6 +49,7 @@ from fracscope.phases import (
 )
 from fracscope.refine import RIM_TRIM_PHASES
 from fracscope.runtime import Backend, load_backend
+from fracscope.sections import SectionNetModel, sections_of_image
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult, SEMImage
 
 SEGMENTERS = ("model", "crops", "threshold")
@@ -59,8 +64,9 @@ class AnalysisSettings:
     # "model": the native-resolution phase model | "crops": the crop model's maps pasted back (the earlier
     # route) | "threshold": the paper's Eq. 1 on an Otsu threshold
     segmenter: str = "model"
-    # "native": the phase model file's class rule on the native crack measurements | "head": the crop
-    # model's class head | "topology": the head corrected by crack-mask connectivity
+    # "native": the phase model file's class rule on the native crack measurements (and the section net's
+    # probabilities, when the rule reads them) | "head": the crop model's class head | "topology": the head
+    # corrected by crack-mask connectivity
     classify: str = "native"
     # "dark" (empty pores) | "bright" (Pt- or resin-filled: the networks see them in dark-pore contrast) |
     # "auto": decided per image from the detected particles against the space between them
@@ -84,6 +90,7 @@ class ModelChoice:
     """Which model files a run loads and where they run (the run's settings carry the same fields)."""
 
     phase_model_path: str | None = None  # None: the shipped phase model
+    section_model_path: str | None = None  # the section net; None: the shipped one
     model_path: str | None = None  # the crop model; None: the shipped one
     backend: str = "onnx"
     device: str = "cpu"
@@ -131,28 +138,32 @@ def _mask_box(mask: np.ndarray, origin: tuple[int, int]) -> tuple[int, int, int,
 
 @dataclass(frozen=True)
 class Models:
-    """The networks a run uses: the phase model and/or the crop model, as the settings need them."""
+    """The networks a run uses: the phase model, the section net and/or the crop model, as the settings need them."""
 
     phases: PhaseMapModel | None = None  # segmenter=model or classify=native
     crops: Backend | None = None  # segmenter=crops or classify=head|topology
     class_rule: CrackRule | CrackClassifier | None = None  # the phase model file's, read once
+    sections: SectionNetModel | None = None  # classify=native with a class rule that reads the section net
 
     @classmethod
     def for_settings(cls, settings: AnalysisSettings, run: ModelChoice | None = None) -> Models:
         """Load what `settings` need (model files, device and threads from `run`, e.g. the run's
         `fracscope.pipeline.RunSettings`; the shipped models on the CPU without)."""
         run = run or ModelChoice()
-        phases = crops = class_rule = None
+        phases = crops = class_rule = sections = None
         if settings.segmenter == "model" or settings.classify == "native":
             phases = PhaseMapModel(resolve_phase_model(run.phase_model_path), device=run.device,
                                    threads=run.model_threads)
             class_rule = class_rule_from_dict(phases.metadata.class_rule)
-        # A class rule that also reads the crop model's class head needs that model.
-        head_for_rule = settings.classify == "native" and needs_head(class_rule)
-        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or head_for_rule:
+        # A class rule that also reads the crop model's class head or the section net needs that network.
+        native = settings.classify == "native"
+        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or (native and needs_head(class_rule)):
             crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device,
                                  threads=run.model_threads)
-        return cls(phases, crops, class_rule)
+        if native and needs_sections(class_rule):
+            sections = SectionNetModel(resolve_section_model(run.section_model_path),
+                                       device=run.device, threads=run.model_threads)
+        return cls(phases, crops, class_rule, sections)
 
     @property
     def pixel_size_range_um(self) -> tuple[float, float] | None:
@@ -182,6 +193,7 @@ class Predicted:
     pore_weight: float  # the crop model file's, or the run's override
     pixel_size_range_um: tuple[float, float] | None = None  # the models' training pixel sizes (quality flags)
     pore_polarity: str = "dark"  # this image's: the run's setting, or decided from the image under "auto"
+    sections: SectionNetModel | None = None  # the section net, when the class rule reads it
 
 
 def predict_particles(
@@ -206,11 +218,24 @@ def predict_particles(
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
     return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight,
-                     models.pixel_size_range_um, located.pore_polarity)
+                     models.pixel_size_range_um, located.pore_polarity, models.sections)
+
+
+@dataclass
+class MeasuredSection:
+    """One kept section of an image before its class: where it is and what was measured on it."""
+
+    particle_id: int
+    box: tuple[int, int, int, int]  # its bounding box as detected (r0, c0, r1, c1), end-exclusive
+    own: np.ndarray  # its measured (trimmed) mask in the box
+    measurements: dict[str, float]
+    evidence_mask: np.ndarray | None  # the mask of the native phase map that the class evidence is read on
+    evidence: dict[str, float] | None  # classify=native: the crack measurements the class rule reads
+    crop_index: int | None  # its crop in the crop model's order, when it has one
 
 
 def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: StageTimes) -> ImageResult:
-    """Phases pasted back onto the image's own pixel grid, and every particle measured there."""
+    """Phases pasted back onto the image's own pixel grid, every particle measured there, then classified."""
     located, stem, group = predicted.located, predicted.stem, predicted.group
     image, instances = located.image, located.instances
     t = time.perf_counter()
@@ -220,7 +245,6 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     polarity = predicted.pore_polarity
     grey_threshold = image_threshold(image.pixels, polarity) if settings.segmenter == "threshold" else None
     boxes = ndi.find_objects(instances)  # one pass: every particle's own bounding box
-    particles: list[ParticleResult] = []
     px = image.pixel_size_um
     # Reported lengths times this are µm, for the size rules only: 1 with a pixel size; the estimate
     # (`locate.with_estimated_scale`) without one, whose lengths stay in pixels; None: neither.
@@ -229,6 +253,7 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     # resolution), so that no reported section is smaller than the minimum. Needs a (estimated) pixel size.
     min_d = located.min_diameter_um if to_um else None
     crops = {c.particle_id: (i, c) for i, c in enumerate(located.crops)}
+    kept: list[MeasuredSection] = []
     for pid in (i + 1 for i, b in enumerate(boxes) if b is not None):
         rows, cols = boxes[pid - 1]
         box = (rows.start, cols.start, rows.stop, cols.stop)
@@ -249,45 +274,73 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
             instances[r0:r1, c0:c1][own] = 0  # its id stays unused
             continue
         phases[r0:r1, c0:c1][own] = local[own]
+        evidence = None
         if settings.classify == "native":
             evidence = dict(m if settings.segmenter == "model" else measure_particle(native.mask, native.phases, px))
-            if predicted.class_probs is not None:
-                evidence.update(zip(HEAD_FEATURES, map(float, predicted.class_probs[index])))
-            probs = predicted.class_rule.predict_measured(evidence)
-            class_index = int(np.argmax(probs))
-        elif settings.classify == "topology" and settings.segmenter != "threshold":
-            probs = predicted.class_probs[index]
-            # measure_particle already counted the fragments (same crumb rule as the classifier's).
-            class_index = class_from_fragments(probs, int(m["n_fragments"]))
-        else:
-            probs = predicted.class_probs[index]
-            class_index = int(np.argmax(probs))
-        scores = located.scores
-        score = float(scores[pid - 1]) if scores is not None and pid <= len(scores) else None
-        diameter = m["eq_diameter_um"]
-        if to_um:
-            too_small = diameter * to_um < settings.min_judge_diameter_um
-        else:
-            too_small = diameter < settings.min_judge_diameter_px
-        particles.append(
-            ParticleResult(
-                particle_id=pid,
-                class_name=CLASS_NAMES[class_index],
-                probs=tuple(float(p) for p in probs),
-                low_confidence=bool(np.max(probs) < settings.low_confidence),
-                touches_border=_touches_border((r0, c0, r1, c1), instances.shape),  # as detected: cut is cut
-                too_small=bool(too_small),
-                bbox=_mask_box(own, (r0, c0)) or (r0, c0, r1, c1),  # the measured (trimmed) section's box
-                measurements=m,
-                crop=crop if settings.keep_crops else None,
-                detector_score=score,
-                head_probs=None if predicted.class_probs is None or index is None
-                else tuple(float(v) for v in predicted.class_probs[index]),
-            )
-        )
+        kept.append(MeasuredSection(pid, box, own, m, native.mask if native is not None else None, evidence, index))
+    network_probs = _network_probs(predicted, kept)
+    particles = [_particle_result(section, *_section_class(predicted, section, probs, settings), probs,
+                                  located, instances.shape, settings, to_um)
+                 for section, probs in zip(kept, network_probs, strict=True)]
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
                        pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity)
+
+
+def _network_probs(predicted: Predicted, kept: list[MeasuredSection]) -> list[dict[str, float]]:
+    """Per kept section, the class probabilities of the networks that ran on it, by column name
+    (`SECTION_FEATURES`, `HEAD_FEATURES`): the section net's in one batch over the image."""
+    out: list[dict[str, float]] = [{} for _ in kept]
+    if predicted.class_probs is not None:
+        for probs, section in zip(out, kept, strict=True):
+            if section.crop_index is not None:
+                probs.update(zip(HEAD_FEATURES, map(float, predicted.class_probs[section.crop_index])))
+    net, codes = predicted.sections, predicted.codes
+    if net is not None and codes is not None and kept:
+        # The networks' pixels (dark-pore contrast), as the net was trained on them.
+        inputs = sections_of_image(predicted.located.pixels_for_networks, codes.inside,
+                                   [(s.box, s.evidence_mask) for s in kept], net.window)
+        for probs, p in zip(out, net.predict(inputs), strict=True):
+            probs.update(zip(SECTION_FEATURES, map(float, p)))
+    return out
+
+
+def _section_class(predicted: Predicted, section: MeasuredSection, network_probs: dict[str, float],
+                   settings: AnalysisSettings) -> tuple[np.ndarray, int]:
+    """Class probabilities and class index of one section, by the run's classify route."""
+    if settings.classify == "native":
+        probs = predicted.class_rule.predict_measured({**section.evidence, **network_probs})
+        return probs, int(np.argmax(probs))
+    probs = predicted.class_probs[section.crop_index]
+    if settings.classify == "topology" and settings.segmenter != "threshold":
+        # measure_particle already counted the fragments (same crumb rule as the classifier's).
+        return probs, class_from_fragments(probs, int(section.measurements["n_fragments"]))
+    return probs, int(np.argmax(probs))
+
+
+def _particle_result(section: MeasuredSection, probs: np.ndarray, class_index: int,
+                     network_probs: dict[str, float], located: LocatedParticles, shape: tuple[int, int],
+                     settings: AnalysisSettings, to_um: float | None) -> ParticleResult:
+    r0, c0, r1, c1 = section.box
+    pid, m = section.particle_id, section.measurements
+    scores = located.scores
+    score = float(scores[pid - 1]) if scores is not None and pid <= len(scores) else None
+    diameter = m["eq_diameter_um"]
+    too_small = diameter * to_um < settings.min_judge_diameter_um if to_um else diameter < settings.min_judge_diameter_px
+    crop = located.crops[section.crop_index] if section.crop_index is not None else None
+    return ParticleResult(
+        particle_id=pid,
+        class_name=CLASS_NAMES[class_index],
+        probs=tuple(float(p) for p in probs),
+        low_confidence=bool(np.max(probs) < settings.low_confidence),
+        touches_border=_touches_border(section.box, shape),  # as detected: cut is cut
+        too_small=bool(too_small),
+        bbox=_mask_box(section.own, (r0, c0)) or section.box,  # the measured (trimmed) section's box
+        measurements=m,
+        crop=crop if settings.keep_crops else None,
+        detector_score=score,
+        network_probs=network_probs,
+    )
 
 
 def analyse_image(

@@ -10,6 +10,7 @@ SAMPLE_DIR = REPO_ROOT / "data" / "sample"
 DEFAULT_MODEL = REPO_ROOT / "models" / "fracscope_default.onnx"
 DEFAULT_DETECTOR = REPO_ROOT / "models" / "fracscope_detector.onnx"
 DEFAULT_PHASE_MODEL = REPO_ROOT / "models" / "fracscope_phases.onnx"
+DEFAULT_SECTION_MODEL = REPO_ROOT / "models" / "fracscope_sections.onnx"
 #: The Hydra config tree of every command (conf/infer.yaml, conf/train.yaml, conf/synth/, ...).
 CONF_DIR = REPO_ROOT / "conf"
 
@@ -40,3 +41,8 @@ def resolve_detector(value: str | Path | None) -> str:
 def resolve_phase_model(value: str | Path | None) -> str:
     """The dense phase model file (`fracscope.phase_map`): the shipped one when none is given."""
     return _resolve(value, DEFAULT_PHASE_MODEL, "dense phase model")
+
+
+def resolve_section_model(value: str | Path | None) -> str:
+    """The section net file (`fracscope.sections.SectionNetModel`): the shipped one when none is given."""
+    return _resolve(value, DEFAULT_SECTION_MODEL, "section net")

@@ -3,8 +3,8 @@
     fracscope-calibrate RUN_DIR/particles.csv labels.csv my_phases.onnx [--prior-strength auto|S] [--plain]
 
 Labs draw the line between *intact* and *mildly damaged* differently. The class of the default route
-(``classify=native``) is a multinomial logistic regression on each particle's crack columns and the crop
-model's class-head probabilities (`fracscope.classify.CrackClassifier`, stored as ``class_rule`` in the phase
+(``classify=native``) is a multinomial logistic regression on each particle's crack columns and the section
+net's class probabilities (``net_p_*``; `fracscope.classify.CrackClassifier`, stored as ``class_rule`` in the phase
 model file). Those inputs are all columns of particles.csv, so the rule can be refitted from a finished run
 and a labels CSV (``image,page,particle_id,class``) without running any network again: the new rule is
 written into a copy of the phase model file, which ``infer.py phase_model_path=NEW.onnx`` then uses.
@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fracscope.classify import CRACK_FEATURES, HEAD_FEATURES, CrackClassifier, class_rule_from_dict, crack_features
+from fracscope.classify import (
+    CRACK_FEATURES,
+    HEAD_FEATURES,
+    SECTION_FEATURES,
+    CrackClassifier,
+    class_rule_from_dict,
+    crack_features,
+)
 from fracscope.cli import UsageError
 from fracscope.scores import ClassScores
 from fracscope.types import CLASS_NAMES
@@ -116,7 +123,7 @@ def labelled_rows(particles: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame
 
 def evidence(rows: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
     """The (N, F) features a class rule reads, from particles.csv rows."""
-    absent = [f for f in features if f in HEAD_FEATURES and f not in rows.columns]
+    absent = [f for f in features if f in HEAD_FEATURES + SECTION_FEATURES and f not in rows.columns]
     empty = [f for f in features if f in rows.columns and rows[f].isna().any()]
     if absent or empty:
         raise UsageError(f"the class rule reads {', '.join(absent + empty)}, which particles.csv "

@@ -98,9 +98,19 @@ CRACK_FEATURES: tuple[str, ...] = (
 HEAD_FEATURES: tuple[str, ...] = tuple(f"head_p_{name}" for name in CLASS_NAMES)
 
 
+# The section net's class probabilities (`fracscope.sections.SectionNetModel`), for a class rule that reads
+# them beside the crack measurements (the default since issue 18's section net).
+SECTION_FEATURES: tuple[str, ...] = tuple(f"net_p_{name}" for name in CLASS_NAMES)
+
+
 def needs_head(rule: Any) -> bool:
     """Whether a class rule reads the crop model's class head (`HEAD_FEATURES`)."""
     return any(name in HEAD_FEATURES for name in getattr(rule, "features", ()))
+
+
+def needs_sections(rule: Any) -> bool:
+    """Whether a class rule reads the section net's probabilities (`SECTION_FEATURES`)."""
+    return any(name in SECTION_FEATURES for name in getattr(rule, "features", ()))
 
 
 def crack_features(measurements: Mapping[str, float], names: Sequence[str] = CRACK_FEATURES) -> np.ndarray:

@@ -211,35 +211,39 @@ def is_phase_model(model_path: str | Path) -> bool:
 
 
 def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, out_dir: str | Path | None = None,
-                          min_pore_px: int = 3, crop_model_path: str | Path | None = None) -> EvalReport:
+                          min_pore_px: int = 3, crop_model_path: str | Path | None = None,
+                          section_model_path: str | Path | None = None) -> EvalReport:
     """Score the native-resolution phase model and its class rule on annotated images, on the image grid.
 
     Each annotated particle (the crop selection's: whole, large enough) is segmented exactly as
     `infer.py` does, with its true mask (no rim trim), measured, and classified by the model
-    file's class rule (with the crop model's class head from `crop_model_path`, default the
-    shipped one, when the rule reads it). Metrics: the class scores (``native_*``), pore IoU over true pores of at
+    file's class rule (with the crop model's class head from `crop_model_path` and the section net from
+    `section_model_path`, default the shipped ones, when the rule reads them). Metrics: the class scores (``native_*``), pore IoU over true pores of at
     least `min_pore_px` source pixels (pooled, inside the sections), crack IoU, and porosity MAE
     and bias against the annotation's own phase map.
     """
     from fracscope.assets import resolve_model
-    from fracscope.classify import HEAD_FEATURES, class_rule_from_dict, needs_head
+    from fracscope.classify import HEAD_FEATURES, SECTION_FEATURES, class_rule_from_dict, needs_head, needs_sections
     from fracscope.crop import crop_particle
     from fracscope.measure import measure_particle
     from fracscope.phase_map import PhaseMapModel
     from fracscope.phases import particle_phases, predict_crops
+    from fracscope.sections import SectionNetModel, image_grey_range, sections_of_image
 
     model = PhaseMapModel(model_path)
     rule = class_rule_from_dict(model.metadata.class_rule)
     # A rule that reads the crop model's class head gets the shipped crop model's, as infer.py does.
     head = load_backend(resolve_model(crop_model_path)) if needs_head(rule) else None
+    net = SectionNetModel(section_model_path) if needs_sections(rule) else None
     pore, pore_all, crack = IoUAccumulator(Phase.PORE, min_pore_px), IoUAccumulator(Phase.PORE), IoUAccumulator(Phase.CRACK)
     rows, true_cls, pred_cls, cache = [], [], [], {}
     for _, item, inst, p, box in croppable_particles(items):
         key = id(item)
         if key not in cache:  # one pass of the model per image
             px = item.image.pixel_size_um or model.working_pixel_size_um
-            cache = {key: (model.predict_codes(item.image.pixels, px), px)}
-        codes, px = cache[key]
+            grey_range = image_grey_range(item.image.pixels) if net is not None else None
+            cache = {key: (model.predict_codes(item.image.pixels, px), px, grey_range)}
+        codes, px, grey_range = cache[key]
         own = np.asarray(inst[box]) == int(p.particle_id)
         region = (box[0].start, box[1].start, box[0].stop, box[1].stop)
         found = particle_phases(codes, region, own)
@@ -248,6 +252,9 @@ def evaluate_native_items(items: list[AnnotatedImage], model_path: str | Path, o
         if head is not None:
             crop = crop_particle(item.image.pixels, inst, int(p.particle_id), head.metadata.crop_spec, bbox=box)
             evidence.update(zip(HEAD_FEATURES, map(float, predict_crops(head, [crop], 1)[0][0])))
+        if net is not None:
+            x = sections_of_image(item.image.pixels, codes.inside, [(region, own)], net.window, grey_range)
+            evidence.update(zip(SECTION_FEATURES, map(float, net.predict(x)[0])))
         probs = rule.predict_measured(evidence)
         true_phases = item.phases[box] if item.phases is not None else None
         if true_phases is not None:

@@ -563,8 +563,9 @@ class SectionMetadata:
     pixel_size_range_um:
         (min, max) pixel size of the source images seen in training, µm; None when unknown.
     phase_model_sha256:
-        SHA-256 of the phase model file whose phases the training windows carry: the net learned
-        that model's way of drawing pores and cracks ("" = unknown).
+        SHA-256 of the graph (`graph_sha256`: operators and weights, not the metadata, which holds the class
+        rule) of the phase model whose phases the training windows carry: the net learned that model's way
+        of drawing pores and cracks ("" = unknown).
     training_data, synth_version, metrics:
         Provenance and best validation metrics (``val/macro_f1``, ...).
     precision, fracscope_version, export_date, schema_version:
@@ -785,6 +786,15 @@ def sha256_of(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def graph_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of an ONNX file's graph (operators and weights), not of its metadata: a class rule or other
+    facts written into the metadata later leave it unchanged. What a model trained on another model's
+    output records of it (`SectionMetadata.phase_model_sha256`)."""
+    import onnx
+
+    return hashlib.sha256(onnx.load(str(path)).graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

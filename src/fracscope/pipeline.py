@@ -71,6 +71,7 @@ class RunSettings:
     output: str = "outputs/infer"
     model_path: str | None = None  # the crop model; None: the shipped default
     phase_model_path: str | None = None  # the native-resolution phase model; None: the shipped default
+    section_model_path: str | None = None  # the section net (classify=native); None: the shipped default
     backend: str = "onnx"
     device: str = "cpu"
     decode_threads: int = 2
@@ -110,12 +111,14 @@ class RunSettings:
         detector_factory(settings.detect, "the infer config's detect group")
         return settings
 
-    def result_settings(self, model_sha256: str, phase_model_sha256: str | None = None) -> dict[str, Any]:
+    def result_settings(self, model_sha256: str, phase_model_sha256: str | None = None,
+                        section_model_sha256: str | None = None) -> dict[str, Any]:
         """The settings that change results: a resume must match the earlier run's (runs.jsonl)."""
         a = self.analysis
         return {
             "model_sha256": model_sha256,
             "phase_model_sha256": phase_model_sha256,
+            "section_model_sha256": section_model_sha256,
             "detect": dict(self.detect),
             "segmenter": a.segmenter,
             "classify": a.classify,
@@ -299,6 +302,8 @@ def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Mo
         "phase_model_path": str(models.phases.model_path) if models.phases is not None else None,
         "phase_model_sha256": models.phases.sha256 if models.phases is not None else None,
         "phase_model_metadata": json.loads(models.phases.metadata.to_json()) if models.phases is not None else None,
+        "section_model_path": str(models.sections.model_path) if models.sections is not None else None,
+        "section_model_sha256": models.sections.sha256 if models.sections is not None else None,
         "input": input_spec,
         "command": " ".join(sys.argv),
     }
@@ -307,7 +312,8 @@ def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Mo
     resume = bool(run_settings.resume)
     run_log = RunLog(
         output,
-        run_settings.result_settings(provenance["model_sha256"], provenance["phase_model_sha256"]),
+        run_settings.result_settings(provenance["model_sha256"], provenance["phase_model_sha256"],
+                                     provenance["section_model_sha256"]),
         run_settings.resume,
         provenance["command"],
         has_results=resume and bool(done_images(output)),

@@ -20,18 +20,22 @@ docs/BENCHMARKS.md (issue 18).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.crop import intensity_range, scale_intensity
 from fracscope.model_file import MetadataError, SectionMetadata
-from fracscope.phase_map import footprint_max
+from fracscope.phase_map import MAX_PERCENTILE_SAMPLES, footprint_max
 from fracscope.types import SECTION_CHANNELS, Phase
 
-__all__ = ["SECTION_CHANNELS", "SectionWindow", "section_input", "section_inputs"]
+__all__ = ["SECTION_CHANNELS", "SectionNetModel", "SectionWindow", "section_input", "section_inputs",
+           "image_grey_range", "sections_of_image"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,77 @@ def section_inputs(grey: np.ndarray, instances: np.ndarray, phases: np.ndarray, 
             raise ValueError(f"instance {pid} is not in the label map")
         out[k] = section_input(grey[box], instances[box] == pid, phases[box], window)
     return out
+
+
+def image_grey_range(pixels: np.ndarray) -> tuple[float, float]:
+    """The grey levels that the section windows of an image map to 0 and 1 (`fracscope.crop.intensity_range`)."""
+    return intensity_range(pixels, max_samples=MAX_PERCENTILE_SAMPLES)
+
+
+def sections_of_image(pixels: np.ndarray, inside_codes: np.ndarray,
+                      sections: Sequence[tuple[tuple[int, int, int, int], np.ndarray]],
+                      window: SectionWindow = SectionWindow(),
+                      grey_range: tuple[float, float] | None = None) -> np.ndarray:
+    """float32 (N, 4, S, S): the input of each section (box (r0, c0, r1, c1), its mask there) of a whole image.
+
+    The grey level is the image's percentile range (`grey_range`, default `image_grey_range`: as
+    `fracscope.crop.normalize_intensity` of the whole image, what the training windows carry) applied box by
+    box, so no float copy of a large image is made. Each box is first tightened to its mask's own bounding box,
+    as the training windows' boxes are (a detected box may be wider than the trimmed outline it holds).
+    inside_codes: the phase model's codes (`fracscope.phases.ImagePhaseCodes.inside`).
+    """
+    size = int(window.size_px)
+    out = np.zeros((len(sections), len(SECTION_CHANNELS), size, size), np.float32)
+    if not len(sections):
+        return out
+    grey_range = grey_range or image_grey_range(pixels)
+    for k, ((r0, c0, _, _), mask) in enumerate(sections):
+        rows, cols = np.flatnonzero(np.any(mask, axis=1)), np.flatnonzero(np.any(mask, axis=0))
+        if not rows.size:
+            raise ValueError(f"section {k} has an empty mask")
+        mask = np.asarray(mask, bool)[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        r0, c0 = r0 + int(rows[0]), c0 + int(cols[0])
+        r1, c1 = r0 + mask.shape[0], c0 + mask.shape[1]
+        out[k] = section_input(scale_intensity(pixels[r0:r1, c0:c1], grey_range), mask, inside_codes[r0:r1, c0:c1],
+                               window)
+    return out
+
+
+class SectionNetModel:
+    """The section net file (``fracscope_sections``): class probabilities of section windows, in onnxruntime.
+
+    The window it was trained with comes from the file (`SectionWindow.from_metadata`), so inputs built with
+    `window` are what the net saw in training. onnxruntime is imported here, not with the module.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu", threads: int | None = None) -> None:
+        from fracscope.assets import resolve_section_model
+        from fracscope.model_file import open_onnx_session
+
+        self.model_path = Path(resolve_section_model(model_path))
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"section net not found: {self.model_path}")
+        self._session, self.metadata = open_onnx_session(self.model_path, SectionMetadata, device, threads)
+        self.window = SectionWindow.from_metadata(self.metadata)
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The model file's SHA-256 (provenance, resume checks)."""
+        from fracscope.model_file import sha256_of
+
+        return sha256_of(self.model_path)
+
+    def predict(self, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """float32 (N, 3) class probabilities (``metadata.class_names`` order) of section inputs (N, 4, S, S)."""
+        from fracscope.model_file import SECTIONS_INPUT_NAME, SECTIONS_OUTPUT_NAMES
+
+        x = np.asarray(inputs, np.float32)
+        size = int(self.window.size_px)
+        if x.ndim != 4 or x.shape[1:] != (len(SECTION_CHANNELS), size, size):
+            raise ValueError(f"expected section inputs (N, {len(SECTION_CHANNELS)}, {size}, {size}), got {x.shape}")
+        out = np.zeros((len(x), len(self.metadata.class_names)), np.float32)
+        for i in range(0, len(x), batch_size):
+            (probs,) = self._session.run(list(SECTIONS_OUTPUT_NAMES),
+                                         {SECTIONS_INPUT_NAME: np.ascontiguousarray(x[i:i + batch_size])})
+            out[i:i + len(probs)] = probs
+        return out

@@ -125,8 +125,10 @@ class ParticleResult:
     crop: the ParticleCrop the model saw (kept for review sheets; may be None).
     detector_score: the learned detector's confidence in this object (mean foreground
         probability over it), or None for detectors without scores.
-    head_probs: the crop model's class-head probabilities in CLASS_NAMES order, when the crop
-        model ran (the evidence a lab's class rule is refitted on); None otherwise.
+    network_probs: the class probabilities of the networks that ran on this section, by column name:
+        the section net's ``net_p_*`` and/or the crop model's class head ``head_p_*``
+        (`fracscope.classify.SECTION_FEATURES`, ``HEAD_FEATURES``): the evidence a lab's class rule is
+        refitted on beside the crack measurements; empty when neither ran.
     """
 
     particle_id: int
@@ -139,7 +141,7 @@ class ParticleResult:
     measurements: dict[str, float] = field(default_factory=dict)
     crop: ParticleCrop | None = None
     detector_score: float | None = None
-    head_probs: tuple[float, ...] | None = None
+    network_probs: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -13,7 +13,8 @@ Each becomes its section window (`fracscope.sections.section_inputs`, grey =
 `fracscope.crop.normalize_intensity` of the whole field) and its true class index.
 
 The windows are cached (float16) under `fracscope.data.datamodule.cache_root` in a folder named by
-the hash of everything that determines them, the phase model file's SHA-256 included. The split is
+the hash of everything that determines them, the phase model's graph hash included
+(`fracscope.model_file.graph_sha256`: its weights, not the class rule in its metadata). The split is
 by field (`split_indices`); training windows get a random quarter turn and flip.
 """
 
@@ -258,13 +259,14 @@ class SectionDataModule(L.LightningDataModule):
         self.train_idx = self.val_idx = np.zeros(0, int)
 
     def phase_model_sha256(self) -> str:
+        """The phase model's graph hash: its weights decide the windows; its metadata (the class rule) does not."""
         from fracscope.assets import resolve_phase_model
-        from fracscope.model_file import sha256_of
+        from fracscope.model_file import graph_sha256
 
-        return sha256_of(resolve_phase_model(self.phase_model))
+        return graph_sha256(resolve_phase_model(self.phase_model))
 
     def cache_path(self) -> Path:
-        """Where the windows live (hash of the spec, the window, the size floor and the phase model file)."""
+        """Where the windows live (hash of the spec, the window, the size floor and the phase model's graph)."""
         parts = [SECTION_CACHE_VERSION, asdict(self.window), self.min_eq_diameter_um, self.phase_model_sha256(),
                  self.synth.key_parts()]
         key = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

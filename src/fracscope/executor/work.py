@@ -94,7 +94,7 @@ def keep_large_arrays_on_the_heap() -> bool:
 def _stage(run) -> tuple[Detector, Models]:
     """The detector and models for `run` (a `RunSettings`), built once per worker process."""
     # Only what the networks depend on: runs that differ in their output folder share the loaded models.
-    needs = {k: getattr(run, k) for k in ("detect", "phase_model_path", "model_path", "backend", "device",
+    needs = {k: getattr(run, k) for k in ("detect", "phase_model_path", "section_model_path", "model_path", "backend", "device",
                                          "model_threads")}
     key = json.dumps({**needs, "analysis": dataclasses.asdict(run.analysis)}, sort_keys=True, default=str)
     with _stages_lock:

@@ -178,7 +178,8 @@ def render_markdown(summary: Summary) -> str:
         f"- created: {prov.get('created_utc', '–')}",
         f"- fracscope version: {prov.get('fracscope_version', '–')}",
     ]
-    for key in ("phase_model_sha256", "phase_model_path", "model_hash", "model_sha256", "model", "model_path", "command"):
+    for key in ("phase_model_sha256", "phase_model_path", "section_model_sha256", "section_model_path", "model_hash",
+                "model_sha256", "model", "model_path", "command"):
         if prov.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{prov[key]}`")
     lines += [

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracscope.classify import HEAD_FEATURES
+from fracscope.classify import HEAD_FEATURES, SECTION_FEATURES
 from fracscope.measure import measure_particle
 from fracscope.report.quality import QUALITY_COLUMNS, image_quality
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleResult
@@ -31,9 +31,9 @@ ERRORS_CSV = "errors.csv"
 SKIPPED_PREFIX = "skipped: "
 
 PROB_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in CLASS_NAMES)
-#: The crop model's class-head probabilities (empty when it did not run): evidence the class rule reads,
-#: kept so that a lab can refit the rule on its own labels (`fracscope.calibrate`).
-HEAD_PROB_COLUMNS: tuple[str, ...] = HEAD_FEATURES
+#: The section net's and the crop model's class probabilities (empty where the network did not run): evidence
+#: the class rule reads, kept so that a lab can refit the rule on its own labels (`fracscope.calibrate`).
+NETWORK_PROB_COLUMNS: tuple[str, ...] = SECTION_FEATURES + HEAD_FEATURES
 BBOX_COLUMNS: tuple[str, ...] = ("bbox_row0", "bbox_col0", "bbox_row1", "bbox_col1")
 KEY_COLUMNS: tuple[str, ...] = (
     "image",
@@ -94,7 +94,7 @@ def measurement_columns() -> tuple[str, ...]:
 
 def particle_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:
     """Header of particles.csv: key columns, measurement columns, the class-head columns, then `extra` ones."""
-    cols = [*KEY_COLUMNS, *measurement_columns(), *HEAD_PROB_COLUMNS]
+    cols = [*KEY_COLUMNS, *measurement_columns(), *NETWORK_PROB_COLUMNS]
     cols += [c for c in extra if c not in cols]
     return tuple(cols)
 
@@ -161,8 +161,7 @@ def particle_row(result: ImageResult, particle: ParticleResult) -> dict[str, obj
     for col, v in zip(BBOX_COLUMNS, particle.bbox):
         row[col] = int(v)
     row.update(particle.measurements)
-    head = particle.head_probs if particle.head_probs is not None else (None,) * len(HEAD_PROB_COLUMNS)
-    row.update(zip(HEAD_PROB_COLUMNS, head))
+    row.update({col: particle.network_probs.get(col) for col in NETWORK_PROB_COLUMNS})
     return row
 
 

@@ -215,8 +215,8 @@ class ReportWriter:
             self._review.write_sheets(out)
             write_low_confidence(out)
         if self._coco is not None:
-            keys = ("fracscope_version", "created_utc", "phase_model_sha256", "phase_model_path", "model_hash",
-                    "model_sha256", "model_path")
+            keys = ("fracscope_version", "created_utc", "phase_model_sha256", "phase_model_path",
+                    "section_model_sha256", "section_model_path", "model_hash", "model_sha256", "model_path")
             info = {k: self.provenance[k] for k in keys if self.provenance.get(k) is not None}
             self._coco.close({"description": "fracscope predictions", **info})
         return summary
