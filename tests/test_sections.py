@@ -128,12 +128,14 @@ def test_inference_inputs_equal_the_training_windows() -> None:
     item = make_field(load_config("p", overrides=["electrode.field_px=[256,320]"]), 3, 0)
     pixels, instances = item.image.pixels, item.instances
     rng = np.random.default_rng(0)
-    codes = rng.choice([Phase.SOLID, Phase.PORE, Phase.CRACK], size=instances.shape, p=[0.9, 0.07, 0.03]).astype(np.uint8)
+    phases = [Phase.SOLID, Phase.PORE, Phase.CRACK]
+    codes = rng.choice(phases, size=instances.shape, p=[0.9, 0.07, 0.03]).astype(np.uint8)
     ids = [int(i) for i in np.unique(instances) if i][:6]
     window = SectionWindow(size_px=48, margin=1.2)
     training = section_inputs(normalize_intensity(pixels), instances, codes, ids, window)
     boxes = ndi.find_objects(instances)
-    sections = [((b[0].start, b[1].start, b[0].stop, b[1].stop), instances[b] == i) for i in ids for b in [boxes[i - 1]]]
+    sections = [((b[0].start, b[1].start, b[0].stop, b[1].stop), instances[b] == i)
+                for i in ids for b in [boxes[i - 1]]]
     inference = sections_of_image(pixels, codes, sections, window)
     assert len(ids) >= 3 and inference.shape == training.shape == (len(ids), 4, 48, 48)
     assert np.array_equal(inference, training)

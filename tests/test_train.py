@@ -122,3 +122,19 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path, synth_cache) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size: 2" in proc.stdout + proc.stderr or "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_best_metrics_keep_the_best_epoch_and_go_into_the_checkpoint_config():
+    """The phase, detector and section modules keep their best epoch this way; the export reads it from the config."""
+    from fracscope.models.module import better_best_metrics, store_best_metrics
+
+    best = better_best_metrics({}, {"val/miou": 0.5}, 0.5, 3)
+    assert best == {"val/miou": 0.5, "monitor": 0.5, "epoch": 3.0}
+    assert better_best_metrics(best, {"val/miou": 0.4}, 0.4, 4) is best
+    assert better_best_metrics(best, {"val/miou": 0.9}, float("nan"), 5) is best
+    assert better_best_metrics(best, {"val/miou": 0.6}, 0.6, 6)["epoch"] == 6.0
+    checkpoint = {"hyper_parameters": {"config": {"task": "phase_map"}, "net": {"width": 8}}}
+    store_best_metrics(checkpoint, best)
+    assert checkpoint["hyper_parameters"] == {"config": {"task": "phase_map", "best_metrics": best}, "net": {"width": 8}}
+    store_best_metrics(empty := {}, {"monitor": 1.0})
+    assert empty == {"hyper_parameters": {"config": {"best_metrics": {"monitor": 1.0}}}}

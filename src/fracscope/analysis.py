@@ -157,7 +157,8 @@ class Models:
             class_rule = class_rule_from_dict(phases.metadata.class_rule)
         # A class rule that also reads the crop model's class head or the section net needs that network.
         native = settings.classify == "native"
-        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or (native and needs_head(class_rule)):
+        head = native and needs_head(class_rule)
+        if settings.segmenter == "crops" or settings.classify in ("head", "topology") or head:
             crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device,
                                  threads=run.model_threads)
         if native and needs_sections(class_rule):
@@ -326,7 +327,10 @@ def _particle_result(section: MeasuredSection, probs: np.ndarray, class_index: i
     scores = located.scores
     score = float(scores[pid - 1]) if scores is not None and pid <= len(scores) else None
     diameter = m["eq_diameter_um"]
-    too_small = diameter * to_um < settings.min_judge_diameter_um if to_um else diameter < settings.min_judge_diameter_px
+    if to_um:
+        too_small = diameter * to_um < settings.min_judge_diameter_um
+    else:
+        too_small = diameter < settings.min_judge_diameter_px
     crop = located.crops[section.crop_index] if section.crop_index is not None else None
     return ParticleResult(
         particle_id=pid,

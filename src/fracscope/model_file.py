@@ -466,11 +466,7 @@ class PhaseMetadata:
         object.__setattr__(self, "phase_names", tuple(str(p) for p in self.phase_names))
         object.__setattr__(self, "pore_polarities", tuple(str(p) for p in self.pore_polarities))
         object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
-        if self.pixel_size_range_um is not None:
-            lo, hi = (float(v) for v in self.pixel_size_range_um)
-            object.__setattr__(self, "pixel_size_range_um", (lo, hi))
-            if not 0 < lo <= hi:
-                raise MetadataError(f"pixel_size_range_um must satisfy 0 < min <= max, got {(lo, hi)}")
+        object.__setattr__(self, "pixel_size_range_um", _pixel_size_range(self.pixel_size_range_um))
         if not float(self.working_pixel_size_um) > 0:
             raise MetadataError(f"working_pixel_size_um must be > 0, got {self.working_pixel_size_um}")
         multiple = int(self.pad_multiple)
@@ -600,11 +596,7 @@ class SectionMetadata:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
         object.__setattr__(self, "metrics", {str(k): float(v) for k, v in self.metrics.items()})
-        if self.pixel_size_range_um is not None:
-            lo, hi = (float(v) for v in self.pixel_size_range_um)
-            object.__setattr__(self, "pixel_size_range_um", (lo, hi))
-            if not 0 < lo <= hi:
-                raise MetadataError(f"pixel_size_range_um must satisfy 0 < min <= max, got {(lo, hi)}")
+        object.__setattr__(self, "pixel_size_range_um", _pixel_size_range(self.pixel_size_range_um))
         if len(self.class_names) < 2:
             raise MetadataError(f"need at least 2 class names, got {self.class_names!r}")
         if self.precision not in PRECISIONS:
@@ -777,6 +769,16 @@ def write_metadata(path: str | Path,
     model.producer_name = "fracscope"
     model.producer_version = fracscope.__version__
     onnx.save(model, str(path))
+
+
+def _pixel_size_range(value: Any) -> tuple[float, float] | None:
+    """A metadata's ``pixel_size_range_um`` as (min, max) floats, or None; MetadataError unless 0 < min <= max."""
+    if value is None:
+        return None
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise MetadataError(f"pixel_size_range_um must satisfy 0 < min <= max, got {(lo, hi)}")
+    return lo, hi
 
 
 def sha256_of(path: str | Path) -> str:

@@ -22,7 +22,6 @@ into the exported model file.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from fracscope.detect.matching import match_instances
 from fracscope.detect.postprocess import PostprocessParams, labels_from_maps
 from fracscope.models.detector_net import DetectorNet, DetectorNetConfig
-from fracscope.models.module import ParticleModule, _plain
+from fracscope.models.module import ParticleModule, _plain, better_best_metrics, store_best_metrics
 from fracscope.settings import check_keys
 
 DEFAULT_DETECTOR_LOSS: dict[str, Any] = {
@@ -183,17 +182,11 @@ class DetectorModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         monitor = flat.get(MONITOR, flat.get("val/fg_iou", float("nan")))
-        best = self.best_metrics.get("monitor", -math.inf)
-        if math.isfinite(monitor) and monitor > best:
-            self.best_metrics = {**flat, "monitor": monitor, "epoch": float(self.current_epoch)}
+        self.best_metrics = better_best_metrics(self.best_metrics, flat, monitor, self.current_epoch)
 
     # ------------------------------------------------------------------ checkpoint / optim
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = copy.deepcopy(dict(checkpoint.get("hyper_parameters") or {}))
-        cfg = dict(hp.get("config") or {})
-        cfg["best_metrics"] = dict(self.best_metrics)
-        hp["config"] = cfg
-        checkpoint["hyper_parameters"] = hp
+        store_best_metrics(checkpoint, self.best_metrics)
 
     # Same optimiser / scheduler wiring as the classifier (OneCycle and cosine get their
     # step count from the trainer); it only reads the factories, the trainer and parameters().

@@ -61,6 +61,24 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int
     return 1.0 - dice.mean()
 
 
+def better_best_metrics(best: dict[str, float], flat: dict[str, float], monitor: float, epoch: int) -> dict[str, float]:
+    """The best epoch's metrics so far: this epoch's `flat` (with its `monitor` value and the epoch) when `monitor`
+    beats ``best["monitor"]``, else `best` (the phase, detector and section modules keep them this way)."""
+    if math.isfinite(monitor) and monitor > best.get("monitor", -math.inf):
+        return {**flat, "monitor": float(monitor), "epoch": float(epoch)}
+    return best
+
+
+def store_best_metrics(checkpoint: dict[str, Any], best_metrics: dict[str, float]) -> None:
+    """Put `best_metrics` into a checkpoint's ``hyper_parameters["config"]``: the export writes them into the model
+    file's metadata."""
+    hp = copy.deepcopy(dict(checkpoint.get("hyper_parameters") or {}))
+    cfg = dict(hp.get("config") or {})
+    cfg["best_metrics"] = dict(best_metrics)
+    hp["config"] = cfg
+    checkpoint["hyper_parameters"] = hp
+
+
 def _plain(obj: Any) -> Any:
     """Recursively turn OmegaConf containers/tuples/numpy scalars into plain Python types."""
     try:
@@ -325,11 +343,7 @@ class ParticleModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoint / optim
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = copy.deepcopy(dict(checkpoint.get("hyper_parameters") or {}))
-        cfg = dict(hp.get("config") or {})
-        cfg["best_metrics"] = dict(self.best_metrics)
-        hp["config"] = cfg
-        checkpoint["hyper_parameters"] = hp
+        store_best_metrics(checkpoint, self.best_metrics)
 
     def configure_optimizers(self) -> Any:
         factory = self.optimizer_factory or functools.partial(torch.optim.AdamW, lr=1e-3, weight_decay=1e-4)

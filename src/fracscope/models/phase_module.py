@@ -15,7 +15,6 @@ checkpoints, ``best_metrics``.
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -23,7 +22,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from fracscope.models.module import ParticleModule, _plain
+from fracscope.models.module import ParticleModule, _plain, better_best_metrics, store_best_metrics
 from fracscope.models.phase_net import PhaseNet, PhaseNetConfig
 from fracscope.settings import check_keys
 from fracscope.types import Phase
@@ -143,15 +142,10 @@ class PhaseModule(L.LightningModule):
         if self.trainer.sanity_checking:
             return
         monitor = flat.get(MONITOR, float("nan"))
-        if math.isfinite(monitor) and monitor > self.best_metrics.get("monitor", -math.inf):
-            self.best_metrics = {**flat, "monitor": monitor, "epoch": float(self.current_epoch)}
+        self.best_metrics = better_best_metrics(self.best_metrics, flat, monitor, self.current_epoch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        hp = copy.deepcopy(dict(checkpoint.get("hyper_parameters") or {}))
-        cfg = dict(hp.get("config") or {})
-        cfg["best_metrics"] = dict(self.best_metrics)
-        hp["config"] = cfg
-        checkpoint["hyper_parameters"] = hp
+        store_best_metrics(checkpoint, self.best_metrics)
 
     # Same optimiser / scheduler wiring as the classifier (OneCycle and cosine get their
     # step count from the trainer).
