@@ -301,3 +301,19 @@ def test_codes_carry_the_pore_probability_in_255ths() -> None:
     probs[Phase.SOLID] = [[1.0, 0.6, 0.2]]
     probs[Phase.PORE] = [[0.0, 0.4, 0.8]]
     assert codes_from_probs(probs).pore_probability.tolist() == [[0, 102, 204]]
+
+
+@pytest.mark.parametrize("pore_weight", [1.0, 1.3])
+def test_codes_are_the_argmax_of_the_probabilities_ties_to_the_earlier_phase(pore_weight):
+    """`codes_from_probs` compares the phase planes instead of calling argmax along the channel axis: the same
+    codes, ties included (a quarter-step grid makes many of them)."""
+    from fracscope.phases import codes_from_probs
+
+    rng = np.random.default_rng(7)
+    for probs in (rng.integers(0, 4, size=(4, 37, 23)).astype(np.float32) / 4, rng.random((4, 19, 41), np.float32)):
+        weighted = probs.copy()
+        weighted[Phase.PORE] *= np.float32(pore_weight)
+        codes = codes_from_probs(probs, pore_weight)
+        np.testing.assert_array_equal(codes.best, np.argmax(weighted, axis=0))
+        np.testing.assert_array_equal(codes.inside, np.argmax(weighted[1:], axis=0) + 1)
+        assert codes.best.dtype == codes.inside.dtype == np.uint8

