@@ -72,15 +72,18 @@ def test_batch_helper_matches_single_sections() -> None:
     instances[100:290, 150:340][_disc(190, 94.5)] = 2
     phases = np.where(instances > 0, Phase.SOLID, 0).astype(np.uint8)
     phases[195, 160:330] = Phase.CRACK
-    grey = np.random.default_rng(0).random((300, 400)).astype(np.float32)
-    batch = section_inputs(grey, instances, phases, [2, 1])
+    from fracscope.crop import normalize_intensity
+
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 400)).astype(np.uint8)
+    batch = section_inputs(pixels, instances, phases, [2, 1])
     assert batch.shape == (2, 4, 64, 64)
     r, c = np.nonzero(instances == 2)
     box = (slice(r.min(), r.max() + 1), slice(c.min(), c.max() + 1))
+    grey = normalize_intensity(pixels)  # the grey level is normalised over the whole image
     assert np.array_equal(batch[0], section_input(grey[box], instances[box] == 2, phases[box]))
     assert batch[0, 3].max() == 1.0 and batch[1, 3].max() == 0.0
     with pytest.raises(ValueError):
-        section_inputs(grey, instances, phases, [3])
+        section_inputs(pixels, instances, phases, [3])
 
 
 def test_the_section_window_imports_without_torch_or_onnxruntime() -> None:
@@ -96,10 +99,13 @@ def test_the_section_window_imports_without_torch_or_onnxruntime() -> None:
 
 
 def test_the_product_window_is_the_measured_prototypes() -> None:
-    """`section_inputs` gives exactly `bench/section_net.py`'s inputs (what docs/BENCHMARKS.md measured), sections at
-    the image border and smaller than the window included."""
+    """`section_inputs` gives exactly `bench/section_net.py`'s inputs (what docs/BENCHMARKS.md measured; the
+    prototype takes the field normalised as a whole), sections at the image border and smaller than the window
+    included."""
     import sys
     from pathlib import Path
+
+    from fracscope.crop import normalize_intensity
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     import section_net
@@ -110,15 +116,17 @@ def test_the_product_window_is_the_measured_prototypes() -> None:
     for k, (cy, cx, r) in enumerate([(100, 100, 37), (250, 300, 120), (380, 480, 30), (50, 400, 8)]):
         instances[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (instances == 0)] = k + 1
     codes = rng.integers(0, 4, instances.shape).astype(np.uint8)
-    grey = rng.random(instances.shape).astype(np.float32)
-    ours = section_inputs(grey, instances, codes, [1, 2, 3, 4])
+    pixels = rng.integers(0, 256, instances.shape).astype(np.uint8)
+    ours = section_inputs(pixels, instances, codes, [1, 2, 3, 4])
+    grey = normalize_intensity(pixels)
     theirs = np.stack([section_net.section_input(grey, instances, codes, pid, 64) for pid in (1, 2, 3, 4)])
     assert np.array_equal(ours, theirs)
 
 
 def test_inference_inputs_equal_the_training_windows() -> None:
-    """At inference the grey range is taken once and applied box by box (`sections_of_image`); the windows equal
-    the training data's, which normalise the whole field first (`section_inputs` on `normalize_intensity`)."""
+    """At inference the grey range is taken once and applied box by box (`sections_of_image`), and each detected
+    box is tightened to its mask; the windows equal those of the whole field normalised first, each section in its
+    own tight box (`section_input` on `normalize_intensity`, as the measured prototype built them)."""
     from scipy import ndimage as ndi
 
     from fracscope.crop import normalize_intensity
@@ -132,10 +140,15 @@ def test_inference_inputs_equal_the_training_windows() -> None:
     codes = rng.choice(phases, size=instances.shape, p=[0.9, 0.07, 0.03]).astype(np.uint8)
     ids = [int(i) for i in np.unique(instances) if i][:6]
     window = SectionWindow(size_px=48, margin=1.2)
-    training = section_inputs(normalize_intensity(pixels), instances, codes, ids, window)
+    grey = normalize_intensity(pixels)
     boxes = ndi.find_objects(instances)
-    sections = [((b[0].start, b[1].start, b[0].stop, b[1].stop), instances[b] == i)
-                for i in ids for b in [boxes[i - 1]]]
+    training = np.stack([section_input(grey[b], instances[b] == i, codes[b], window)
+                         for i in ids for b in [boxes[i - 1]]])
+    # detected boxes are wider than the trimmed outline: 3 px more on each side (within the field)
+    h, w = instances.shape
+    wide = [(max(b[0].start - 3, 0), max(b[1].start - 3, 0), min(b[0].stop + 3, h), min(b[1].stop + 3, w))
+            for b in (boxes[i - 1] for i in ids)]
+    sections = [(box, instances[box[0]:box[2], box[1]:box[3]] == i) for i, box in zip(ids, wide)]
     inference = sections_of_image(pixels, codes, sections, window)
     assert len(ids) >= 3 and inference.shape == training.shape == (len(ids), 4, 48, 48)
     assert np.array_equal(inference, training)

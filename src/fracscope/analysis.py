@@ -20,7 +20,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from fracscope.assets import resolve_model, resolve_phase_model
-from fracscope.assets import resolve_section_model
 from fracscope.classify import (
     HEAD_FEATURES,
     SECTION_FEATURES,
@@ -162,8 +161,7 @@ class Models:
             crops = load_backend(resolve_model(run.model_path), backend=run.backend, device=run.device,
                                  threads=run.model_threads)
         if native and needs_sections(class_rule):
-            sections = SectionNetModel(resolve_section_model(run.section_model_path),
-                                       device=run.device, threads=run.model_threads)
+            sections = SectionNetModel(run.section_model_path, device=run.device, threads=run.model_threads)
         return cls(phases, crops, class_rule, sections)
 
     @property

@@ -106,23 +106,23 @@ def section_input(grey_box: np.ndarray, mask_box: np.ndarray, phases_box: np.nda
                      footprint_max((codes == Phase.CRACK).astype(np.float32), (size, size))]).astype(np.float32)
 
 
-def section_inputs(grey: np.ndarray, instances: np.ndarray, phases: np.ndarray, ids: Sequence[int],
+def section_inputs(pixels: np.ndarray, instances: np.ndarray, phases: np.ndarray, ids: Sequence[int],
                    window: SectionWindow = SectionWindow()) -> np.ndarray:
-    """float32 (len(ids), 4, S, S): `section_input` of each instance id of a whole image's arrays.
+    """float32 (len(ids), 4, S, S): the input of each instance id of a label map (`sections_of_image`, the one
+    way windows are built, for training as at inference).
 
-    grey: `fracscope.crop.normalize_intensity` of the image; instances: label map; phases: `Phase` codes.
+    pixels: the image's grey levels as read (normalised here, as in `sections_of_image`); instances: label map;
+    phases: `Phase` codes.
     """
-    size = int(window.size_px)
-    out = np.zeros((len(ids), len(SECTION_CHANNELS), size, size), np.float32)
-    if not len(ids):
-        return out
-    boxes = ndi.find_objects(np.asarray(instances))
-    for k, pid in enumerate(ids):
+    instances = np.asarray(instances)
+    boxes = ndi.find_objects(instances) if len(ids) else []
+    sections = []
+    for pid in ids:
         box = boxes[int(pid) - 1] if 0 < int(pid) <= len(boxes) else None
         if box is None:
             raise ValueError(f"instance {pid} is not in the label map")
-        out[k] = section_input(grey[box], instances[box] == pid, phases[box], window)
-    return out
+        sections.append(((box[0].start, box[1].start, box[0].stop, box[1].stop), instances[box] == pid))
+    return sections_of_image(pixels, phases, sections, window)
 
 
 def image_grey_range(pixels: np.ndarray) -> tuple[float, float]:

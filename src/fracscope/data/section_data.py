@@ -9,8 +9,8 @@ as the tuning fields of ``bench/section_net.py`` (``--generate SEEDs``).
 On each field the SHIPPED phase model (`fracscope.phase_map.PhaseMapModel`, ``predict_codes(...).inside``)
 gives the phases, exactly as at inference; the sections are the TRUE instance masks (no detector),
 judgeable ones only: not touching the field's border and at least ``min_eq_diameter_um`` across.
-Each becomes its section window (`fracscope.sections.section_inputs`, grey =
-`fracscope.crop.normalize_intensity` of the whole field) and its true class index.
+Each becomes its section window (`fracscope.sections.section_inputs`, the grey level normalised over the
+whole field, as at inference) and its true class index.
 
 The windows are cached (float16) under `fracscope.data.datamodule.cache_root` in a folder named by
 the hash of everything that determines them, the phase model's graph hash included
@@ -154,13 +154,11 @@ def field_sections(item: AnnotatedImage, codes: np.ndarray, window: SectionWindo
                    min_eq_diameter_um: float) -> tuple[np.ndarray, np.ndarray]:
     """Windows float32 (n, 4, S, S) and class indices of the judgeable sections of one generated field, given
     the phase model's codes (`ImagePhaseCodes.inside`) on its grid."""
-    from fracscope.crop import normalize_intensity
     from fracscope.sections import section_inputs
 
     keep = [a for a in item.particles
             if not a.measurements.get("touches_border", 0) and a.measurements["eq_diameter_um"] >= min_eq_diameter_um]
-    grey = normalize_intensity(item.image.pixels)
-    x = section_inputs(grey, item.instances, codes, [a.particle_id for a in keep], window)
+    x = section_inputs(item.image.pixels, item.instances, codes, [a.particle_id for a in keep], window)
     return x, np.asarray([CLASS_NAMES.index(a.class_name) for a in keep], np.int64)
 
 

@@ -93,7 +93,7 @@ def measurement_columns() -> tuple[str, ...]:
 
 
 def particle_columns(extra: Iterable[str] = ()) -> tuple[str, ...]:
-    """Header of particles.csv: key columns, measurement columns, the class-head columns, then `extra` ones."""
+    """Header of particles.csv: key columns, measurement columns, the networks' probability columns, then `extra`."""
     cols = [*KEY_COLUMNS, *measurement_columns(), *NETWORK_PROB_COLUMNS]
     cols += [c for c in extra if c not in cols]
     return tuple(cols)
