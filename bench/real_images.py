@@ -14,9 +14,11 @@ section at the generator's d50 (`conf/synth/config.yaml` particle.d50_um) is pri
 Scores per image and run:
 - detection recall at IoU 0.5 (`fracscope.detect.matching.match_instances`) over all annotated sections,
   border-cut ones included;
-- false detections: unmatched detections as a share of detections. Detections whose equivalent
-  diameter is under the image's annotation minimum (`min_diameter_px` in data/real/annotate.py) are
-  not scored (the protocol leaves such sections unannotated), and are counted apart;
+- false detections: unmatched detections as a share of scored detections. Unmatched detections whose
+  equivalent diameter is under the image's annotation minimum (`min_diameter_px` in
+  data/real/annotate.py) are not counted false (the protocol leaves such sections unannotated) and are
+  counted apart; a detection under the minimum that matches an annotated section counts as found
+  (until session 18 it was dropped before matching, which made 4 of image A's sections "missed");
 - class agreement on matched sections whose annotated class is not `unsure`: share equal and the 3x3
   confusion (rows annotated, columns predicted).
 Image C is annotated only inside a rectangle: the pipeline runs on that rectangle plus a margin (the
@@ -122,30 +124,37 @@ def window(ann: Annotation) -> tuple[slice, slice]:
 
 
 def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame) -> tuple[int, int, int, int, int, np.ndarray]:
-    """Match `pred` (on the window) against the annotation, keeping the detections the protocol scores.
+    """Match `pred` (on the window) against the annotation.
 
-    Returns (matched, annotated, scored detections, unmatched scored detections, detections under the
-    minimum, 3x3 class confusion on matched sections not annotated `unsure`).
+    Every detection (whose centroid lies in C's rectangle) may match an annotated section. Unmatched
+    detections under the annotation minimum are not counted false (the protocol leaves such sections
+    unannotated); a small detection that matches an annotated section still counts as found.
+
+    Returns (matched, annotated, scored detections, unmatched scored detections, unmatched detections under
+    the minimum, 3x3 class confusion on matched sections not annotated `unsure`).
     """
     rows, cols = window(ann)
     offset = (rows.start or 0, cols.start or 0)
     gt = ann.labels[rows, cols].astype(np.int64)
     pred = pred.astype(np.int64)
     keep = np.zeros(int(pred.max()) + 1, bool)
-    n_small = 0
+    small = set()
     for p in measure.regionprops(pred):
-        if p.equivalent_diameter_area < ann.min_diameter_px:
-            n_small += 1
-            continue
         if ann.region is not None:
             x0, y0, x1, y1 = ann.region
             cy, cx = p.centroid[0] + offset[0], p.centroid[1] + offset[1]
             if not (x0 <= cx < x1 and y0 <= cy < y1):
                 continue
         keep[p.label] = True
+        if p.equivalent_diameter_area < ann.min_diameter_px:
+            small.add(p.label)
     scored = np.where(keep[pred], pred, 0)
     m = match_instances(gt, scored, iou=0.5)
-    n_det = int(keep.sum())
+    matched = {int(q) for _, q in m.pairs}
+    unmatched = [int(q) for q in np.flatnonzero(keep) if int(q) not in matched]
+    n_small = sum(q in small for q in unmatched)
+    fp = len(unmatched) - n_small
+    n_det = m.tp + fp
     by_id = table.set_index("particle_id")["class"] if len(table) else pd.Series(dtype=str)
     confusion = np.zeros((3, 3), int)
     for g, p in m.pairs:
@@ -154,7 +163,7 @@ def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame) -> tuple[int, 
             continue
         confusion[CLASS_NAMES.index(true), CLASS_NAMES.index(by_id.loc[int(p)])] += 1
     n_true = len(ann.classes)
-    return m.tp, n_true, n_det, m.fp, n_small, confusion
+    return m.tp, n_true, n_det, fp, n_small, confusion
 
 
 def run_pipeline(ann: Annotation, work: Path, pixel_size_um: float | None, args) -> tuple[np.ndarray, pd.DataFrame, float, str]:
