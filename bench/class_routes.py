@@ -12,6 +12,8 @@ true class and the measured crack columns (`pred_*`). Routes, all fitted on `--f
   (`fracscope.classify.CrackRule`);
 - logistic: multinomial logistic regression on `fracscope.classify.CRACK_FEATURES`, classes weighted by the
   square root of their inverse frequency (`--class-weight`; `CrackClassifier.fit`);
+- with `--monotone`, each logistic route again with the constraint that more crack evidence (and a network's
+  higher p of a damaged class) never makes intact more likely (`CrackClassifier.fit(monotone=True)`);
 - with `--head-probs` (pairs of ``--classify head`` runs, whose ``p_*`` columns are the crop model's class head):
   logistic+head, the logistic regression on the crack features and the head's three probabilities, and the
   head alone.
@@ -121,6 +123,9 @@ def main() -> None:
     ap.add_argument("--drawn-min-um", type=float, default=1.0)
     ap.add_argument("--drawn-eval", default=None, metavar="CSV",
                     help="also report each route's damaged recall by crack length on these crack_visibility sections")
+    ap.add_argument("--monotone", action="store_true",
+                    help="also fit each logistic route with more crack evidence never favouring intact "
+                         "(`CrackClassifier.fit(monotone=True)`), as '<route> monotone'")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--class-weight", choices=["none", "sqrt", "balanced"], default="sqrt",
                     help="logistic class weights: none, inverse frequency (balanced) or its square root")
@@ -146,9 +151,7 @@ def main() -> None:
     counts = np.bincount(y_fit, minlength=3).astype(float)
     inverse = counts.sum() / np.maximum(counts, 1) / 3
     weights = {"none": None, "sqrt": np.sqrt(inverse), "balanced": inverse}[args.class_weight]
-    logistic = CrackClassifier.fit(x_fit, y_fit, l2=args.l2, class_weight=weights)
-
-    routes = {"rule": rule, "logistic": logistic}
+    fit_data = {"logistic": (x_fit, y_fit, CRACK_FEATURES)}  # route: its fit features, classes, names
     if args.head_probs:
         names = CRACK_FEATURES + HEAD_FEATURES
         _, xh_fit, _ = load_pairs(args.fit, names)
@@ -156,11 +159,17 @@ def main() -> None:
         if args.drawn_fit:
             xh_drawn, yh_drawn, _ = load_drawn(args.drawn_fit, args.drawn_min_um, names)
             xh_fit, yh_fit = np.concatenate([xh_fit, xh_drawn]), np.concatenate([y_pairs, yh_drawn])
-        routes["logistic+head"] = CrackClassifier.fit(xh_fit, yh_fit, names, l2=args.l2, class_weight=weights)
+        fit_data["logistic+head"] = (xh_fit, yh_fit, names)
     if args.section_probs:  # the pairs only: drawn sections carry no net probabilities
         names = CRACK_FEATURES + SECTION_FEATURES
-        routes["logistic+net"] = CrackClassifier.fit(load_pairs(args.fit, names)[1], y_pairs, names, l2=args.l2,
-                                                     class_weight=weights)
+        fit_data["logistic+net"] = (load_pairs(args.fit, names)[1], y_pairs, names)
+    routes = {"rule": rule}
+    for name, (x, y, names) in fit_data.items():
+        routes[name] = CrackClassifier.fit(x, y, names, l2=args.l2, class_weight=weights)
+    if args.monotone:
+        for name, (x, y, names) in fit_data.items():
+            routes[f"{name} monotone"] = CrackClassifier.fit(x, y, names, l2=args.l2, class_weight=weights,
+                                                             monotone=True)
     print("| route | macro-F1 | recall " + " | recall ".join(CLASS_NAMES) + " | class fractions true->pred % |")
     print("| --- | --- | --- | --- | --- | --- |")
     best, best_f1 = None, -1.0

@@ -5,10 +5,12 @@ import pytest
 
 from fracscope.classify import (
     CRACK_FEATURES,
+    SECTION_FEATURES,
     CrackClassifier,
     CrackRule,
     class_rule_from_dict,
     crack_features,
+    damage_evidence_sign,
 )
 from fracscope.types import CLASS_NAMES
 
@@ -71,3 +73,47 @@ def test_class_rule_from_dict_defaults_to_the_rule_and_refuses_unknown_kinds():
     assert class_rule_from_dict(CrackRule(0.2).to_dict()) == CrackRule(0.2)
     with pytest.raises(ValueError, match="unknown class rule kind"):
         class_rule_from_dict({"kind": "forest"})
+
+
+def test_monotone_fit_never_reads_more_crack_evidence_as_intact():
+    # Constructed so that a free fit learns the wrong sign: intact sections carry much crack area (pores read
+    # as crack), damaged ones long cracks of little area.
+    rng = np.random.default_rng(1)
+    rows, labels = [], []
+    for _ in range(80):
+        rows.append(crack_features(_measures(longest_crack_frac=rng.uniform(0, 0.1), crack_pct=rng.uniform(2, 4))))
+        labels.append(INTACT)
+        rows.append(crack_features(_measures(longest_crack_frac=rng.uniform(0.2, 0.6), crack_pct=rng.uniform(0, 1))))
+        labels.append(MILD)
+        rows.append(crack_features(_measures(longest_crack_frac=rng.uniform(0.7, 1.2), crack_splits_section=1.0,
+                                             crack_pct=rng.uniform(0, 1))))
+        labels.append(BROKEN)
+    x, y = np.stack(rows), np.asarray(labels)
+    pct = CRACK_FEATURES.index("crack_pct")
+    free = np.asarray(CrackClassifier.fit(x, y).coef)
+    assert free[INTACT, pct] > max(free[MILD, pct], free[BROKEN, pct])  # the trap is real
+    model = CrackClassifier.fit(x, y, monotone=True)
+    coef = np.asarray(model.coef)
+    assert np.all(coef[INTACT] <= coef[MILD] + 1e-9) and np.all(coef[INTACT] <= coef[BROKEN] + 1e-9)
+    # Growing any crack column lowers (never raises) the odds of intact against each damaged class.
+    base = crack_features(_measures(longest_crack_frac=0.15, crack_pct=1.0))
+    for j in range(len(CRACK_FEATURES)):
+        more = base.copy()
+        more[j] += 1.0
+        p0, p1 = model.predict_proba(base)[0], model.predict_proba(more)[0]
+        for damaged in (MILD, BROKEN):
+            assert p1[INTACT] / p1[damaged] <= p0[INTACT] / p0[damaged] * (1 + 1e-9)
+    assert (model.predict_proba(x).argmax(1) == y).mean() >= 0.9
+
+
+def test_monotone_signs_of_network_probabilities():
+    names = CRACK_FEATURES + SECTION_FEATURES
+    assert [damage_evidence_sign(n) for n in SECTION_FEATURES] == [-1, 1, 1]
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 300)
+    net = np.eye(3)[y] * 0.8 + 0.2 / 3
+    cracks = np.stack([crack_features(_measures(longest_crack_frac=0.3 * c)) for c in y])
+    model = CrackClassifier.fit(np.hstack([cracks, net]), y, names, monotone=True)
+    coef = np.asarray(model.coef)
+    j = names.index("net_p_intact")
+    assert coef[INTACT, j] >= max(coef[MILD, j], coef[BROKEN, j]) - 1e-9

@@ -154,6 +154,18 @@ class CrackRule:
         return {"kind": self.KIND, "min_longest_crack_frac": float(self.min_longest_crack_frac)}
 
 
+def damage_evidence_sign(name: str) -> int:
+    """+1 for a feature whose growth means more damage (every crack column, a network's p of a damaged
+    class), -1 for a network's p of intact, 0 for anything else."""
+    if name in CRACK_FEATURES:
+        return 1
+    if name.endswith("p_intact"):
+        return -1
+    if name.endswith(("p_mildly_damaged", "p_broken")):
+        return 1
+    return 0
+
+
 @dataclass(frozen=True)
 class CrackClassifier:
     """Multinomial logistic regression on standardised crack features (numpy only at inference).
@@ -187,13 +199,19 @@ class CrackClassifier:
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, features: Sequence[str] = CRACK_FEATURES,
             l2: float = 1e-2, class_weight: Sequence[float] | None = None,
-            prior: CrackClassifier | None = None) -> CrackClassifier:
+            prior: CrackClassifier | None = None, monotone: bool = False) -> CrackClassifier:
         """Maximum-likelihood fit with an L2 penalty `l2` (per sample) on the coefficients (L-BFGS).
 
         With a `prior` (a fitted rule on the same `features`) the features keep the prior's standardisation,
         the fit starts from its coefficients and the penalty pulls the coefficients towards them instead of
         towards 0 (the intercepts are free): few labels then move the prior's boundaries rather than draw
         new ones from scratch.
+
+        With `monotone`, more damage evidence never makes *intact* more likely against either damaged class
+        (`damage_evidence_sign`): the fit is bounded so that, for each evidence feature, the intact
+        coefficient is at most (for a probability of intact: at least) each damaged class's. A linear
+        rule fitted freely can otherwise learn from collinear columns that e.g. more crack area means
+        intact, which breaks on images whose cracks look unlike the tuning fields'.
         """
         from scipy.optimize import minimize
 
@@ -216,19 +234,35 @@ class CrackClassifier:
         w_class = np.ones(k) if class_weight is None else np.asarray(class_weight, np.float64)
         w = w_class[y] / w_class[y].sum()
 
+        # Coefficients as the intact row plus each class's difference from it (0 for intact itself): the
+        # monotone bounds are then bounds on single parameters, which L-BFGS-B takes.
+        to_coef = np.eye(k)
+        to_coef[:, INTACT] = 1.0  # coef = to_coef @ rows, rows = [intact, d_mild, d_broken]
+
         def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
-            coef, b = theta[: k * f].reshape(k, f), theta[k * f:]
+            rows, b = theta[: k * f].reshape(k, f), theta[k * f:]
+            coef = to_coef @ rows
             logits = z @ coef.T + b
             logits -= logits.max(axis=1, keepdims=True)
             logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
             p = np.exp(logp)
             value = -(w * (onehot * logp).sum(axis=1)).sum() + 0.5 * l2 * ((coef - coef0) ** 2).sum()
             g = (p - onehot) * w[:, None]
-            grad = np.concatenate([(g.T @ z + l2 * (coef - coef0)).ravel(), g.sum(axis=0)])
+            grad_coef = g.T @ z + l2 * (coef - coef0)
+            grad = np.concatenate([(to_coef.T @ grad_coef).ravel(), g.sum(axis=0)])
             return float(value), grad
 
-        res = minimize(loss, theta0, jac=True, method="L-BFGS-B")
-        coef, b = res.x[: k * f].reshape(k, f), res.x[k * f:]
+        rows0 = np.linalg.solve(to_coef, theta0[: k * f].reshape(k, f))
+        bounds = [(None, None)] * (k * f + k)
+        if monotone:
+            signs = [damage_evidence_sign(name) for name in features]
+            for c in range(k):
+                for j, sign in enumerate(signs):
+                    if c != INTACT and sign:
+                        bounds[c * f + j] = (0.0, None) if sign > 0 else (None, 0.0)
+        start = np.concatenate([rows0.ravel(), theta0[k * f:]])
+        res = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+        coef, b = to_coef @ res.x[: k * f].reshape(k, f), res.x[k * f:]
         return cls(tuple(features), tuple(map(float, mean)), tuple(map(float, scale)),
                    tuple(tuple(map(float, row)) for row in coef), tuple(map(float, b)))
 
