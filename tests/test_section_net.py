@@ -127,6 +127,27 @@ def test_generated_sections_do_not_depend_on_the_generator_processes() -> None:
 
 
 @pytest.mark.train
+def test_infiltrated_fields_give_the_windows_of_their_dark_pore_contrast() -> None:
+    """A Pt-infiltrated field's windows are those of its fill-darkened pixels, as the net sees them at inference."""
+    from dataclasses import replace
+
+    from fracscope.data.section_data import SectionSynthSpec, field_sections, generate_sections
+    from fracscope.phase_map import PhaseMapModel
+    from fracscope.polarity import fill_darkened
+
+    spec = SectionSynthSpec(presets=["gp"], n_fields=1, source_pixel_sizes_um=[0.08], field_px=[512, 512],
+                            short_crack_fraction=0.0, overrides=["imaging.looks_p.infiltrated=1.0"])
+    got = generate_sections(spec, SectionWindow(), 3.0, workers=1)
+    (_, item), = list(spec.generate(1))
+    assert "infiltrated" in item.meta["looks"]
+    dark = replace(item, image=replace(item.image, pixels=fill_darkened(item.image.pixels)))
+    codes = PhaseMapModel(None, threads=1).predict_codes(dark.image.pixels, 0.08).inside
+    want, labels = field_sections(dark, codes, SectionWindow(), 3.0)
+    assert len(want) > 0
+    assert np.array_equal(got.x, want.astype(np.float16)) and np.array_equal(got.label, labels)
+
+
+@pytest.mark.train
 def test_sections_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache, capsys) -> None:
     """`train.py experiment=sections_smoke`: generated sections, the SectionModule and its checkpoint go through
     the one training path, and `python -m fracscope.export CKPT OUT.onnx` writes a sections file."""

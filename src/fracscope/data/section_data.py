@@ -40,7 +40,7 @@ from fracscope.settings import settings_from_config
 from fracscope.synth.config import SynthConfig
 from fracscope.types import CLASS_NAMES, AnnotatedImage
 
-SECTION_CACHE_VERSION = 1
+SECTION_CACHE_VERSION = 2  # 2: infiltrated fields get the dark-pore contrast of inference
 
 
 @dataclass(frozen=True)
@@ -167,9 +167,14 @@ def generate_sections(synth: SectionSynthSpec, window: SectionWindow, min_eq_dia
     """Every judgeable section of `synth`'s fields (see the module docstring)."""
     from fracscope.phase_map import PhaseMapModel
 
+    from fracscope.data.phase_data import has_filled_pores
+    from fracscope.polarity import fill_darkened
+
     model = PhaseMapModel(phase_model, threads=1)
     xs, ys, fields, pxs, presets = [], [], [], [], []
     for k, (preset, item) in enumerate(synth.generate(workers)):
+        if has_filled_pores(item):  # the networks' pixels at inference (`LocatedParticles.pixels_for_networks`)
+            item = replace(item, image=replace(item.image, pixels=fill_darkened(item.image.pixels)))
         codes = model.predict_codes(item.image.pixels, float(item.image.pixel_size_um)).inside
         x, y = field_sections(item, codes, window, min_eq_diameter_um)
         xs.append(x.astype(np.float16))
