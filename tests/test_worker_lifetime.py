@@ -207,3 +207,48 @@ def test_a_ctrl_c_as_a_detect_worker_is_forked_leaves_no_traceback(tmp_path) -> 
     run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
                          start_new_session=True)
     assert (run.returncode, run.stdout, run.stderr) == (130, "interrupted\n", "")
+
+
+def _sigint_disposition(i: int) -> tuple[int, bool]:
+    return i * i, signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_ordered_map_keeps_the_order_and_its_workers_leave_ctrl_c_to_the_parent() -> None:
+    from fracscope.child_process import ordered_map
+
+    here = list(ordered_map(_sigint_disposition, range(7), workers=1))
+    pooled = list(ordered_map(_sigint_disposition, range(7), workers=2))
+    assert [v for v, _ in here] == [v for v, _ in pooled] == [i * i for i in range(7)]
+    assert all(ignored for _, ignored in pooled)  # the generator processes ignore SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the parent's handler is back
+
+
+# A data generator fanned out to processes (`ordered_map`), its parent's process group given a Ctrl-C while the
+# workers are busy: one KeyboardInterrupt in the parent, no worker traceback, no worker left.
+_CTRL_C_IN_GENERATOR = """
+import os, signal, sys, threading, time
+from fracscope.child_process import ordered_map
+
+def slow(i):
+    time.sleep(0.5)
+    return i
+
+if __name__ == "__main__":
+    threading.Timer(1.0, lambda: os.killpg(0, signal.SIGINT)).start()
+    try:
+        for _ in ordered_map(slow, range(40), workers=2):
+            pass
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+        sys.exit(130)
+    print("not interrupted", flush=True)
+"""
+
+
+def test_a_ctrl_c_during_generation_leaves_no_worker_traceback(tmp_path) -> None:
+    script = tmp_path / "parent.py"
+    script.write_text(_CTRL_C_IN_GENERATOR)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+                         start_new_session=True)
+    assert (run.returncode, run.stdout, run.stderr) == (130, "interrupted\n", "")

@@ -5,6 +5,8 @@ itself), so after a SIGKILL or an OOM kill of the main process it would live on,
 memory. `die_with_parent` is the initializer of every worker pool: on Linux the kernel kills the
 worker when the parent ends (``PR_SET_PDEATHSIG``); elsewhere, and as a second guard, a daemon
 thread polls the parent pid. Children started inside `sigint_ignored` leave Ctrl-C to the parent.
+`ordered_map` / `generator_pool` are the one way the data generators (synthetic fields, crops, sections) fan
+work out to processes with both guards.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 #: How often the fallback looks at the parent pid.
@@ -81,3 +84,35 @@ def release_sigint_in_child() -> None:
     """In a worker started inside `sigint_ignored`: ignore Ctrl-C (the parent handles it), then unblock it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _init_generator(parent_pid: int) -> None:
+    die_with_parent(parent_pid)
+    release_sigint_in_child()
+
+
+@contextlib.contextmanager
+def generator_pool(workers: int) -> Iterator[Any]:
+    """A fork `multiprocessing` pool of `workers` processes that die with this one and leave Ctrl-C to it.
+
+    Fork, because the children only run numpy/scipy (no onnxruntime or torch threads to inherit).
+    Leaving the block terminates the pool, also on Ctrl-C (a KeyboardInterrupt in the parent only).
+    """
+    import multiprocessing as mp
+
+    with sigint_ignored():  # the pool forks its workers here
+        pool = mp.get_context("fork").Pool(workers, initializer=_init_generator, initargs=(os.getpid(),))
+    with pool:
+        yield pool
+
+
+def ordered_map(func: Callable[[Any], Any], items: Iterable[Any], workers: int | None = 1) -> Iterator[Any]:
+    """`func` over `items`, results in order: here for `workers` <= 1, else in a `generator_pool`
+    (None: one process per core, never more than there are items)."""
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1) if workers is None else int(workers)
+    if workers <= 1:
+        yield from map(func, items)
+        return
+    with generator_pool(workers) as pool:
+        yield from pool.imap(func, items)

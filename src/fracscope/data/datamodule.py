@@ -118,20 +118,11 @@ class SynthSpec:
         Each generator call (preset x kind x field pixel size) is seeded by its index alone,
         so with workers > 1 the calls run in parallel processes and are yielded in order.
         """
+        from fracscope.child_process import ordered_map
+
         calls = [(cfg, kind, n, int(self.seed) * 1000 + j) for j, (kind, cfg, n) in enumerate(self.jobs())]
-        workers = min(len(calls), os.cpu_count() or 1) if self.workers is None else int(self.workers)
-        if workers <= 1:
-            for call in calls:
-                yield from _synth_call(call)
-            return
-        import multiprocessing as mp
-
-        from fracscope.child_process import die_with_parent
-
-        # fork, as fracscope.synth.generate_electrode does: the children only run numpy/scipy.
-        with mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            for items in pool.imap(_synth_call, calls):
-                yield from items
+        for items in ordered_map(_synth_call, calls, self.workers):
+            yield from items
 
     def describe(self) -> str:
         return (

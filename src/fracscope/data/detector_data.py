@@ -98,18 +98,10 @@ class FieldSynthSpec:
 
         workers: generator processes (None = one per core).
         """
+        from fracscope.child_process import ordered_map
+
         jobs = [(cfg, int(self.seed) * 1000 + j, i) for j, cfg in enumerate(self.jobs()) for i in range(int(self.n_fields))]
-        workers = min(len(jobs), os.cpu_count() or 1) if workers is None else int(workers)
-        if workers <= 1:
-            yield from map(_field_job, jobs)
-            return
-        import multiprocessing as mp
-
-        from fracscope.child_process import die_with_parent
-
-        # fork, as fracscope.synth.generate_electrode does: the children only run numpy/scipy.
-        with mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            yield from pool.imap(_field_job, jobs)
+        yield from ordered_map(_field_job, jobs, workers)
 
     def key_parts(self) -> list:
         """Everything that determines the generated images (for the cache key)."""

@@ -88,22 +88,14 @@ class SectionSynthSpec:
 
     def generate(self, workers: int | None = 1) -> Iterator[tuple[str, AnnotatedImage]]:
         """Yield (preset, field) of every field, in order (deterministic in the spec, whatever `workers` is)."""
+        from fracscope.child_process import ordered_map
         from fracscope.data.detector_data import _field_job
 
         groups = self.jobs()
         jobs = [(cfg, int(self.seed) * 1000 + j, i) for j, (_, cfg) in enumerate(groups) for i in range(int(self.n_fields))]
         presets = [p for p, _ in groups for _ in range(int(self.n_fields))]
-        workers = min(len(jobs), os.cpu_count() or 1) if workers is None else int(workers)
-        if workers <= 1:
-            yield from zip(presets, map(_field_job, jobs))
-            return
-        import multiprocessing as mp
-
-        from fracscope.child_process import die_with_parent
-
-        # fork, as the detector's fields: the children only run numpy/scipy (the phase model runs here).
-        with mp.get_context("fork").Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-            yield from zip(presets, pool.imap(_field_job, jobs))
+        # The children only run numpy/scipy (the phase model runs here).
+        yield from zip(presets, ordered_map(_field_job, jobs, workers))
 
     def key_parts(self) -> list:
         """Everything that determines the generated fields (for the cache key)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -361,12 +360,9 @@ def generate_electrode(cfg: SynthConfig, n_particles: int, seed: int, workers: i
             index += 1
             yield item
         return
-    import multiprocessing as mp
+    from fracscope.child_process import generator_pool
 
-    from fracscope.child_process import die_with_parent
-
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+    with generator_pool(workers) as pool:
         while total < n_particles:
             # Submit about as many fields as still needed so the workers never wait on a batch.
             per_field = total / index if index else 15.0
