@@ -27,6 +27,10 @@ def _net(kind: str) -> torch.nn.Module:
         from fracscope.models.detector_net import build_detector_net
 
         return build_detector_net(cfg)
+    if kind == "sections":
+        from fracscope.models.section_net import build_section_net
+
+        return build_section_net(cfg)
     from fracscope.models.unet import build_model
 
     return build_model(cfg)
@@ -52,6 +56,17 @@ def test_the_fp32_phase_model_is_restored_exactly():
     with torch.no_grad():
         ours = torch.softmax(net.eval()(torch.from_numpy(x)), 1).numpy()
     np.testing.assert_allclose(ours, probs, atol=1e-4)
+
+
+def test_the_fp32_section_net_is_restored_exactly():
+    net = _net("sections")
+    report = init_weights_from(net, MODELS / "fracscope_sections.onnx")
+    assert report.loaded >= 20 and not report.skipped
+    x = np.random.default_rng(1).random((3, 4, 64, 64), dtype=np.float32)
+    (probs,) = _onnx(MODELS / "fracscope_sections.onnx", x)
+    with torch.no_grad():
+        ours = torch.softmax(net.eval()(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(ours, probs, atol=1e-5)
 
 
 def test_the_int8_crop_model_is_restored_up_to_its_rounding():
