@@ -327,3 +327,16 @@ def test_phases_smoke_trains_through_hydra_and_exports(tmp_path, synth_cache) ->
     assert meta.working_pixel_size_um == 0.05 and meta.encoder == "mobilenet_v3_small"
     probs = PhaseMapModel(out).predict(np.zeros((70, 90), np.uint8), 0.05)
     assert probs.shape == (4, 70, 90) and np.allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
+def test_an_8_bit_image_is_normalised_as_its_float_copy():
+    """The 8-bit fast path of the percentiles (the histogram) gives the maps of the float path."""
+    from fracscope.phase_map import PhaseMapModel
+
+    img = np.round(field_image(256, 320, 5) * 255).astype(np.uint8)
+    model = PhaseMapModel(None, threads=1)
+    fast = model.predict(img, 0.05)
+    slow = model.predict(img.astype(np.float32), 0.05)
+    np.testing.assert_array_equal(fast, slow)
+    enlarged = model.predict(img, 0.07)  # resampled: the percentiles come from the working image either way
+    np.testing.assert_array_equal(enlarged, model.predict(img.astype(np.float32), 0.07))

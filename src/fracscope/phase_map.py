@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fracscope.crop import normalize_intensity
+from fracscope.crop import intensity_range, scale_intensity
 from fracscope.detect.learned import check_enlargement, pad_to_multiple, to_working_scale
 from fracscope.detect.tiling import TileGrid
 from fracscope.model_file import PHASES_INPUT_NAME, PHASES_OUTPUT_NAMES, PhaseMetadata, open_onnx_session, sha256_of
@@ -149,8 +149,12 @@ class PhaseMapModel:
         if not (math.isfinite(float(pixel_size_um)) and float(pixel_size_um) > 0):
             raise ValueError(f"pixel_size_um must be a positive number, got {pixel_size_um}")
         scale = check_enlargement(pixel_size_um, self.working_pixel_size_um, "phase model")
-        work = normalize_intensity(to_working_scale(pixels, scale), *self.metadata.percentiles,
-                                   max_samples=MAX_PERCENTILE_SAMPLES)
+        work = to_working_scale(pixels, scale)
+        # The percentiles of the grey levels as they are where nothing was resampled: 8/16-bit images then
+        # take the histogram's fast path (`crop.intensity_range`; ~60 ms less per 3 Mpx field).
+        source = pixels if work.shape == pixels.shape else work
+        work = scale_intensity(work, intensity_range(source, *self.metadata.percentiles,
+                                                     max_samples=MAX_PERCENTILE_SAMPLES))
         probs = self.predict_working(work)
         del work
         return probabilities_to_grid(probs, pixels.shape, self.crack_index)

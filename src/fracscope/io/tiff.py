@@ -60,6 +60,11 @@ def write_image_tiff(
     return path
 
 
+# zlib level of label and phase maps: 3 writes a 2048 x 1536 map 2-3x faster than the default 6 (uint32
+# instances 24 vs 51 ms, uint8 phases 16 vs 49 ms) for files 1.3-1.9x larger (still ~1/20 of uncompressed).
+LABEL_ZLIB_LEVEL = 3
+
+
 def write_label_tiff(
     path: str | Path,
     labels: np.ndarray,
@@ -78,11 +83,13 @@ def write_label_tiff(
     tile_px : None writes the map in one piece. Else a tiled BigTIFF with this tile edge
         (a multiple of 16) is streamed one row of tiles at a time, and the memmap's pages
         are released after each row, so a map larger than memory can be written.
-    compression : "zlib" keeps label maps small; None is fastest.
+    compression : "zlib" keeps label maps small (at `LABEL_ZLIB_LEVEL`); None is fastest.
     dtype : stored type; uint32 holds any particle count, uint16 is read by more tools.
     """
     path = Path(path)
     calibration = _resolution_per_cm(pixel_size_um)
+    if compression == "zlib":
+        calibration["compressionargs"] = {"level": LABEL_ZLIB_LEVEL}
     if tile_px is None:
         tifffile.imwrite(path, np.asarray(labels, dtype=dtype), compression=compression, **calibration)
         return path
