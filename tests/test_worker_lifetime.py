@@ -200,12 +200,17 @@ if __name__ == "__main__":
 """
 
 
-def test_a_ctrl_c_as_a_detect_worker_is_forked_leaves_no_traceback(tmp_path) -> None:
+def _run_parent_in_its_own_group(tmp_path, source: str) -> subprocess.CompletedProcess:
+    """Run `source` as a script in a new session (its Ctrl-C to its process group reaches no one else)."""
     script = tmp_path / "parent.py"
-    script.write_text(_CTRL_C_AT_FORK)
+    script.write_text(source)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
-                         start_new_session=True)
+    return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
+                          start_new_session=True)
+
+
+def test_a_ctrl_c_as_a_detect_worker_is_forked_leaves_no_traceback(tmp_path) -> None:
+    run = _run_parent_in_its_own_group(tmp_path, _CTRL_C_AT_FORK)
     assert (run.returncode, run.stdout, run.stderr) == (130, "interrupted\n", "")
 
 
@@ -246,9 +251,5 @@ if __name__ == "__main__":
 
 
 def test_a_ctrl_c_during_generation_leaves_no_worker_traceback(tmp_path) -> None:
-    script = tmp_path / "parent.py"
-    script.write_text(_CTRL_C_IN_GENERATOR)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60,
-                         start_new_session=True)
+    run = _run_parent_in_its_own_group(tmp_path, _CTRL_C_IN_GENERATOR)
     assert (run.returncode, run.stdout, run.stderr) == (130, "interrupted\n", "")

@@ -62,8 +62,7 @@ def prepare_phase_field(item: AnnotatedImage, working_pixel_size_um: float,
     if px is None or not px > 0:
         raise ValueError(f"{item.stem}: no pixel size; give data.assume_pixel_size_um")
     scale = float(px) / float(working_pixel_size_um)
-    pixels = fill_darkened(item.image.pixels) if has_filled_pores(item) else item.image.pixels
-    image = normalise_image(to_working_scale(pixels, scale), NORM_PERCENTILES)
+    image = normalise_image(to_working_scale(network_pixels(item), scale), NORM_PERCENTILES)
     phases = resize_phase_map(np.asarray(item.phases, np.uint8), working_shape(np.shape(item.image.pixels), scale))
     return PhaseField(image.astype(np.float16), phases, float(px))
 
@@ -71,6 +70,12 @@ def prepare_phase_field(item: AnnotatedImage, working_pixel_size_um: float,
 def has_filled_pores(item: AnnotatedImage) -> bool:
     """Whether a generated field was rendered with bright (Pt- or resin-filled) pores."""
     return "infiltrated" in item.meta.get("looks", ()) or item.meta.get("pore_polarity") == "bright"
+
+
+def network_pixels(item: AnnotatedImage) -> np.ndarray:
+    """A generated field's pixels as the networks see them at inference (`LocatedParticles.pixels_for_networks`):
+    its fill darkened where it was rendered with filled pores, else as they are."""
+    return fill_darkened(item.image.pixels) if has_filled_pores(item) else item.image.pixels
 
 
 def save_phase_fields(path: Path, fields: Sequence[PhaseField]) -> None:

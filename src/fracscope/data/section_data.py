@@ -159,14 +159,12 @@ def generate_sections(synth: SectionSynthSpec, window: SectionWindow, min_eq_dia
     """Every judgeable section of `synth`'s fields (see the module docstring)."""
     from fracscope.phase_map import PhaseMapModel
 
-    from fracscope.data.phase_data import has_filled_pores
-    from fracscope.polarity import fill_darkened
+    from fracscope.data.phase_data import network_pixels
 
     model = PhaseMapModel(phase_model, threads=1)
     xs, ys, fields, pxs, presets = [], [], [], [], []
     for k, (preset, item) in enumerate(synth.generate(workers)):
-        if has_filled_pores(item):  # the networks' pixels at inference (`LocatedParticles.pixels_for_networks`)
-            item = replace(item, image=replace(item.image, pixels=fill_darkened(item.image.pixels)))
+        item = replace(item, image=replace(item.image, pixels=network_pixels(item)))
         codes = model.predict_codes(item.image.pixels, float(item.image.pixel_size_um)).inside
         x, y = field_sections(item, codes, window, min_eq_diameter_um)
         xs.append(x.astype(np.float16))

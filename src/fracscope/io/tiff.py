@@ -87,11 +87,11 @@ def write_label_tiff(
     dtype : stored type; uint32 holds any particle count, uint16 is read by more tools.
     """
     path = Path(path)
-    calibration = _resolution_per_cm(pixel_size_um)
+    kwargs: dict[str, Any] = {"compression": compression, **_resolution_per_cm(pixel_size_um)}
     if compression == "zlib":
-        calibration["compressionargs"] = {"level": LABEL_ZLIB_LEVEL}
+        kwargs["compressionargs"] = {"level": LABEL_ZLIB_LEVEL}
     if tile_px is None:
-        tifffile.imwrite(path, np.asarray(labels, dtype=dtype), compression=compression, **calibration)
+        tifffile.imwrite(path, np.asarray(labels, dtype=dtype), **kwargs)
         return path
     h, w = labels.shape
 
@@ -110,8 +110,7 @@ def write_label_tiff(
         tile=(tile_px, tile_px),
         bigtiff=True,
         photometric="minisblack",
-        compression=compression,
-        **calibration,
+        **kwargs,
     )
     return path
 
