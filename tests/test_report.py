@@ -14,8 +14,8 @@ from pycocotools import mask as mask_utils
 from fracscope.measure import measure_particle
 from fracscope.report import ReportWriter, done_images
 from fracscope.settings import SettingsError
-from fracscope.report.coco import strip_rle
-from fracscope.report.overlay import CLASS_RGB, render_overlay
+from fracscope.report.coco import box_rle
+from fracscope.report.overlay import CLASS_RGB, PALETTE, render_overlay, write_overlay
 from fracscope.report.tables import KEY_COLUMNS, measurement_columns
 from fracscope.types import CLASS_NAMES, ImageResult, ParticleCrop, ParticleResult, Phase, SEMImage
 
@@ -227,18 +227,22 @@ def test_empty_run(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["failed"][0]["image"] == "x.tif"
 
 
-def test_strip_rle_matches_pycocotools():
+def test_box_rle_matches_pycocotools():
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for i in range(60):
         labels = np.zeros((17, 23), np.uint8)
         r0, c0 = rng.integers(0, 10, 2)
         labels[r0 : r0 + rng.integers(1, 8), c0 : c0 + rng.integers(1, 14)] = 1
-        labels[rng.random(labels.shape) < 0.05] = 1
-        cols = np.flatnonzero(labels.any(axis=0))
-        a, b = cols.min(), cols.max() + 1
-        rle = strip_rle(labels[:, a:b] == 1, a, labels.shape[1])
+        labels[rng.random(labels.shape) < 0.05 * (i % 4)] = 1
+        if i % 5 == 0:  # runs across columns: a column ending and the next starting in ones
+            labels[-3:, 4] = labels[:2, 5] = 1
+        if i % 7 == 0:  # the mask's first and last pixels
+            labels[0, 0] = labels[-1, -1] = 1
+        rows, cols = np.flatnonzero(labels.any(axis=1)), np.flatnonzero(labels.any(axis=0))
+        box = labels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] == 1
+        rle = box_rle(box, rows[0], cols[0], *labels.shape)
         ref = mask_utils.encode(np.asfortranarray(labels))
-        assert rle["counts"] == ref["counts"].decode()
+        assert rle["counts"] == ref["counts"].decode() and rle["size"] == list(labels.shape)
 
 
 def test_overlay_colours_and_size():
@@ -271,6 +275,20 @@ def test_overlay_colours_and_size():
     assert out.shape[1:] == (big_w, 3) and big_h < out.shape[0] < big_h + 100
     small = render_overlay(big, max_px=1000)
     assert small.shape[1] <= 1024
+
+
+def test_overlay_png_is_the_rendered_overlay(tmp_path):
+    from PIL import Image
+
+    res = _image("png", "GP", ["intact", "mildly_damaged", "broken"])
+    res.phases[res.instances == 2] = Phase.PORE  # tinted pixels too
+    path = write_overlay(res, tmp_path)
+    with Image.open(path) as png:
+        assert png.mode == "P"  # one byte per pixel: a third of the RGB file's work
+        np.testing.assert_array_equal(np.asarray(png.convert("RGB")), render_overlay(res))
+    # The palette's greys span black to white; the tints and drawn colours are distinct from them.
+    assert tuple(PALETTE[0]) == (0, 0, 0) and tuple(PALETTE[127]) == (255, 255, 255)
+    assert len({tuple(c) for c in PALETTE[:197]}) == 197  # 128 greys, 64 tints, crack, pore, 3 classes
 
 
 def test_inner_edges_equals_find_boundaries():

@@ -102,9 +102,9 @@ class StageTimes:
 
     detect and crop run in worker processes when detect_workers > 0, overlapping the model:
     then the stages add up to more than the wall time, and `wait` is the main process idling
-    for the workers. Particles are measured and outputs written on a background thread while
-    the model runs on the next image: `measure` is that thread's measuring time, and `write`
-    is the main process waiting for it (and the final summary, plots and sheets).
+    for the workers. Particles are measured on one background thread and outputs written on
+    another while the model runs on the next image: `measure` is the measuring thread's time, and
+    `write` is the main process waiting for them (and the final summary, plots and sheets).
     With ``executor=dask`` the stages are summed over the workers, `worker` is the tasks' whole
     time on their workers, and `worker_slot` the part of it that held a worker thread (a task measures
     and writes after handing its thread to the next task's networks): the run's wall time times the

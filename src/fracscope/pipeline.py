@@ -391,8 +391,8 @@ def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
         pore_polarity=settings.pore_polarity,
     )
     warned_scale = False
-    # One writer thread, in input order: image i is measured and written while the model runs
-    # on image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
+    # In input order, image i is measured and written on two threads while the model runs on
+    # image i + 1 (onnxruntime, zlib, PNG encoding and most numpy work release the GIL).
     out_queue = _WriteQueue(writer, times, max_pending=2)
     for item in _timed(located_stream, times, "wait"):
         progress.skip(len(skipped) - progress.n_resumed)  # images resume passed over since the last one
@@ -488,23 +488,26 @@ def _analyse_on_dask(batch: _Batch, client: Any) -> tuple[int, int, int]:
 
 
 class _WriteQueue:
-    """Hands predictions (to measure and write) and failures to one background thread, in order.
+    """Hands predictions (to measure, then write) and failures to two background threads, in order.
 
-    At most `max_pending` images wait, so memory stays bounded; `write` time is what the
-    main thread spends waiting for that thread. Every writer call runs on that one thread,
-    so the report's files are never written concurrently.
+    One thread measures image i + 1 while the other writes image i (PNG and TIFF encoding release
+    the GIL), so the measuring is not held up by the files. At most `max_pending` images wait, so
+    memory stays bounded; `write` time is what the main thread spends waiting for them. Every
+    writer call runs on the writing thread, so the report's files are never written concurrently.
     """
 
     def __init__(self, writer: ReportWriter, times: StageTimes, max_pending: int = 2) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.writer, self.times, self.max_pending = writer, times, max_pending
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fracscope-write")
+        self.measure_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fracscope-measure")
+        self.write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fracscope-write")
         self.pending: deque = deque()
         self.n_images = self.n_particles = 0
 
     def add(self, predicted: Predicted, settings: AnalysisSettings) -> None:
-        self._submit(self._measure_and_write, predicted, settings)
+        measured = self.measure_pool.submit(self._measure, predicted, settings)
+        self._submit(self._write_measured, measured)
 
     def add_result(self, result: ImageResult) -> None:
         """An image already measured (a mosaic analysed tile by tile): only written."""
@@ -515,10 +518,11 @@ class _WriteQueue:
 
     def drain(self) -> None:
         self._collect(0)
-        self.pool.shutdown()
+        self.measure_pool.shutdown()
+        self.write_pool.shutdown()
 
     def _submit(self, fn, *args) -> None:
-        self.pending.append(self.pool.submit(fn, *args))
+        self.pending.append(self.write_pool.submit(fn, *args))
         self._collect(self.max_pending)
 
     def _collect(self, keep: int) -> None:
@@ -530,14 +534,21 @@ class _WriteQueue:
                 self.n_particles += n
         self.times.add("write", t)
 
-    def _measure_and_write(self, predicted: Predicted, settings: AnalysisSettings) -> int | None:
-        """Measure and write one image; the particle count, or None when it failed."""
+    def _measure(self, predicted: Predicted, settings: AnalysisSettings) -> ImageResult | tuple[str, int, str]:
+        """One image measured, or (source, page, message) when that failed."""
         image = predicted.located.image
         try:
-            result = measure_particles(predicted, settings, self.times)
+            return measure_particles(predicted, settings, self.times)
         except Exception as exc:  # one bad image must not stop a run over thousands
             log.exception("failed on %s page %d", image.source, image.page)
-            self.writer.add_failure(str(image.source), image.page, f"{type(exc).__name__}: {exc}")
+            return str(image.source), image.page, f"{type(exc).__name__}: {exc}"
+
+    def _write_measured(self, measured) -> int | None:
+        """Write one image once it is measured (the measuring thread's future); its particle count,
+        or None when it failed."""
+        result = measured.result()
+        if isinstance(result, tuple):
+            self.writer.add_failure(*result)
             return None
         return self._write(result)
 

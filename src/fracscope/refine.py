@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
-from scipy import ndimage as ndi
 
 from fracscope.types import Phase
 
@@ -81,6 +81,8 @@ def trim_rim(mask: np.ndarray, not_particle: np.ndarray) -> np.ndarray:
         return mask
     # One labelling pass instead of an iterated dilation: the padded ring joins the whole box edge,
     # so what is reachable from outside is the ring's component.
-    components, _ = ndi.label(np.pad(~mask | not_particle, 1, constant_values=True))
+    # (OpenCV's 4-connected labelling: scipy's ndi.label up to the label order, about 2x faster.)
+    _, components = cv2.connectedComponents(np.pad(~mask | not_particle, 1, constant_values=True).view(np.uint8),
+                                            connectivity=4)
     reached = components[1:-1, 1:-1] == components[0, 0]
     return mask & ~reached

@@ -125,12 +125,15 @@ def radial_profile(
     dist = np.hypot(rows - r0, cols - c0)
     is_pore = phases[rows, cols] == Phase.PORE
 
+    # Circle k holds the pixels with dist <= its radius: those whose first circle (the number of radii
+    # below their distance) is <= k. One pass instead of one comparison per circle.
+    first = np.searchsorted(np.array([f * radius for f in fr]), dist, side="left")
+    n_in = np.cumsum(np.bincount(first, minlength=len(fr) + 1))
+    p_in = np.cumsum(np.bincount(first[is_pore], minlength=len(fr) + 1))
     circle, ring = [], []
     prev_n = prev_p = 0
-    for f in fr:
-        inside = dist <= f * radius
-        n = int(inside.sum())
-        p = int(np.count_nonzero(is_pore & inside))
+    for k in range(len(fr)):
+        n, p = int(n_in[k]), int(p_in[k])
         circle.append(100.0 * p / n if n else nan)
         ring.append(100.0 * (p - prev_p) / (n - prev_n) if n > prev_n else nan)
         prev_n, prev_p = n, p

@@ -27,39 +27,41 @@ CATEGORIES: list[dict] = [
 ]
 
 
-def strip_rle(strip: np.ndarray, col0: int, width: int) -> dict:
-    """Compressed COCO RLE of a full-image mask that is empty outside columns col0 …
+def box_rle(box: np.ndarray, row0: int, col0: int, height: int, width: int) -> dict:
+    """Compressed COCO RLE of a full-image mask that is empty outside one box.
 
     Parameters
     ----------
-    strip : ndarray of bool, shape (H, w)
-        The mask restricted to columns col0 .. col0 + w (all rows).
-    col0 : int
-        First column of the strip in the image.
-    width : int
-        Image width.
+    box : ndarray of bool, shape (h, w)
+        The mask restricted to rows row0 .. row0 + h and columns col0 .. col0 + w.
+    row0, col0 : int
+        The box's first row and column in the image.
+    height, width : int
+        Image size.
 
     Returns
     -------
     dict
         {"size": [H, W], "counts": str}, identical to `pycocotools.mask.encode` of the
-        full mask, at the cost of the strip only.
+        full mask, at the cost of the box only.
     """
-    h, w = strip.shape
-    flat = np.ascontiguousarray(strip.T).ravel()  # COCO RLE runs down columns
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    runs = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        runs.insert(0, 0)  # RLE always starts with a run of zeros
-    before, after = col0 * h, (width - col0 - w) * h
-    runs[0] += before
-    if len(runs) % 2 == 1:  # ends on a zero run: extend it
-        runs[-1] += after
-    elif after:
-        runs.append(after)
-    rle = mask_utils.frPyObjects({"size": [h, width], "counts": runs}, h, width)
-    return {"size": [h, width], "counts": rle["counts"].decode("ascii")}
+    h, w = box.shape
+    # COCO RLE runs down columns: each box column, framed by a zero above and below, gives its
+    # changes of value; their positions in the image's column-major order bound the runs.
+    framed = np.zeros((w, h + 2), np.int8)
+    framed[:, 1:-1] = box.T
+    j, k = np.nonzero(np.diff(framed, axis=1))
+    pos = (col0 + j) * height + row0 + k
+    # A run that ends on a column's last row and one that starts on the next column's first row
+    # are one run: their two changes fall on the same position.
+    same = np.flatnonzero(pos[1:] == pos[:-1])
+    pos = np.delete(pos, np.concatenate([same, same + 1]))
+    total = height * width
+    runs = np.diff(np.concatenate(([0], pos, [total]))).tolist()
+    if runs[-1] == 0 and len(runs) > 1:  # ends with a run of ones: no empty zero run after it
+        runs.pop()
+    rle = mask_utils.frPyObjects({"size": [height, width], "counts": runs}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
 
 
 def file_name(result: ImageResult, input_root: str | os.PathLike | None) -> str:
@@ -98,8 +100,8 @@ def image_record(result: ImageResult, input_root: str | os.PathLike | None = Non
         if pid < 1 or pid > len(objects) or objects[pid - 1] is None:
             continue
         rs, cs = objects[pid - 1]
-        strip = labels[:, cs] == pid
-        area = int(np.count_nonzero(strip[rs]))
+        box = labels[rs, cs] == pid
+        area = int(np.count_nonzero(box))
         cls = CLASS_NAMES.index(p.class_name) if p.class_name in CLASS_NAMES else None
         if cls is None:
             continue
@@ -113,7 +115,7 @@ def image_record(result: ImageResult, input_root: str | os.PathLike | None = Non
         record["annotations"].append(
             {
                 "category_id": cls + 1,
-                "segmentation": strip_rle(strip, cs.start, w),
+                "segmentation": box_rle(box, rs.start, cs.start, h, w),
                 "area": area,
                 "bbox": [cs.start, rs.start, cs.stop - cs.start, rs.stop - rs.start],
                 "iscrowd": 0,

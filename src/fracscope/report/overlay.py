@@ -6,9 +6,9 @@ output pixel's footprint marks it) rather than sampled: they stay visible at any
 Sections the class fractions do not count (too small, cut by the border: `ReportOptions.counts`)
 get one neutral style instead: a dashed black-and-white outline, no tint and no id.
 
-Everything is array arithmetic on the (downsampled) label and phase maps; text and
-the legend are drawn with Pillow. About 0.3 s for a 2048 × 1536 image, PNG
-writing included.
+Everything is array arithmetic on the (downsampled) label and phase maps, in palette indices
+(`PALETTE`: 128 grey levels, 64 pore tints, the drawn colours); text and the legend are drawn
+with Pillow. About 0.16 s for a 2048 × 1536 image, PNG writing included (0.26 s in RGB).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from fracscope.crop import intensity_range
 from fracscope.report.options import ReportOptions
 from fracscope.types import CLASS_NAMES, ImageResult, Phase
 
@@ -39,6 +40,32 @@ PORE_ALPHA = 0.55
 UNCOUNTED_RGB = ((255, 255, 255), (0, 0, 0))
 UNCOUNTED_DASH_PX = 4
 
+# The overlay is drawn as palette indices (one byte per pixel: a third of the work of RGB to draw and to
+# compress): 128 grey levels, 64 pore tints of grey, then the drawn colours. Grey 255 and 0 are the
+# white and black of text, unknown labels and dashes.
+N_GREYS, N_TINTS = 128, 64
+_GREY0, _TINT0, _FIXED0 = 0, N_GREYS, N_GREYS + N_TINTS
+_WHITE, _BLACK = N_GREYS - 1, 0
+_FIXED_RGB = (CRACK_RGB, PORE_RGB, *CLASS_RGB.values())
+_CRACK, _PORE = _FIXED0, _FIXED0 + 1
+_CLASS_INDEX = {name: _FIXED0 + 2 + i for i, name in enumerate(CLASS_RGB)}
+
+
+def _palette() -> np.ndarray:
+    """(256, 3) uint8 RGB of each overlay index."""
+    pal = np.zeros((256, 3), np.uint8)
+    grey = np.round(np.arange(N_GREYS) * (255.0 / (N_GREYS - 1)))
+    pal[_GREY0:_GREY0 + N_GREYS] = grey[:, None]
+    tint_grey = (np.arange(N_TINTS) + 0.5) * (256.0 / N_TINTS)  # the middle of each tint's grey levels
+    tint = (1 - PORE_ALPHA) * tint_grey[:, None] + PORE_ALPHA * np.asarray(PORE_RGB, np.float64)
+    pal[_TINT0:_TINT0 + N_TINTS] = tint.astype(np.uint8)
+    pal[_FIXED0:_FIXED0 + len(_FIXED_RGB)] = _FIXED_RGB
+    return pal
+
+
+PALETTE = _palette()
+_DASH_INDEX = (_WHITE, _BLACK)  # UNCOUNTED_RGB's
+
 
 def normalise_to_uint8(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float = 99.5) -> np.ndarray:
     """Percentile-stretch a grayscale image to uint8 (robust to hot pixels and 16-bit data).
@@ -50,7 +77,8 @@ def normalise_to_uint8(pixels: np.ndarray, low_pct: float = 0.5, high_pct: float
         a = a[..., :3].mean(axis=2, dtype=np.float32)
     # Percentiles of a strided sample: the same answer to within a grey level, much faster.
     step = max(1, int(math.sqrt(a.size / 250_000)))
-    lo, hi = np.percentile(a[::step, ::step], [low_pct, high_pct])
+    # 8/16-bit: from the histogram, no sort (float64, as np.percentile gave them: the same lookup table)
+    lo, hi = map(np.float64, intensity_range(a[::step, ::step], low_pct, high_pct))
     if hi <= lo:
         hi = lo + 1.0
     if a.dtype in (np.uint8, np.uint16):
@@ -81,24 +109,29 @@ def inner_edges(labels: np.ndarray, width: int = 1) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def write_png(path: str | os.PathLike, rgb: np.ndarray) -> None:
-    """Write an RGB uint8 array as PNG: no row filter, zlib level 1.
+def write_png(path: str | os.PathLike, pixels: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write an RGB uint8 array, or uint8 indices into `palette` ((n <= 256, 3) uint8), as PNG: no row
+    filter, zlib level 1.
 
     Pillow's encoder tries every row filter and takes about 0.5 s for a noisy
     2048 × 1536 RGB image; this takes about half that, files are ~10 % larger.
     """
-    h, w, _ = rgb.shape
-    raw = np.empty((h, w * 3 + 1), dtype=np.uint8)
+    h, w = pixels.shape[:2]
+    channels = 1 if palette is not None else 3
+    raw = np.empty((h, w * channels + 1), dtype=np.uint8)
     raw[:, 0] = 0  # filter type "None" for every row
-    raw[:, 1:] = rgb.reshape(h, w * 3)
+    raw[:, 1:] = pixels.reshape(h, w * channels)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    colour_type = 3 if palette is not None else 2  # indexed or RGB
+    header = struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)  # 8 bits per sample, no interlace
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n")
         f.write(chunk(b"IHDR", header))
+        if palette is not None:
+            f.write(chunk(b"PLTE", np.asarray(palette, np.uint8).tobytes()))
         f.write(chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)))
         f.write(chunk(b"IEND", b""))
 
@@ -152,8 +185,8 @@ def uncounted_text(options: ReportOptions) -> str | None:
 
 
 def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> Image.Image:
-    """The image with a legend strip added below it, so the legend never hides particles."""
-    items = [(CLASS_RGB[c], c.replace("_", " ")) for c in CLASS_NAMES] + [(PORE_RGB, "pore"), (CRACK_RGB, "crack")]
+    """The (palette-index) image with a legend strip added below it, so the legend never hides particles."""
+    items = [(_CLASS_INDEX[c], c.replace("_", " ")) for c in CLASS_NAMES] + [(_PORE, "pore"), (_CRACK, "crack")]
     if uncounted:
         items.append((None, uncounted))
     probe = ImageDraw.Draw(img)
@@ -170,22 +203,22 @@ def _with_legend(img: Image.Image, font, scale: int, uncounted: str | None) -> I
         x += w
     # Tiny images get a wider canvas rather than a clipped legend.
     width = max(img.width, int(max(widths)) + 2 * pad)
-    out = Image.new("RGB", (width, img.height + line_h * len(lines)), (0, 0, 0))
+    out = Image.new("P", (width, img.height + line_h * len(lines)), _BLACK)
     out.paste(img, (0, 0))
     draw = ImageDraw.Draw(out)
     for i, line in enumerate(lines):
         y = img.height + pad + i * line_h
-        for (rgb, text), x in line:
-            if rgb is None:  # the uncounted style: a dashed outline, no fill
+        for (index, text), x in line:
+            if index is None:  # the uncounted style: a dashed outline, no fill
                 ring = np.ones((sw + 1, sw + 1), bool)
                 ring[scale:-scale, scale:-scale] = False
                 rr, cc = np.indices(ring.shape)
-                dash = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rr, cc, UNCOUNTED_DASH_PX * scale)]
+                dash = np.asarray(_DASH_INDEX, np.uint8)[dashes(rr, cc, UNCOUNTED_DASH_PX * scale)]
                 ring_mask = Image.fromarray(ring.astype(np.uint8) * 255, "L")
-                out.paste(Image.fromarray(dash, "RGB"), (int(x), int(y)), ring_mask)
+                out.paste(Image.fromarray(dash, "P"), (int(x), int(y)), ring_mask)
             else:
-                draw.rectangle([x, y, x + sw, y + sw], fill=rgb)
-            draw.text((x + sw + pad, y + sw / 2), text, fill=(255, 255, 255), font=font, anchor="lm")
+                draw.rectangle([x, y, x + sw, y + sw], fill=index)
+            draw.text((x + sw + pad, y + sw / 2), text, fill=_WHITE, font=font, anchor="lm")
     return out
 
 
@@ -202,7 +235,21 @@ def _counted_cracks(result: ImageResult, counted_lut: np.ndarray, f: int, shape:
 def render_overlay(
     result: ImageResult, max_px: int = 2048, show_ids: bool = True, options: ReportOptions | None = None
 ) -> np.ndarray:
-    """The overlay of one image as an RGB uint8 array.
+    """The overlay of one image as an RGB uint8 array (`PALETTE` of `render_overlay_indices`).
+
+    Returns
+    -------
+    ndarray of uint8, shape (H' + legend, W', 3)
+        The (downsampled) image; a legend strip is appended below it (and the
+        canvas widened on the right for images narrower than a legend entry).
+    """
+    return PALETTE[render_overlay_indices(result, max_px, show_ids, options)]
+
+
+def render_overlay_indices(
+    result: ImageResult, max_px: int = 2048, show_ids: bool = True, options: ReportOptions | None = None
+) -> np.ndarray:
+    """The overlay of one image as uint8 indices into `PALETTE`.
 
     Parameters
     ----------
@@ -220,8 +267,8 @@ def render_overlay(
 
     Returns
     -------
-    ndarray of uint8, shape (H' + legend, W', 3)
-        The (downsampled) image; a legend strip is appended below it (and the
+    ndarray of uint8, shape (H' + legend, W')
+        The (downsampled) image in 128 grey levels; a legend strip is appended below it (and the
         canvas widened on the right for images narrower than a legend entry).
     """
     options = options or ReportOptions()
@@ -229,7 +276,7 @@ def render_overlay(
     gray = _block_mean(normalise_to_uint8(result.image.pixels), f)
     labels = result.instances[::f, ::f][: gray.shape[0], : gray.shape[1]]
     phases = result.phases[::f, ::f][: gray.shape[0], : gray.shape[1]]
-    out = np.repeat(gray[..., None], 3, axis=2)
+    out = gray >> 1  # 256 grey levels onto the palette's 128
 
     # Per label value (ids are the label values of the particles): counted or not.
     is_counted = np.array([options.counts(p.touches_border, p.too_small) for p in result.particles], bool)
@@ -239,17 +286,15 @@ def render_overlay(
     counted_lut[counted_ids] = True
     pores = phases == Phase.PORE
     pores[pores] = counted_lut[labels[pores]]  # tinted in counted sections only
-    # Blend only the selected pixels; the rest of the image stays uint8.
-    tint = (1 - PORE_ALPHA) * out[pores].astype(np.float32) + PORE_ALPHA * np.asarray(PORE_RGB, np.float32)
-    out[pores] = tint.astype(np.uint8)
-    out[_counted_cracks(result, counted_lut, f, gray.shape)] = CRACK_RGB
+    out[pores] = _TINT0 + (gray[pores] >> 2)
+    out[_counted_cracks(result, counted_lut, f, gray.shape)] = _CRACK
 
     # Colour lookup by label value on the outline pixels only (ids may be sparse);
     # labels without a ParticleResult are outlined in white.
     ids = np.array([p.particle_id for p in result.particles], dtype=np.int64)
-    colours = np.array([CLASS_RGB.get(p.class_name, (255, 255, 255)) for p in result.particles], np.uint8)
+    colours = np.array([_CLASS_INDEX.get(p.class_name, _WHITE) for p in result.particles], np.uint8)
     order = np.argsort(ids)
-    ids, colours = ids[order], np.vstack([colours.reshape(-1, 3)[order], [[255, 255, 255]]]).astype(np.uint8)
+    ids, colours = ids[order], np.append(colours[order], _WHITE).astype(np.uint8)
     is_counted = np.append(is_counted[order], True)  # labels without a ParticleResult: white, 2 px
     # Two pixels wide so outlines read at any zoom; uncounted sections are dashed.
     edge = inner_edges(labels, width=2)
@@ -263,11 +308,11 @@ def render_overlay(
     dashed = ~solid
     if dashed.any():
         rows, cols = np.nonzero(edge)
-        drawn[dashed] = np.asarray(UNCOUNTED_RGB, np.uint8)[dashes(rows[dashed], cols[dashed], UNCOUNTED_DASH_PX)]
+        drawn[dashed] = np.asarray(_DASH_INDEX, np.uint8)[dashes(rows[dashed], cols[dashed], UNCOUNTED_DASH_PX)]
     out[edge] = drawn
 
-    img = Image.fromarray(out, "RGB")
-    draw = ImageDraw.Draw(img, "RGBA")
+    img = Image.fromarray(out, "P")
+    draw = ImageDraw.Draw(img)
     scale = max(1, round(max(out.shape[:2]) / 1000))
     font = ImageFont.load_default(size=11 * scale)
     if show_ids:
@@ -275,15 +320,7 @@ def render_overlay(
             r = (p.bbox[0] + p.bbox[2]) / 2 / f
             c = (p.bbox[1] + p.bbox[3]) / 2 / f
             text = f"{p.particle_id}{'?' if p.low_confidence else ''}"
-            draw.text(
-                (c, r),
-                text,
-                fill=(255, 255, 255, 255),
-                font=font,
-                anchor="mm",
-                stroke_width=max(1, scale),
-                stroke_fill=(0, 0, 0, 255),
-            )
+            draw.text((c, r), text, fill=_WHITE, font=font, anchor="mm", stroke_width=max(1, scale), stroke_fill=_BLACK)
     return np.asarray(_with_legend(img, font, scale, uncounted_text(options)))
 
 
@@ -299,6 +336,6 @@ def write_overlay(
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{result.stem}.png"
     tmp = path.with_name(path.name + ".tmp")
-    write_png(tmp, render_overlay(result, max_px, show_ids, options))
+    write_png(tmp, render_overlay_indices(result, max_px, show_ids, options), PALETTE)
     os.replace(tmp, path)
     return path
