@@ -307,7 +307,8 @@ def analyse_field(image: SEMImage, run: Pipeline) -> tuple[np.ndarray, dict[int,
     result = analyse_image(image, image.source, "bench", run.detector, run.models, run.analysis)
     return result.instances, {
         p.particle_id: Prediction(p.class_name, not (p.touches_border or p.too_small),
-                                  {**p.measurements, **{f"p_{n}": float(v) for n, v in zip(CLASS_NAMES, p.probs)}})
+                                  {**p.measurements, **p.network_probs,
+                                   **{f"p_{n}": float(v) for n, v in zip(CLASS_NAMES, p.probs)}})
         for p in result.particles
     }
 
