@@ -147,6 +147,33 @@ def test_clipped_or_flat_grey_levels_are_flagged():
     assert grey_levels(twelve_bit)[1] == pytest.approx(144 / 4095)
 
 
+def test_an_estimated_pixel_size_too_coarse_for_the_networks_is_flagged_and_said_in_words(tmp_path):
+    parts = [_particle(1, (10, 10, 40, 40), 20.0), _particle(2, (50, 50, 80, 80), 20.0)]  # lengths in px
+    for estimate, flagged in [(0.24, False), (0.2401, True), (0.33, True), (0.005, False), (None, False)]:
+        result = _result(parts, px=None)
+        result.image.estimated_pixel_size_um = estimate
+        assert ("coarse_pixels" in image_quality(result).flags) == flagged, estimate
+    result = _result(parts, px=None)
+    result.image.estimated_pixel_size_um = 0.33
+    row = image_row(result)
+    assert row["quality_flags"] == "coarse_pixels"
+    (reason,) = describe_flags(row, TRAINED)
+    assert reason.startswith("coarse pixels: estimated pixel size 0.33 µm/px is 4x the largest") and "lower bounds" in reason
+    # summary.md reads the reason back from images.csv (the estimate's column included).
+    writer = ReportWriter(tmp_path, {"report": {"n_boot": 10, "write_plots": False, "write_review": False}},
+                          {"phase_model_metadata": {"pixel_size_range_um": list(TRAINED)}})
+    writer.add(result)
+    md = render_markdown(writer.close())
+    assert "- `img.tif`: coarse pixels: estimated pixel size 0.33 µm/px is 4x the largest" in md
+    # A given pixel size is judged by scale_implausible alone; no trained range, no judgement.
+    given = _result(parts, px=0.05)
+    given.image.estimated_pixel_size_um = 0.33
+    assert "coarse_pixels" not in image_quality(given).flags
+    untrained = _result(parts, px=None, trained=None)
+    untrained.image.estimated_pixel_size_um = 0.33
+    assert image_quality(untrained).flags == ()
+
+
 def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
     # Appended in order: the quality columns after the resume key, then pore_polarity (session 14).
     assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 1:-1] == QUALITY_COLUMNS and IMAGE_COLUMNS[-1] == "pore_polarity"

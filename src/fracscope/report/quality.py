@@ -19,13 +19,14 @@ from fracscope.crop import strided_sample
 from fracscope.types import ImageResult, ParticleResult
 
 SCALE_IMPLAUSIBLE = "scale_implausible"
+COARSE_PIXELS = "coarse_pixels"
 FEW_PARTICLES = "few_particles"
 PARTICLE_AREA_FRACTION = "particle_area_fraction"
 LOW_CLASS_CONFIDENCE = "low_class_confidence"
 LOW_DETECTOR_SCORE = "low_detector_score"
 GREY_LEVELS = "grey_levels"
 #: Every flag, in the order images.csv lists them (the likeliest to spoil every number first).
-FLAGS: tuple[str, ...] = (SCALE_IMPLAUSIBLE, FEW_PARTICLES, PARTICLE_AREA_FRACTION, GREY_LEVELS,
+FLAGS: tuple[str, ...] = (SCALE_IMPLAUSIBLE, COARSE_PIXELS, FEW_PARTICLES, PARTICLE_AREA_FRACTION, GREY_LEVELS,
                           LOW_DETECTOR_SCORE, LOW_CLASS_CONFIDENCE)
 FLAG_SEPARATOR = ";"
 
@@ -44,6 +45,10 @@ MEDIAN_DIAMETER_RANGE_UM = (1.0, 40.0)
 # (0.035-0.08 -> 0.012-0.24 µm/px for the shipped phase model) particles reach the networks at
 # sizes training never showed them, which is more than the spread of particle sizes in training.
 TRAINED_RANGE_FACTOR = 3.0
+# The same limit on a pixel size the run estimated (no size given): the estimate fits the particles by
+# construction, so it is not a wrong scale but a coarse one. The phase model then sees the image
+# upsampled several times: pores and cracks a pixel or two wide are not resolved (the real X-ray CT
+# slice of ../shared/real, estimated at 0.33 µm/px: 744 sections, every one intact, porosity 0.02 %).
 # Mean over an image's particles of the top class probability (at least 1/3 with three classes).
 # The shipped models gave 0.94-0.96 on generated 0.05 µm/px fields and 0.85-0.97 on the two real
 # images of ../shared/real at the pixel sizes tried; below 0.7 most particles sit near a class
@@ -192,13 +197,31 @@ def scale_causes(pixel_size_um: float | None, median_diameter_um: float | None,
     return causes
 
 
+def coarse_estimate(pixel_size_um: float | None, estimated_pixel_size_um: float | None,
+                    trained_range_um: Sequence[float] | None) -> str | None:
+    """Why an image analysed at its estimated pixel size is too coarse for the networks, in words; None when
+    a pixel size was given, nothing was estimated, or the estimate is within `TRAINED_RANGE_FACTOR` of the
+    largest trained pixel size."""
+    if pixel_size_um is not None or estimated_pixel_size_um is None or trained_range_um is None:
+        return None
+    est, hi = float(estimated_pixel_size_um), float(trained_range_um[1])
+    if not (math.isfinite(est) and est > hi * TRAINED_RANGE_FACTOR):
+        return None
+    return (f"estimated pixel size {est:.2g} µm/px is {est / hi:.0f}x the largest pixel size the models were "
+            f"trained on ({float(trained_range_um[0]):g}-{hi:g} µm/px): pores and cracks a few pixels wide are not "
+            "resolved, so porosity, cracks and damage classes are unreliable (read them as lower bounds)")
+
+
 def flags_of(q: Mapping[str, float | None], pixel_size_um: float | None, n_particles: int,
-             trained_range_um: Sequence[float] | None) -> tuple[str, ...]:
+             trained_range_um: Sequence[float] | None,
+             estimated_pixel_size_um: float | None = None) -> tuple[str, ...]:
     """The flags an image's numbers raise (`FLAGS` order); `q` holds the `QUALITY_COLUMNS` numbers."""
     raised = set()
     median = q["median_eq_diameter"] if pixel_size_um is not None else None
     if scale_causes(pixel_size_um, median, trained_range_um):
         raised.add(SCALE_IMPLAUSIBLE)
+    if coarse_estimate(pixel_size_um, estimated_pixel_size_um, trained_range_um):
+        raised.add(COARSE_PIXELS)
     if n_particles == 0:
         raised.add(FEW_PARTICLES)
     else:  # with no particle the area is 0 by definition: few_particles says it
@@ -227,7 +250,8 @@ def image_quality(result: ImageResult) -> ImageQuality:
         "grey_range_fraction": grey_range,
     }
     numbers = {k: None if v is None else round(v, DECIMALS) for k, v in numbers.items()}
-    flags = flags_of(numbers, result.image.pixel_size_um, len(parts), result.pixel_size_range_um)
+    flags = flags_of(numbers, result.image.pixel_size_um, len(parts), result.pixel_size_range_um,
+                     result.image.estimated_pixel_size_um)
     return ImageQuality(**numbers, flags=flags)
 
 
@@ -256,6 +280,10 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
             causes = scale_causes(px, _number(row, "median_eq_diameter"), trained_range_um)
             known = f"pixel size {px:g} µm/px" if px is not None else "pixel size unknown"
             words.append("scale implausible: " + ("; ".join(causes) or known))
+        elif flag == COARSE_PIXELS:
+            why = coarse_estimate(px, _number(row, "pixel_size_estimate_um"), trained_range_um)
+            words.append("coarse pixels: " + (why or "the estimated pixel size is far coarser than the models' "
+                                                     "training: pores and cracks are not resolved"))
         elif flag == FEW_PARTICLES:
             words.append("no particle found: wrong scale, an unfamiliar contrast, or no particles in the field")
         elif flag == PARTICLE_AREA_FRACTION:

@@ -84,14 +84,15 @@ def _read_images(path: Path) -> pd.DataFrame:
 
 
 def _read_flagged(path: Path) -> list[dict]:
-    """The images.csv rows (as str dicts: image, page, pixel size and the quality columns) whose
+    """The images.csv rows (as str dicts: image, page, pixel size, its estimate and the quality columns) whose
     `quality_flags` is not empty, in images.csv order; none for an images.csv of an older run."""
     if not path.exists() or path.stat().st_size == 0:
         return []
     header = pd.read_csv(path, nrows=0).columns
     if "quality_flags" not in header:
         return []
-    cols = ["image", "page", "pixel_size_um", *(c for c in QUALITY_COLUMNS if c in header)]
+    cols = ["image", "page", *(c for c in ("pixel_size_um", "pixel_size_estimate_um", *QUALITY_COLUMNS)
+                               if c in header)]
     df = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, on_bad_lines="skip")
     df = df[(df["quality_flags"] != "") & df["page"].str.fullmatch(r"\d+")].drop_duplicates(["image", "page"])
     return df.to_dict("records")
