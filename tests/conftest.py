@@ -1,6 +1,7 @@
 import itertools
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if TORCH_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.train)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_reaches_the_tests():
+    """The Ctrl-C tests need SIGINT as a terminal delivers it. Under nohup (or any parent that ignores it)
+    Python starts with SIGINT ignored and every child inherits that: restore Python's own handler."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="module")
