@@ -157,9 +157,8 @@ def field_sections(item: AnnotatedImage, codes: np.ndarray, window: SectionWindo
 def generate_sections(synth: SectionSynthSpec, window: SectionWindow, min_eq_diameter_um: float,
                       phase_model: str | None = None, workers: int | None = 1) -> SectionArrays:
     """Every judgeable section of `synth`'s fields (see the module docstring)."""
-    from fracscope.phase_map import PhaseMapModel
-
     from fracscope.data.phase_data import network_pixels
+    from fracscope.phase_map import PhaseMapModel
 
     model = PhaseMapModel(phase_model, threads=1)
     xs, ys, fields, pxs, presets = [], [], [], [], []

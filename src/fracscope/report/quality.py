@@ -45,10 +45,6 @@ MEDIAN_DIAMETER_RANGE_UM = (1.0, 40.0)
 # (0.035-0.08 -> 0.012-0.24 µm/px for the shipped phase model) particles reach the networks at
 # sizes training never showed them, which is more than the spread of particle sizes in training.
 TRAINED_RANGE_FACTOR = 3.0
-# The same limit on a pixel size the run estimated (no size given): the estimate fits the particles by
-# construction, so it is not a wrong scale but a coarse one. The phase model then sees the image
-# upsampled several times: pores and cracks a pixel or two wide are not resolved (the real X-ray CT
-# slice of ../shared/real, estimated at 0.33 µm/px: 744 sections, every one intact, porosity 0.02 %).
 # Mean over an image's particles of the top class probability (at least 1/3 with three classes).
 # The shipped models gave 0.94-0.96 on generated 0.05 µm/px fields and 0.85-0.97 on the two real
 # images of ../shared/real at the pixel sizes tried; below 0.7 most particles sit near a class
@@ -201,7 +197,12 @@ def coarse_estimate(pixel_size_um: float | None, estimated_pixel_size_um: float 
                     trained_range_um: Sequence[float] | None) -> str | None:
     """Why an image analysed at its estimated pixel size is too coarse for the networks, in words; None when
     a pixel size was given, nothing was estimated, or the estimate is within `TRAINED_RANGE_FACTOR` of the
-    largest trained pixel size."""
+    largest trained pixel size.
+
+    The estimate fits the particles by construction, so it is not a wrong scale but a coarse one: the
+    phase model sees the image upsampled several times and pores and cracks a pixel or two wide are not
+    resolved (the real X-ray CT slice of ../shared/real, estimated at 0.33 µm/px: 744 sections, every one
+    intact, porosity 0.02 %)."""
     if pixel_size_um is not None or estimated_pixel_size_um is None or trained_range_um is None:
         return None
     est, hi = float(estimated_pixel_size_um), float(trained_range_um[1])
