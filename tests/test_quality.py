@@ -175,10 +175,12 @@ def test_an_estimated_pixel_size_too_coarse_for_the_networks_is_flagged_and_said
 
 
 def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
-    # Appended in order: the quality columns after the resume key, then pore_polarity (session 14).
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 1:-1] == QUALITY_COLUMNS and IMAGE_COLUMNS[-1] == "pore_polarity"
+    # Appended in order: the quality columns after the resume key, then pore_polarity (session 14), then
+    # n_curtain_streaks (session 20).
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 2:-2] == QUALITY_COLUMNS
+    assert IMAGE_COLUMNS[-2:] == ("pore_polarity", "n_curtain_streaks")
     assert IMAGE_COLUMNS[:3] == ("image", "page", "stem")
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 2] == "source_mtime_ns"
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 3] == "source_mtime_ns"
     row = image_row(_result([_particle(1, (10, 10, 40, 40), 0.5)]))
     assert list(row) == list(IMAGE_COLUMNS)
     assert row["quality_flags"] == "scale_implausible" and row["median_eq_diameter"] == 0.5
@@ -214,7 +216,7 @@ def test_summary_lists_the_flagged_images_first_with_their_reasons(tmp_path):
     (entry,) = summary.flagged
     assert entry["image"] == "wrong.tif" and entry["page"] == 0 and entry["flags"] == ["scale_implausible"]
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert saved["flagged_images"] == [entry] and saved["schema_version"] == "1.1"
+    assert saved["flagged_images"] == [entry] and saved["schema_version"] == "1.2"
     md = render_markdown(summary)
     section = md[md.index("## Images to check first"):md.index("## Damage classes")]
     assert "1 of 2 images flagged" in section
@@ -225,6 +227,22 @@ def test_summary_lists_the_flagged_images_first_with_their_reasons(tmp_path):
                          None)
     clean.add(_result(_fine()))
     assert "No image was flagged (1 checked" in render_markdown(clean.close())
+
+
+def test_summary_says_how_many_curtain_streaks_were_not_counted_as_cracks(tmp_path):
+    options = {"report": {"n_boot": 10, "write_plots": False, "write_review": False}}
+    writer = ReportWriter(tmp_path, options, None)
+    writer.add(_result(_fine()))
+    milled = _result(_fine())
+    milled.stem, milled.image.source, milled.curtain_streaks = "milled", "milled.tif", 3
+    writer.add(milled)
+    summary = writer.close()
+    assert summary.curtains == {"images": 2, "images_with_streaks": 1, "streaks": 3}
+    assert json.loads((tmp_path / "summary.json").read_text())["curtains"] == summary.curtains
+    assert "Curtaining: in 1 of 2 images, 3 crack lines along the milling direction" in render_markdown(summary)
+    clean = ReportWriter(tmp_path / "clean", options, None)
+    clean.add(_result(_fine()))
+    assert "Curtaining" not in render_markdown(clean.close())
 
 
 # The scale guard before a model resamples an image ---------------------------------------------

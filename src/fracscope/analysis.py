@@ -30,6 +30,7 @@ from fracscope.classify import (
     needs_head,
     needs_sections,
 )
+from fracscope.curtains import remove_curtain_streaks
 from fracscope.detect import Detector
 from fracscope.io import relative_source
 from fracscope.locate import LocatedParticles, locate_particles
@@ -82,6 +83,9 @@ class AnalysisSettings:
     # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
     # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
     trim_rim: str = field(default="background", metadata={"convert": lambda v: rim_trim_mode(v)})
+    # Crack lines along the milling direction, lined up across particles, are curtaining and made solid
+    # (`fracscope.curtains`; the model segmenter's map only).
+    remove_curtains: bool = True
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,7 @@ class Predicted:
     pixel_size_range_um: tuple[float, float] | None = None  # the models' training pixel sizes (quality flags)
     pore_polarity: str = "dark"  # this image's: the run's setting, or decided from the image under "auto"
     sections: SectionNetModel | None = None  # the section net, when the class rule reads it
+    curtain_streaks: int = 0  # crack components of the phase map made solid as curtaining (`fracscope.curtains`)
 
 
 def predict_particles(
@@ -212,12 +217,15 @@ def predict_particles(
         # Without a pixel size: the estimate (`locate.with_estimated_scale`), else the model's working one.
         px = image.working_pixel_size_um or models.phases.working_pixel_size_um
         codes = models.phases.predict_codes(located.pixels_for_networks, px) if located.instances.any() else None
+    streaks = 0
+    if codes is not None and settings.remove_curtains:
+        codes, streaks = remove_curtain_streaks(codes, located.instances)
     if models.crops is not None:
         class_probs, phase_probs = predict_crops(models.crops, located.crops, settings.batch_size)
         pore_weight = resolve_pore_weight(models.crops.metadata, settings.pore_weight)
     times.add("model", t)
     return Predicted(located, stem, group, codes, models.class_rule, class_probs, phase_probs, pore_weight,
-                     models.pixel_size_range_um, located.pore_polarity, models.sections)
+                     models.pixel_size_range_um, located.pore_polarity, models.sections, streaks)
 
 
 @dataclass
@@ -283,7 +291,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
                  for section, probs in zip(kept, network_probs, strict=True)]
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
-                       pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity)
+                       pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity,
+                       curtain_streaks=predicted.curtain_streaks)
 
 
 def _network_probs(predicted: Predicted, kept: list[MeasuredSection]) -> list[dict[str, float]]:

@@ -128,6 +128,7 @@ class RunSettings:
             "pore_weight": a.pore_weight,
             "trim_rim": a.trim_rim,
             "pore_count": a.pore_count,
+            "remove_curtains": a.remove_curtains,
             "low_confidence": a.low_confidence,
             "min_judge_diameter_um": a.min_judge_diameter_um,
             "min_judge_diameter_px": a.min_judge_diameter_px,

@@ -154,6 +154,7 @@ class ImageResult:
     pixel_size_range_um: (min, max) pixel size of the images the run's models were trained on
         (their files'), or None when unknown; `fracscope.report.quality` compares the image's with it.
     pore_polarity: the run's `pore_polarity`, or under "auto" what was decided for this image.
+    curtain_streaks: crack components of the phase map made solid as curtaining (`fracscope.curtains`).
     """
 
     image: SEMImage
@@ -164,3 +165,4 @@ class ImageResult:
     particles: list[ParticleResult] = field(default_factory=list)
     pixel_size_range_um: tuple[float, float] | None = None
     pore_polarity: str = "dark"  # "dark" (empty) or "bright" (filled) pores, as this image was segmented
+    curtain_streaks: int = 0

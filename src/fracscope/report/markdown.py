@@ -72,6 +72,16 @@ def _class_section(summary: Summary) -> list[str]:
         "resample whole images and are the ones to trust when images differ."
     )
     lines.append("")
+    curtains = summary.curtains
+    if curtains.get("streaks"):
+        lines.append(
+            f"Curtaining: in {curtains['images_with_streaks']} of {curtains['images']} image"
+            f"{'s' if curtains['images'] != 1 else ''}, {curtains['streaks']} crack line"
+            f"{'s' if curtains['streaks'] != 1 else ''} along the milling direction, lined up across particles, "
+            "were taken for curtain streaks and not counted as cracks (images.csv `n_curtain_streaks`; "
+            "`remove_curtains=false` keeps them)."
+        )
+        lines.append("")
     excl = ["group", "detected", "touching border", "too small", "low confidence (counted)"]
     rows = [
         [

@@ -33,7 +33,7 @@ from fracscope.report.stats import (
 from fracscope.report.tables import IMAGES_CSV, PARTICLES_CSV
 from fracscope.types import CLASS_NAMES
 
-SUMMARY_SCHEMA_VERSION = "1.1"  # 1.1: flagged_images
+SUMMARY_SCHEMA_VERSION = "1.2"  # 1.1: flagged_images; 1.2: curtains
 SUMMARY_JSON = "summary.json"
 TOTAL = "all"  # name of the pooled group
 
@@ -67,6 +67,7 @@ class ParticleScan:
     porosity_pct: np.ndarray
     profile_pct: np.ndarray
     flagged: list[dict] = field(default_factory=list)  # images.csv rows with quality flags (`_read_flagged`)
+    curtain_streaks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per image (`_read_curtains`)
 
 
 def display_name(group: str) -> str:
@@ -96,6 +97,15 @@ def _read_flagged(path: Path) -> list[dict]:
     df = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, on_bad_lines="skip")
     df = df[(df["quality_flags"] != "") & df["page"].str.fullmatch(r"\d+")].drop_duplicates(["image", "page"])
     return df.to_dict("records")
+
+
+def _read_curtains(path: Path) -> np.ndarray:
+    """images.csv's `n_curtain_streaks` per image page (empty for an older run without the column)."""
+    if not path.exists() or path.stat().st_size == 0 or "n_curtain_streaks" not in pd.read_csv(path, nrows=0).columns:
+        return np.zeros(0, np.int64)
+    df = pd.read_csv(path, usecols=["image", "page", "n_curtain_streaks"], dtype=str, keep_default_na=False,
+                     on_bad_lines="skip").drop_duplicates(["image", "page"])
+    return pd.to_numeric(df["n_curtain_streaks"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
 
 
 def trained_pixel_sizes(provenance: dict) -> tuple[float, float] | None:
@@ -180,6 +190,7 @@ def scan_particles(output_dir: str | os.PathLike, options: ReportOptions, chunks
         porosity_pct=cat("por", np.float32),
         profile_pct=cat("prof", np.float32, (0, len(PROFILE_COLUMNS))),
         flagged=_read_flagged(out / IMAGES_CSV),
+        curtain_streaks=_read_curtains(out / IMAGES_CSV),
     )
 
 
@@ -275,6 +286,7 @@ class Summary:
     failed: list[dict] = field(default_factory=list)
     options: dict = field(default_factory=dict)
     flagged: list[dict] = field(default_factory=list)
+    curtains: dict = field(default_factory=dict)  # {"images", "images_with_streaks", "streaks"} (`fracscope.curtains`)
     schema_version: str = SUMMARY_SCHEMA_VERSION
 
     def group(self, name: str) -> GroupSummary:
@@ -299,6 +311,7 @@ class Summary:
                 "provenance": self.provenance,
                 "failed": self.failed,
                 "flagged_images": self.flagged,
+                "curtains": self.curtains,
             }
         )
 
@@ -340,7 +353,9 @@ def build_summary(scan: ParticleScan, options: ReportOptions, provenance: dict, 
          "reasons": describe_flags(r, trained)}
         for r in scan.flagged
     ]
-    return Summary(groups, total, test, provenance, failed, opts, flagged)
+    streaks = scan.curtain_streaks
+    curtains = {"images": int(streaks.size), "images_with_streaks": int((streaks > 0).sum()), "streaks": int(streaks.sum())}
+    return Summary(groups, total, test, provenance, failed, opts, flagged, curtains)
 
 
 def make_provenance(config: dict, provenance: dict) -> dict:

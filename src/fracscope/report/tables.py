@@ -74,6 +74,7 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     # Which images to check first (`fracscope.report.quality`); appended, so older columns keep their place.
     *QUALITY_COLUMNS,
     "pore_polarity",  # dark (empty) or bright (Pt/resin-filled) pores: set, or decided per image (auto)
+    "n_curtain_streaks",  # crack lines made solid as milling curtains (fracscope.curtains)
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
@@ -193,6 +194,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
     row["source_path"], row["source_size_bytes"], row["source_mtime_ns"] = source_identity(result.image.source)
     row.update(image_quality(result).columns())
     row["pore_polarity"] = result.pore_polarity
+    row["n_curtain_streaks"] = result.curtain_streaks
     return row
 
 
