@@ -1,22 +1,22 @@
 """Curtain streaks: straight crack lines along the milling direction are milling artefacts, not cracks.
 
-Ion milling (FIB, broad-beam) leaves *curtaining*: thin dark streaks that run down the section
-along the beam, across every particle, usually within a few degrees of the image's columns (of its rows in an image turned
-by 90°). The
-phase model, trained on gentler generated curtains, calls the darkest of them cracks (on
-``3_phase.tif``, the real FIB-SEM image in ``../shared/reference``, 14 of its 25 line-like crack
-components were streaks; two intact sections were called *mildly damaged* for them).
+Ion milling (FIB, broad-beam) leaves *curtaining*: thin dark streaks that run down the section along
+the beam, across every particle, usually within a few degrees of the image's columns (of its rows in
+an image turned by 90°). The phase model, trained on gentler generated curtains, calls the darkest of
+them cracks (on ``3_phase.tif``, the real FIB-SEM image in ``../shared/reference``, 14 of its 25
+line-like crack components were streaks; two intact sections were called *mildly damaged* for them).
 
 `find_curtain_streaks` reads the crack map of a whole image: its crack components (8-connected,
 inside particles) are measured by their second moments (length = major axis, width = minor axis,
 orientation). A *line* is thin (width ≤ `MAX_LINE_WIDTH_PX`) and elongated. Curtaining is present
 when at least `MIN_STREAKS` long lines (elongation ≥ `STREAK_ELONGATION`), in at least
 `MIN_STREAK_PARTICLES` particles, lie within ± `STREAK_TOLERANCE_DEG` of one direction near the
-columns or the rows (± `MAX_TILT_DEG`): real cracks run radially, in every direction, and do not line up
-across particles. Then every line (elongation ≥ `LINE_ELONGATION`) within ±
+columns or the rows (± `MAX_TILT_DEG`): real cracks run radially, in every direction, and do not
+line up across particles. Then every line (elongation ≥ `LINE_ELONGATION`) within ±
 `REMOVE_TOLERANCE_DEG` of that direction is a streak, and `remove_curtain_streaks` makes its pixels
 solid again. A real crack that is straight, thin and parallel to the streaks of a curtained image
-is lost with them; the number of components removed is reported per image (``curtain_streaks``).
+is lost with them; the number of components removed is reported per image (images.csv
+``n_curtain_streaks``). Measurements: docs/BENCHMARKS.md, "Curtain streaks are not cracks".
 """
 
 from __future__ import annotations
