@@ -59,6 +59,19 @@ def test_streaks_lined_up_across_particles_are_removed_and_an_oblique_crack_stay
     assert (codes.inside == np.where(crack | oblique, Phase.CRACK, Phase.SOLID)).all()  # the input is not changed
 
 
+def test_pieces_on_a_streaks_line_go_with_it_and_a_blob_beside_it_stays():
+    instances = _four_particles()
+    crack = np.zeros(instances.shape, bool)
+    for r, c in ((10, 20), (10, 60), (10, 120), (110, 160)):
+        _draw(crack, r, c, r + 60, c, width=2)
+    crack[76:79, 20:22] = True  # a 6-px piece where the first streak broke off (rows 71-75 missing)
+    crack[40:43, 26:28] = True  # a blob 6 px beside the same streak
+    out, n = remove_curtain_streaks(_codes(crack), instances)
+    left = out.inside == Phase.CRACK
+    assert n == 5 and not left[76:79, 20:22].any()
+    assert left.sum() == 6 and left[40:43, 26:28].all()
+
+
 @pytest.mark.parametrize("particles", [1, 2])
 def test_lines_in_fewer_than_three_particles_are_cracks(particles):
     instances = _four_particles()

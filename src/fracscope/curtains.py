@@ -14,7 +14,7 @@ when at least `MIN_STREAKS` long lines (elongation ≥ `STREAK_ELONGATION`), in 
 columns or the rows (± `MAX_TILT_DEG`): real cracks run radially, in every direction, and do not
 line up across particles. Then every line (elongation ≥ `LINE_ELONGATION`) within ±
 `REMOVE_TOLERANCE_DEG` of that direction is a streak, and `remove_curtain_streaks` makes its pixels
-solid again. A real crack that is straight, thin and parallel to the streaks of a curtained image
+solid again, and so are the pieces lying wholly on a streak's line (`streak_pieces`). A real crack that is straight, thin and parallel to the streaks of a curtained image
 is lost with them; the number of components removed is reported per image (images.csv
 ``n_curtain_streaks``). Measurements: docs/BENCHMARKS.md, "Curtain streaks are not cracks".
 """
@@ -46,6 +46,9 @@ MAX_TILT_DEG = 20.0
 # Once established, every line this elongated within ± REMOVE_TOLERANCE_DEG of the direction goes.
 LINE_ELONGATION = 5.0
 REMOVE_TOLERANCE_DEG = 8.0
+# Pieces of a streak too short to be lines (a streak the model broke up): crack components every pixel of which
+# lies within this distance of a streak's own line, at most one streak length beyond its ends.
+RESIDUE_DISTANCE_PX = 1.5
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class CrackLines:
     width_px: np.ndarray  # minor axis
     tilt_deg: np.ndarray  # angle from the image's columns, (-90, 90]; positive: the lower end lies to the right
     particle: np.ndarray  # the instance under one of the component's pixels
+    centre_rc: np.ndarray  # (k, 2) centroid, rows and columns
 
 
 def crack_lines(crack: np.ndarray, instances: np.ndarray) -> CrackLines:
@@ -81,7 +85,8 @@ def crack_lines(crack: np.ndarray, instances: np.ndarray) -> CrackLines:
     particle = np.zeros(k, np.int64)
     particle[lab] = instances[rows, cols]  # one of its pixels' (a component may straddle two sections)
     # A uniform bar of length L has variance L^2 / 12: the axes are sqrt(12 x variance).
-    return CrackLines(labels, area, np.sqrt(12 * major), np.sqrt(12 * minor), tilt, particle)
+    return CrackLines(labels, area, np.sqrt(12 * major), np.sqrt(12 * minor), tilt, particle,
+                      np.column_stack([mr, mc]))
 
 
 def angle_between_deg(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
@@ -111,7 +116,24 @@ def find_curtain_streaks(lines: CrackLines) -> tuple[float | None, np.ndarray]:
     direction = float(angle_between_deg(direction, 0.0))
     near = np.abs(angle_between_deg(lines.tilt_deg, direction)) <= REMOVE_TOLERANCE_DEG
     streak = line & (elongation >= LINE_ELONGATION) & near
-    return direction, streak
+    return direction, streak | streak_pieces(lines, streak)
+
+
+def streak_pieces(lines: CrackLines, streak: np.ndarray) -> np.ndarray:
+    """The components (not streaks themselves) that lie wholly on the line of a streak (`RESIDUE_DISTANCE_PX`)."""
+    rows, cols = np.nonzero(lines.labels)
+    lab = lines.labels[rows, cols] - 1
+    keep = ~streak[lab]
+    rows, cols, lab = rows[keep], cols[keep], lab[keep]
+    on_line = np.zeros(lab.size, bool)
+    for k in np.flatnonzero(streak):
+        t = np.radians(lines.tilt_deg[k])
+        dr, dc = rows - lines.centre_rc[k, 0], cols - lines.centre_rc[k, 1]
+        along, across = dr * np.cos(t) + dc * np.sin(t), -dr * np.sin(t) + dc * np.cos(t)
+        on_line |= (np.abs(across) <= RESIDUE_DISTANCE_PX) & (np.abs(along) <= lines.length_px[k])
+    n = lines.area_px.size
+    pixels = np.bincount(lab, minlength=n)
+    return (pixels > 0) & (np.bincount(lab, on_line, n) == pixels)
 
 
 def remove_curtain_streaks(codes: ImagePhaseCodes, instances: np.ndarray) -> tuple[ImagePhaseCodes, int]:
