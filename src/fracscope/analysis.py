@@ -84,7 +84,7 @@ class AnalysisSettings:
     # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
     trim_rim: str = field(default="background", metadata={"convert": lambda v: rim_trim_mode(v)})
     # Crack lines along the milling direction, lined up across particles, are curtaining and made solid
-    # (`fracscope.curtains`; the model segmenter's map only).
+    # (`fracscope.curtains`) in the phase model's map: what segmenter=model measures and classify=native reads.
     remove_curtains: bool = True
 
 

@@ -67,7 +67,7 @@ class ParticleScan:
     porosity_pct: np.ndarray
     profile_pct: np.ndarray
     flagged: list[dict] = field(default_factory=list)  # images.csv rows with quality flags (`_read_flagged`)
-    curtain_streaks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per image (`_read_curtains`)
+    curtain_streaks: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # per image (images.csv)
 
 
 def display_name(group: str) -> str:
@@ -76,11 +76,17 @@ def display_name(group: str) -> str:
 
 
 def _read_images(path: Path) -> pd.DataFrame:
+    """images.csv's image, page, group and `n_curtain_streaks` (0 for an older run without the column), one
+    row per image page."""
     cols = ["image", "page", "group"]
     if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    df = pd.read_csv(path, usecols=cols, dtype={"image": str, "group": str}, keep_default_na=False)
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols}).assign(n_curtain_streaks=np.int64(0))
+    streaks = "n_curtain_streaks" in pd.read_csv(path, nrows=0).columns
+    df = pd.read_csv(path, usecols=[*cols, "n_curtain_streaks"] if streaks else cols,
+                     dtype={"image": str, "group": str}, keep_default_na=False)
     df["page"] = pd.to_numeric(df["page"], errors="coerce")
+    df["n_curtain_streaks"] = (pd.to_numeric(df["n_curtain_streaks"], errors="coerce").fillna(0).astype(np.int64)
+                               if streaks else np.int64(0))
     return df.dropna(subset=["page"]).astype({"page": np.int64}).drop_duplicates(["image", "page"])
 
 
@@ -97,15 +103,6 @@ def _read_flagged(path: Path) -> list[dict]:
     df = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, on_bad_lines="skip")
     df = df[(df["quality_flags"] != "") & df["page"].str.fullmatch(r"\d+")].drop_duplicates(["image", "page"])
     return df.to_dict("records")
-
-
-def _read_curtains(path: Path) -> np.ndarray:
-    """images.csv's `n_curtain_streaks` per image page (empty for an older run without the column)."""
-    if not path.exists() or path.stat().st_size == 0 or "n_curtain_streaks" not in pd.read_csv(path, nrows=0).columns:
-        return np.zeros(0, np.int64)
-    df = pd.read_csv(path, usecols=["image", "page", "n_curtain_streaks"], dtype=str, keep_default_na=False,
-                     on_bad_lines="skip").drop_duplicates(["image", "page"])
-    return pd.to_numeric(df["n_curtain_streaks"], errors="coerce").fillna(0).astype(np.int64).to_numpy()
 
 
 def trained_pixel_sizes(provenance: dict) -> tuple[float, float] | None:
@@ -190,7 +187,7 @@ def scan_particles(output_dir: str | os.PathLike, options: ReportOptions, chunks
         porosity_pct=cat("por", np.float32),
         profile_pct=cat("prof", np.float32, (0, len(PROFILE_COLUMNS))),
         flagged=_read_flagged(out / IMAGES_CSV),
-        curtain_streaks=_read_curtains(out / IMAGES_CSV),
+        curtain_streaks=images["n_curtain_streaks"].to_numpy(np.int64),
     )
 
 
