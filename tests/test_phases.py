@@ -287,11 +287,41 @@ def test_expected_pore_count_keeps_a_fine_pore_the_argmax_drops() -> None:
     assert out2[3, 3] == Phase.PORE and out2[1, 1] == Phase.SOLID and (out2 == Phase.PORE).sum() == 1
     # The route through particle_phases, and argmax leaving the codes as they are.
     codes = ImagePhaseCodes(np.where(mask, Phase.SOLID, Phase.BACKGROUND).astype(np.uint8), phases, prob)
-    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask).phases, want)
+    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask, pore_count="expected").phases, want)
+    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask).phases, want)  # resolved: 1 px is not
     np.testing.assert_array_equal(particle_phases(codes, (0, 0, 5, 5), mask, pore_count="argmax").phases,
                                   np.where(mask, phases, Phase.BACKGROUND))
     with pytest.raises(ValueError, match="pore_count"):
         particle_phases(codes, (0, 0, 5, 5), mask, pore_count="soft")
+
+
+def test_a_resolved_pore_keeps_its_outline_and_a_fine_one_its_expected_count() -> None:
+    from fracscope.phases import RESOLVED_PORE_PX, particle_phases, pores_by_expected_count
+
+    mask = np.ones((12, 12), bool)
+    phases = np.full((12, 12), Phase.SOLID, np.uint8)
+    prob = np.zeros((12, 12), np.uint8)
+    # A resolved pore: a 3 x 3 block the argmax calls pore (>= RESOLVED_PORE_PX pixels), its 16-pixel ring at
+    # 0.3 (the probability the model spills onto a pore's neighbours).
+    assert RESOLVED_PORE_PX <= 9
+    prob[1:6, 1:6] = 77
+    prob[2:5, 2:5] = 230
+    phases[2:5, 2:5] = Phase.PORE
+    # A fine pore the argmax misses: four pixels at 0.4, far from the first.
+    prob[9:11, 9:11] = 102
+    resolved = pores_by_expected_count(phases, prob, mask, resolved_px=RESOLVED_PORE_PX)
+    want = phases.copy()
+    want[9, 9] = want[9, 10] = Phase.PORE  # 4 x 0.4 = 1.6 -> 2 pixels, the first two in raster order
+    np.testing.assert_array_equal(resolved, want)
+    # The expected count over the whole section also counts the ring: (9 x 230 + 16 x 77 + 4 x 102) / 255 = 14.5
+    # -> 15 pixels: the 4 fine ones (0.4) and 2 of the ring (0.3) besides the 9.
+    expected = pores_by_expected_count(phases, prob, mask)
+    assert (expected == Phase.PORE).sum() == 15
+    assert (expected[0:7, 0:7] == Phase.PORE).sum() == 11 and (expected[8:12, 8:12] == Phase.PORE).sum() == 4
+    # resolved_px above the pore's size: the whole section is counted as expected.
+    np.testing.assert_array_equal(pores_by_expected_count(phases, prob, mask, resolved_px=10), expected)
+    codes = ImagePhaseCodes(np.full((12, 12), Phase.SOLID, np.uint8), phases, prob)
+    np.testing.assert_array_equal(particle_phases(codes, (0, 0, 12, 12), mask).phases, want)
 
 
 def test_codes_carry_the_pore_probability_in_255ths() -> None:

@@ -77,9 +77,10 @@ class AnalysisSettings:
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
     keep_crops: bool = True  # keep crops on results for review contact sheets
     pore_weight: float | None = None  # pore probability factor on the source grid; None = the model's own
-    # segmenter=model: how many pore pixels a section gets: "expected" (the sum of the model's pore
-    # probabilities, `fracscope.phases.pores_by_expected_count`) | "argmax" (each pixel's most likely phase)
-    pore_count: str = field(default="expected", metadata={"convert": check_pore_count})
+    # segmenter=model: how many pore pixels a section gets: "resolved" (pores the argmax resolves keep its
+    # outline, the rest counted as expected) | "expected" (the sum of the model's pore probabilities over the
+    # section, `fracscope.phases.pores_by_expected_count`) | "argmax" (each pixel's most likely phase)
+    pore_count: str = field(default="resolved", metadata={"convert": check_pore_count})
     # Mask-edge pixels the phase model calls one of these phases leave the particle (model segmenter only):
     # a key of `fracscope.refine.RIM_TRIM_PHASES` (the config also takes true and false).
     trim_rim: str = field(default="background", metadata={"convert": lambda v: rim_trim_mode(v)})
