@@ -2,6 +2,7 @@
 
     python bench/real_images.py [--detector models/fracscope_detector.onnx] [--phase-model ...] [--model ...]
                                 [--images pt_bse samba_3phase qbi_xct] [--workdir DIR]
+                                [--drift gain:0.2|vignette:0.3|ramp:0.15] [--set KEY=VALUE ...]
 
 For each annotated image (see data/real/README.md) `infer.py`'s `run(cfg)` runs twice:
 (i) with no pixel size (the learned detector estimates one, `detect/scale.py`), and
@@ -26,6 +27,12 @@ phase model would otherwise enlarge the whole slice 4-7 times), and only detecti
 lies in the rectangle are scored. Each run uses pore_polarity=auto, as a user's default run; when auto
 judges an image's pores bright and the phase model was never trained on them (an error row), that image is
 run again with pore_polarity=dark (printed).
+
+`--drift KIND:S` darkens and brightens each image before the runs, as uneven illumination would (the
+annotations stay valid: no pixel moves): `gain` multiplies column by column from 1 - S (left) to 1 + S (right);
+`vignette` multiplies by 1 - S r^2 / 2 (r = 1 at the middle of each edge, sqrt(2) at the corners); `ramp` adds
+-S to +S of the image's 0.5-99.5 % grey range from left to right. `--set` passes infer.py overrides (e.g.
+`even_illumination=false`).
 """
 
 from __future__ import annotations
@@ -166,6 +173,32 @@ def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame) -> tuple[int, 
     return m.tp, n_true, n_det, fp, n_small, confusion
 
 
+DRIFTS = ("gain", "vignette", "ramp")
+
+
+def drifted(pixels: np.ndarray, spec: str | None) -> np.ndarray:
+    """`pixels` under an illumination drift `KIND:S` (see the module docstring), in their own dtype."""
+    if not spec:
+        return pixels
+    kind, _, amount = spec.partition(":")
+    if kind not in DRIFTS or not amount:
+        raise ValueError(f"--drift must be KIND:S with KIND one of {list(DRIFTS)}, got {spec!r}")
+    s = float(amount)
+    f = pixels.astype(np.float64)
+    h, w = f.shape
+    x = np.linspace(-1.0, 1.0, w)[None, :]
+    if kind == "gain":
+        f = f * (1.0 + s * x)
+    elif kind == "vignette":
+        y = np.linspace(-1.0, 1.0, h)[:, None]
+        f = f * (1.0 - s * (x * x + y * y) / 2.0)
+    else:
+        lo, hi = np.percentile(f, [0.5, 99.5])
+        f = f + s * (hi - lo) * x
+    info = np.iinfo(pixels.dtype)
+    return np.clip(np.rint(f), info.min, info.max).astype(pixels.dtype)
+
+
 def run_pipeline(ann: Annotation, work: Path, pixel_size_um: float | None, args) -> tuple[np.ndarray, pd.DataFrame, float, str]:
     """infer.py's run on the (windowed) image; its instance map, particle table, seconds, polarity used."""
     from fracscope.cli import compose
@@ -188,6 +221,7 @@ def run_pipeline(ann: Annotation, work: Path, pixel_size_um: float | None, args)
         overrides.append(f"model_path={args.model}")
     if pixel_size_um is not None:
         overrides.append(f"pixel_size_um={pixel_size_um:.5f}")
+    overrides += list(getattr(args, "set", None) or [])
     t0 = time.perf_counter()
     run(compose("infer", *overrides))  # pore_polarity=auto, as a user's default run
     images_csv = out / "images.csv"
@@ -212,12 +246,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=None, help="crop model .onnx (default: the shipped one)")
     ap.add_argument("--images", nargs="+", default=["pt_bse", "samba_3phase", "qbi_xct"], choices=sorted(IMAGES))
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--drift", default=None, metavar="KIND:S", help="uneven illumination applied first: " + ", ".join(DRIFTS))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_real_"))
     print(f"detector {args.detector or 'shipped'}, phase model {args.phase_model or 'shipped'}, "
           f"crop model {args.model or 'shipped'}; IoU 0.5; work folder {work}")
     for name in args.images:
         ann = load_annotation(name)
+        ann.image = drifted(ann.image, args.drift)
         implied = implied_pixel_size_um(ann.labels)
         by_median = median_rule_pixel_size_um(ann.labels)
         counts = {c: sum(v == c for v in ann.classes.values()) for c in (*CLASS_NAMES, "unsure")}

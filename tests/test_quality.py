@@ -174,13 +174,41 @@ def test_an_estimated_pixel_size_too_coarse_for_the_networks_is_flagged_and_said
     assert image_quality(untrained).flags == ()
 
 
+def test_uneven_illumination_is_flagged_over_the_limit_and_said_in_words(tmp_path):
+    from fracscope.illumination import SHADING_LIMIT
+
+    parts = [_particle(1, (10, 10, 40, 40), 8.0), _particle(2, (50, 50, 80, 80), 9.0)]
+    for shading, flagged in [(None, False), (0.0, False), (SHADING_LIMIT, False), (SHADING_LIMIT + 1e-6, True),
+                             (0.4, True)]:
+        result = _result(parts)
+        result.shading = shading
+        assert ("uneven_illumination" in image_quality(result).flags) == flagged, shading
+    result = _result(parts)
+    result.shading, result.illumination_evened = 0.28, True
+    row = image_row(result)
+    assert row["quality_flags"] == "uneven_illumination" and row["shading"] == 0.28 and row["illumination_evened"] is True
+    (reason,) = describe_flags(row, TRAINED)
+    assert reason == ("uneven illumination: the particles' grey level drifts by 28% across the image (evened out "
+                      "before detection and measurement; check the overlay)")
+    result.illumination_evened = False
+    (reason,) = describe_flags(image_row(result), TRAINED)
+    assert "not evened out, even_illumination=false" in reason
+    # summary.md reads it back from images.csv (True as written there).
+    result.illumination_evened = True
+    writer = ReportWriter(tmp_path, {"report": {"n_boot": 10, "write_plots": False, "write_review": False}},
+                          {"phase_model_metadata": {"pixel_size_range_um": list(TRAINED)}})
+    writer.add(result)
+    md = render_markdown(writer.close())
+    assert "- `img.tif`: uneven illumination: the particles' grey level drifts by 28% across the image (evened" in md
+
+
 def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
     # Appended in order: the quality columns after the resume key, then pore_polarity (session 14), then
-    # n_curtain_streaks (session 20).
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 2:-2] == QUALITY_COLUMNS
-    assert IMAGE_COLUMNS[-2:] == ("pore_polarity", "n_curtain_streaks")
+    # n_curtain_streaks (session 20), then shading and illumination_evened (session 21).
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 4:-4] == QUALITY_COLUMNS
+    assert IMAGE_COLUMNS[-4:] == ("pore_polarity", "n_curtain_streaks", "shading", "illumination_evened")
     assert IMAGE_COLUMNS[:3] == ("image", "page", "stem")
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 3] == "source_mtime_ns"
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 5] == "source_mtime_ns"
     row = image_row(_result([_particle(1, (10, 10, 40, 40), 0.5)]))
     assert list(row) == list(IMAGE_COLUMNS)
     assert row["quality_flags"] == "scale_implausible" and row["median_eq_diameter"] == 0.5

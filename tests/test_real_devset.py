@@ -97,3 +97,18 @@ def test_shipped_pipeline_finds_the_annotated_particles_at_the_implied_pixel_siz
     tp, n_true, n_det, fp, _, _ = score(ann, pred, table)
     assert tp / n_true >= min_recall
     assert fp / n_det <= max_false
+
+
+def test_the_bench_drifts_an_image_as_documented():
+    from real_images import drifted
+
+    image = np.full((4, 5), 100, np.uint8)
+    assert drifted(image, None) is image
+    gain = drifted(image, "gain:0.2")
+    np.testing.assert_array_equal(gain[0], [80, 90, 100, 110, 120])  # 1 - 0.2 ... 1 + 0.2, left to right
+    vignette = drifted(image, "vignette:0.4")
+    assert vignette[0, 0] == 60 and vignette.max() < 100  # 1 - 0.4 r^2 / 2 with r^2 = 2 at the corners
+    ramp = drifted(np.arange(200, dtype=np.uint16).reshape(10, 20), "ramp:0.1")
+    assert ramp.dtype == np.uint16 and ramp[0, 0] == 0 and ramp[9, 19] == 199 + 20  # +-0.1 of the 0.5-99.5 % range
+    with pytest.raises(ValueError, match="KIND:S"):
+        drifted(image, "tilt:0.2")

@@ -72,6 +72,8 @@ class AnalysisSettings:
     # "auto": decided per image from the detected particles against the space between them
     # (`fracscope.polarity.image_pore_polarity`)
     pore_polarity: str = "auto"
+    # Even out a drift of the particles' grey level across the image and detect again (`fracscope.illumination`)
+    even_illumination: bool = True
     low_confidence: float = 0.6  # flag particles whose top class probability is below this
     min_judge_diameter_um: float = 3.0  # smaller sections are flagged too_small
     min_judge_diameter_px: float = 40.0  # the same, when the pixel size is unknown
@@ -293,7 +295,8 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
                        pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity,
-                       curtain_streaks=predicted.curtain_streaks)
+                       curtain_streaks=predicted.curtain_streaks, shading=located.shading,
+                       illumination_evened=located.illumination_evened)
 
 
 def _network_probs(predicted: Predicted, kept: list[MeasuredSection]) -> list[dict[str, float]]:
@@ -366,7 +369,7 @@ def analyse_image(
 ) -> ImageResult:
     """Find, segment, measure and classify every particle of one image."""
     times = times or StageTimes()
-    located = locate_particles(image, detector, models.crop_spec, settings.pore_polarity)
+    located = locate_particles(image, detector, models.crop_spec, settings.pore_polarity, settings.even_illumination)
     for stage, seconds in located.seconds.items():
         times.seconds[stage] += seconds
     return measure_particles(predict_particles(located, stem, group, models, settings, times), settings, times)

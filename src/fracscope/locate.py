@@ -24,6 +24,7 @@ import numpy as np
 from fracscope.child_process import die_with_parent, release_sigint_in_child, sigint_ignored
 from fracscope.crop import CropSpec, crop_particles
 from fracscope.detect import Detector, build_detector
+from fracscope.illumination import SHADING_LIMIT, evened, particle_grey_trend
 from fracscope.io import ReadFailure
 from fracscope.polarity import (
     check_pore_polarity_setting,
@@ -47,6 +48,10 @@ class LocatedParticles:
     scores: np.ndarray | None = None  # the detector's confidence per object (label k at k - 1); None: it gives none
     pore_polarity: str = "dark"  # the run's setting, or under "auto" what was decided for this image
     network_pixels: np.ndarray | None = None  # what the phase and crop models see when not image.pixels
+    # The particles' grey-level drift across the image as first detected (`fracscope.illumination`), None when
+    # too few sections to measure it; when evened, `image` holds the evened pixels and was detected again.
+    shading: float | None = None
+    illumination_evened: bool = False
 
     @property
     def pixels_for_networks(self) -> np.ndarray:
@@ -64,17 +69,26 @@ class LocateFailure:
 
 
 def locate_particles(image: SEMImage, detector: Detector, crop_spec: CropSpec | None,
-                     pore_polarity: str = "dark") -> LocatedParticles:
+                     pore_polarity: str = "dark", even_illumination: bool = True) -> LocatedParticles:
     """Detect the particles of one image and cut a crop around each, as `crop_spec` (the crop model's)
     says; no crops when it is None (no crop model runs). An image without a pixel size first gets
     the detector's estimate (`with_estimated_scale`), which the detector and the phase model use.
     `pore_polarity` ("dark", "bright" or "auto", `fracscope.polarity`): bright pores are detected and
-    cropped in dark-pore contrast (under "auto" after a first detection has found them bright)."""
+    cropped in dark-pore contrast (under "auto" after a first detection has found them bright).
+    `even_illumination`: when the found particles' grey level drifts across the image by more than
+    `fracscope.illumination.SHADING_LIMIT`, the image is evened out and detected again; everything after
+    (networks, measurements, overlay) sees the evened pixels."""
     t0 = time.perf_counter()
     found = detect_in_dark_pore_contrast(image, detector, pore_polarity)
+    trend = particle_grey_trend(found.image.pixels, found.instances) if found.image.pixels.ndim == 2 else None
+    shading = None if trend is None else trend.shading
+    redo = even_illumination and trend is not None and trend.shading > SHADING_LIMIT
+    if redo:
+        found = detect_in_dark_pore_contrast(dataclasses.replace(image, pixels=evened(image.pixels, trend)),
+                                             detector, pore_polarity)
     t1 = time.perf_counter()
     located = LocatedParticles(found.image, found.instances, [], {}, detector.min_diameter_um, found.scores,
-                               found.pore_polarity, found.network_pixels)
+                               found.pore_polarity, found.network_pixels, shading, redo)
     if crop_spec is not None:
         located.crops = crop_particles(located.pixels_for_networks, found.instances, crop_spec)
     located.seconds = {"detect": t1 - t0, "crop": time.perf_counter() - t1}
@@ -148,26 +162,27 @@ def with_scale_estimated_on(image: SEMImage, pixels: np.ndarray, detector: Detec
     return dataclasses.replace(image, estimated_pixel_size_um=float(estimate), pixel_size_source="estimated")
 
 
-def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None, pore_polarity: str = "dark"):
+def locate_safely(image: SEMImage, detector: Detector, crop_spec: CropSpec | None, pore_polarity: str = "dark",
+                  even_illumination: bool = True):
     """`locate_particles`, or a `LocateFailure` that says why it raised."""
     try:
-        return locate_particles(image, detector, crop_spec, pore_polarity)
+        return locate_particles(image, detector, crop_spec, pore_polarity, even_illumination)
     except Exception as exc:  # one bad image must not stop a run over thousands
         return LocateFailure(image, f"{type(exc).__name__}: {exc}")
 
 
 # Set by the pool initializer, and only inside worker processes: each builds its detector once.
-_worker_args: tuple[Detector, CropSpec | None, str] | None = None
+_worker_args: tuple[Detector, CropSpec | None, str, bool] | None = None
 
 
 def _init_worker(detect_cfg: Mapping[str, Any], crop_spec: CropSpec | None, pore_polarity: str,
-                 parent_pid: int) -> None:
+                 even_illumination: bool, parent_pid: int) -> None:
     global _worker_args
     die_with_parent(parent_pid)
     # Ctrl-C reaches the whole process group: the parent handles it and shuts the pool down
     # (`sigint_ignored` covers the start when the pool is used from the main thread).
     release_sigint_in_child()
-    _worker_args = (build_detector(detect_cfg), crop_spec, pore_polarity)
+    _worker_args = (build_detector(detect_cfg), crop_spec, pore_polarity, even_illumination)
 
 
 def _locate_in_worker(image: SEMImage):
@@ -181,6 +196,7 @@ def locate_ahead(
     crop_spec: CropSpec | None,
     workers: int = 1,
     pore_polarity: str = "dark",
+    even_illumination: bool = True,
 ) -> Iterator[LocatedParticles | LocateFailure | ReadFailure]:
     """Located particles of each image, in input order.
 
@@ -192,13 +208,15 @@ def locate_ahead(
     if workers <= 0:
         detector = build_detector(detect_cfg)
         for item in images:
-            yield locate_safely(item, detector, crop_spec, pore_polarity) if isinstance(item, SEMImage) else item
+            yield (locate_safely(item, detector, crop_spec, pore_polarity, even_illumination)
+                   if isinstance(item, SEMImage) else item)
         return
     build_detector(detect_cfg)  # fail here on a bad config, not in every worker
     depth = workers + 1
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(dict(detect_cfg), crop_spec, pore_polarity, os.getpid())) as pool:
+                             initargs=(dict(detect_cfg), crop_spec, pore_polarity, even_illumination,
+                                       os.getpid())) as pool:
         pending: deque[Future | ReadFailure] = deque()
         for item in images:
             if not isinstance(item, SEMImage):

@@ -125,6 +125,7 @@ class RunSettings:
             "pixel_size_um": self.pixel_size_um,
             "crop_data_bar": self.crop_data_bar,
             "pore_polarity": a.pore_polarity,
+            "even_illumination": a.even_illumination,
             "pore_weight": a.pore_weight,
             "trim_rim": a.trim_rim,
             "pore_count": a.pore_count,
@@ -390,6 +391,7 @@ def _analyse_here(batch: _Batch) -> tuple[int, int, int]:
         models.crop_spec,
         workers=run_settings.detect_workers,
         pore_polarity=settings.pore_polarity,
+        even_illumination=settings.even_illumination,
     )
     warned_scale = False
     # In input order, image i is measured and written on two threads while the model runs on

@@ -155,6 +155,8 @@ class ImageResult:
         (their files'), or None when unknown; `fracscope.report.quality` compares the image's with it.
     pore_polarity: the run's `pore_polarity`, or under "auto" what was decided for this image.
     curtain_streaks: crack components of the phase map made solid as curtaining (`fracscope.curtains`).
+    shading: the particles' grey-level drift across the image as first detected (`fracscope.illumination`),
+        None when not measured; illumination_evened: whether the image was evened out and detected again.
     """
 
     image: SEMImage
@@ -166,3 +168,5 @@ class ImageResult:
     pixel_size_range_um: tuple[float, float] | None = None
     pore_polarity: str = "dark"  # "dark" (empty) or "bright" (filled) pores, as this image was segmented
     curtain_streaks: int = 0
+    shading: float | None = None
+    illumination_evened: bool = False

@@ -130,7 +130,8 @@ def analyse_file(task: FileTask, run, input_root: str | None) -> FileOutcome:
         stem = image_stem(image, root)
         # Itself when the detector is not tiled or one tile holds it.
         page = as_mosaic(image, detector, run.analysis.pore_polarity)
-        located = locate_safely(image, detector, models.crop_spec, run.analysis.pore_polarity) if page is image else page
+        located = (locate_safely(image, detector, models.crop_spec, run.analysis.pore_polarity,
+                                 run.analysis.even_illumination) if page is image else page)
         if isinstance(located, LocateFailure):
             outcome.items.append(ImageFailure(task.source, image.page, located.error))
             continue

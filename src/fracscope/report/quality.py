@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fracscope.crop import strided_sample
+from fracscope.illumination import SHADING_LIMIT
 from fracscope.types import ImageResult, ParticleResult
 
 SCALE_IMPLAUSIBLE = "scale_implausible"
@@ -25,9 +26,10 @@ PARTICLE_AREA_FRACTION = "particle_area_fraction"
 LOW_CLASS_CONFIDENCE = "low_class_confidence"
 LOW_DETECTOR_SCORE = "low_detector_score"
 GREY_LEVELS = "grey_levels"
+UNEVEN_ILLUMINATION = "uneven_illumination"
 #: Every flag, in the order images.csv lists them (the likeliest to spoil every number first).
 FLAGS: tuple[str, ...] = (SCALE_IMPLAUSIBLE, COARSE_PIXELS, FEW_PARTICLES, PARTICLE_AREA_FRACTION, GREY_LEVELS,
-                          LOW_DETECTOR_SCORE, LOW_CLASS_CONFIDENCE)
+                          UNEVEN_ILLUMINATION, LOW_DETECTOR_SCORE, LOW_CLASS_CONFIDENCE)
 FLAG_SEPARATOR = ";"
 
 #: images.csv columns this module fills, appended after the older ones.
@@ -215,9 +217,12 @@ def coarse_estimate(pixel_size_um: float | None, estimated_pixel_size_um: float 
 
 def flags_of(q: Mapping[str, float | None], pixel_size_um: float | None, n_particles: int,
              trained_range_um: Sequence[float] | None,
-             estimated_pixel_size_um: float | None = None) -> tuple[str, ...]:
-    """The flags an image's numbers raise (`FLAGS` order); `q` holds the `QUALITY_COLUMNS` numbers."""
+             estimated_pixel_size_um: float | None = None, shading: float | None = None) -> tuple[str, ...]:
+    """The flags an image's numbers raise (`FLAGS` order); `q` holds the `QUALITY_COLUMNS` numbers,
+    `shading` the particles' grey-level drift (`fracscope.illumination`, images.csv `shading`)."""
     raised = set()
+    if shading is not None and shading > SHADING_LIMIT:
+        raised.add(UNEVEN_ILLUMINATION)
     median = q["median_eq_diameter"] if pixel_size_um is not None else None
     if scale_causes(pixel_size_um, median, trained_range_um):
         raised.add(SCALE_IMPLAUSIBLE)
@@ -252,7 +257,7 @@ def image_quality(result: ImageResult) -> ImageQuality:
     }
     numbers = {k: None if v is None else round(v, DECIMALS) for k, v in numbers.items()}
     flags = flags_of(numbers, result.image.pixel_size_um, len(parts), result.pixel_size_range_um,
-                     result.image.estimated_pixel_size_um)
+                     result.image.estimated_pixel_size_um, result.shading)
     return ImageQuality(**numbers, flags=flags)
 
 
@@ -301,6 +306,13 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
             if spread is not None and spread < MIN_GREY_RANGE_FRACTION:
                 parts.append(f"grey levels (1st-99th percentile) span only {spread:.1%} of the range")
             words.append("grey levels unlike the training images: " + "; ".join(parts))
+        elif flag == UNEVEN_ILLUMINATION:
+            drift = _number(row, "shading")
+            how = f"drifts by {drift:.0%}" if drift is not None else "drifts"
+            done = (" (evened out before detection and measurement; check the overlay)"
+                    if str(row.get("illumination_evened")) in ("True", "true", "1")
+                    else " (not evened out, even_illumination=false: sections on the dark side may be missed)")
+            words.append(f"uneven illumination: the particles' grey level {how} across the image{done}")
         elif flag == LOW_DETECTOR_SCORE:
             s = _number(row, "mean_detector_score")
             words.append(f"mean detector score {s:.2f} (< {MIN_MEAN_DETECTOR_SCORE:g}): outlines uncertain, "

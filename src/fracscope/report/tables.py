@@ -75,6 +75,8 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     *QUALITY_COLUMNS,
     "pore_polarity",  # dark (empty) or bright (Pt/resin-filled) pores: set, or decided per image (auto)
     "n_curtain_streaks",  # crack lines made solid as milling curtains (fracscope.curtains)
+    "shading",  # the particles' grey-level drift across the image, as a fraction (fracscope.illumination)
+    "illumination_evened",  # True: evened out and detected again (even_illumination, shading over the limit)
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
@@ -83,7 +85,7 @@ _STRING_COLUMNS = {"image", "stem", "group", "class", "pixel_size_source", "leng
 _INT_COLUMNS = {"page", "particle_id", *BBOX_COLUMNS, "height_px", "width_px"} | {
     c for c in IMAGE_COLUMNS if c.startswith("n_")
 }
-_BOOL_COLUMNS = {"low_confidence", "touches_border", "too_small"}
+_BOOL_COLUMNS = {"low_confidence", "touches_border", "too_small", "illumination_evened"}
 
 
 def measurement_columns() -> tuple[str, ...]:
@@ -195,6 +197,8 @@ def image_row(result: ImageResult) -> dict[str, object]:
     row.update(image_quality(result).columns())
     row["pore_polarity"] = result.pore_polarity
     row["n_curtain_streaks"] = result.curtain_streaks
+    row["shading"] = None if result.shading is None else round(result.shading, 6)
+    row["illumination_evened"] = result.illumination_evened
     return row
 
 
