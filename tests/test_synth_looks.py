@@ -144,6 +144,32 @@ def test_charging_adds_horizontal_streaks(plain):
     assert across > 2 * along, (along, across)  # streaks run along the scan lines
 
 
+def test_shading_drifts_the_grey_level_smoothly_across_the_field():
+    from fracscope.illumination import particle_grey_trend
+
+    def gain(it, base):
+        return it.image.pixels.astype(float) / np.maximum(base.image.pixels.astype(float), 1.0)
+
+    # Seed 8 draws a linear drift (darker left), seed 13 a vignette.
+    base = _field([], seed=8)
+    it = _field(["shading"], ["imaging.shading_strength=0.3"], seed=8)
+    _same_truth(base, it)
+    g = np.where(base.instances > 0, gain(it, base), np.nan)  # on the particles (no dark-pixel quantisation)
+    left, right = np.nanmedian(g[:, :64]), np.nanmedian(g[:, -64:])
+    assert 0.7 < left < 0.9 and 1.1 < right < 1.3, (left, right)  # darker on one side, brighter on the other
+    # fracscope.illumination reads it as uneven, and the plain render as even
+    assert particle_grey_trend(it.image.pixels, it.instances).shading > 0.15
+    assert particle_grey_trend(base.image.pixels, base.instances).shading < 0.15
+    base = _field([], seed=13)
+    it = _field(["shading"], ["imaging.shading_strength=0.3"], seed=13)
+    _same_truth(base, it)
+    g = np.where(base.instances > 0, gain(it, base), np.nan)
+    h, w = g.shape
+    centre = np.nanmedian(g[h // 2 - 32:h // 2 + 32, w // 2 - 32:w // 2 + 32])
+    edges = np.nanmedian(np.concatenate([g[:, :16].ravel(), g[:, -16:].ravel()]))
+    assert 0.95 < centre < 1.05 and 0.75 < edges < 0.9, (centre, edges)  # 1 - 0.3 (x^2 + y^2) / 2
+
+
 def test_smear_blurs(plain):
     it = _field(["smear"], ["imaging.smear_um=0.4"])
     _same_truth(plain, it)

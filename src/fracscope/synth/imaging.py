@@ -13,7 +13,8 @@ Optional looks (`LOOKS`, on per image via `imaging.looks` or drawn via `imaging.
 cover other preparations and detectors: an infiltrated pore space (Pt or resin in BSE:
 bright fill between particles and in their open pores and cracks, carbon binder as dark
 patches, some voids left unfilled), SE-like edge contrast with topographic shading,
-charging streaks along the scan lines, and directional smearing. The SEM data bar
+charging streaks along the scan lines, directional smearing, and uneven illumination (`shading`: the
+signal times a gain that drifts across the field, linearly in a drawn direction or as a vignette). The SEM data bar
 (`data_bar`) is appended by the generator (`fracscope.synth.databar`). With no look on,
 no extra random number is drawn: the plain renders stay bit-identical.
 """
@@ -30,7 +31,7 @@ from scipy.special import ndtri
 from fracscope.settings import settings_from_config
 from fracscope.types import Phase
 
-LOOKS: tuple[str, ...] = ("infiltrated", "se_edges", "charging", "smear", "data_bar")
+LOOKS: tuple[str, ...] = ("infiltrated", "se_edges", "charging", "smear", "data_bar", "shading")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class ImagingParams:
     charging_length_um: float = 1.5
     charging_row_fraction: float = 0.08
     smear_um: float = 0.15
+    shading_strength: float = 0.2
 
     @classmethod
     def draw(cls, config: ImagingConfig | Mapping, rng: np.random.Generator) -> ImagingParams:
@@ -266,6 +268,21 @@ def _charging(img: np.ndarray, px_um: float, p: ImagingParams, rng: np.random.Ge
     return img + p.charging_strength * (trail * (0.5 + 3.0 * row) + 0.3 * row)
 
 
+def _shading(img: np.ndarray, p: ImagingParams, rng: np.random.Generator) -> np.ndarray:
+    # Uneven illumination (detector yield over a low-magnification field, a CT slice's fall-off): the
+    # signal times a gain of 1 +- shading_strength, linear in a drawn direction or a vignette (1 at the
+    # centre, 1 - strength at the middle of each edge), drawn with equal probability.
+    h, w = img.shape
+    y = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    x = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
+    if rng.random() < 0.5:
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        gain = 1.0 + p.shading_strength * (np.float32(np.cos(angle)) * x + np.float32(np.sin(angle)) * y)
+    else:
+        gain = 1.0 - p.shading_strength * (x * x + y * y) / 2.0
+    return img * gain
+
+
 def render_image(
     phases: np.ndarray,
     instances: np.ndarray,
@@ -326,6 +343,8 @@ def render_image(
         img = _smear(img, px, params, rng)
     if "charging" in params.looks:
         img = _charging(img, px, params, rng)
+    if "shading" in params.looks:
+        img = _shading(img, params, rng)
     contrast = 1.0 + params.contrast_jitter * rng.standard_normal()
     bright = params.brightness_jitter * rng.standard_normal()
     gamma = rng.uniform(*params.gamma_range)
