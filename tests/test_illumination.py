@@ -76,6 +76,19 @@ def test_a_vignette_needs_the_quadratic_and_a_few_odd_sections_do_not_move_the_f
     assert np.ptp(flat[normal]) < 0.03 * 180
 
 
+def test_a_large_image_is_read_on_a_subsample_with_the_same_trend():
+    from fracscope.illumination import CORE_SAMPLE_PX
+
+    labels = np.kron(_discs(), np.ones((5, 5), np.int32))  # 1,200 x 1,200 px: read on every 2nd row and column
+    assert labels.size > CORE_SAMPLE_PX
+    h, w = labels.shape
+    x = (np.arange(w) + 0.5) / w * 2 - 1
+    image = _field(labels, np.broadcast_to(1.0 + 0.2 * x, (h, w))).astype(np.float32)
+    trend = particle_grey_trend(image, labels)
+    assert trend.n_sections == 36
+    assert trend.coef[1] == pytest.approx(36.0, rel=0.02) and trend.coef[0] == pytest.approx(180.0, rel=0.01)
+
+
 def test_integer_images_stay_in_their_range_and_too_few_sections_give_no_trend():
     labels = _discs()
     image = _field(labels, np.broadcast_to(np.linspace(0.5, 1.4, 240), (240, 240)))

@@ -17,6 +17,7 @@ on the evened image when the drift exceeds `SHADING_LIMIT` (``even_illumination=
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,9 @@ from fracscope.crop import strided_sample
 # MIN_SECTIONS_QUADRATIC for a quadratic surface (vignetting, a CT slice's fall-off).
 CORE_EROSION_PX = 2
 MIN_CORE_PX = 50
+# The surface is smooth, so a regular subsample of at most CORE_SAMPLE_PX pixels (every k-th row and column;
+# erosion and the minimum core scaled with k) gives it: 100 → 25 ms on a 2,048 x 1,536 field.
+CORE_SAMPLE_PX = 1 << 19
 MIN_SECTIONS = 6
 MIN_SECTIONS_QUADRATIC = 24
 TUKEY_C = 4.685
@@ -78,13 +82,16 @@ def _terms(y: np.ndarray, x: np.ndarray, quadratic: bool) -> list[np.ndarray]:
 def section_cores(values: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per section with at least `MIN_CORE_PX` core pixels (its mask eroded by `CORE_EROSION_PX`, a diamond):
     the core's centroid row and column scaled to [-1, 1], and its median grey level (to 1/1024 of the
-    image's grey range: one histogram per section, not a sort of every pixel)."""
+    image's grey range: one histogram per section, not a sort of every pixel). Images over `CORE_SAMPLE_PX`
+    are read on every k-th row and column."""
     import cv2
 
     h, w = values.shape
-    labels = np.asarray(instances)
+    k = max(1, math.ceil(math.sqrt(h * w / CORE_SAMPLE_PX)))
+    labels = np.asarray(instances)[::k, ::k]
+    values = values[::k, ::k]
     as_float = labels.astype(np.float32)  # exact up to 2**24 labels; OpenCV erodes float32, not int32
-    r = CORE_EROSION_PX
+    r = max(1, round(CORE_EROSION_PX / k))
     diamond = (np.abs(np.mgrid[-r:r + 1, -r:r + 1]).sum(0) <= r).astype(np.uint8)
     low = cv2.erode(as_float, diamond, borderType=cv2.BORDER_CONSTANT, borderValue=0)
     high = cv2.dilate(as_float, diamond, borderType=cv2.BORDER_CONSTANT, borderValue=0)
@@ -93,11 +100,11 @@ def section_cores(values: np.ndarray, instances: np.ndarray) -> tuple[np.ndarray
     grey = values[rows, cols].astype(np.float64)
     n_labels = int(labels.max()) + 1
     count = np.bincount(own, minlength=n_labels)
-    keep = np.flatnonzero(count >= MIN_CORE_PX)
+    keep = np.flatnonzero(count >= MIN_CORE_PX / (k * k))
     if keep.size == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    y = (np.bincount(own, weights=rows, minlength=n_labels)[keep] / count[keep] + 0.5) / h * 2 - 1
-    x = (np.bincount(own, weights=cols, minlength=n_labels)[keep] / count[keep] + 0.5) / w * 2 - 1
+    y = (k * np.bincount(own, weights=rows, minlength=n_labels)[keep] / count[keep] + 0.5) / h * 2 - 1
+    x = (k * np.bincount(own, weights=cols, minlength=n_labels)[keep] / count[keep] + 0.5) / w * 2 - 1
     lo, hi = float(grey.min()), float(grey.max())
     bins = 1024
     step = (hi - lo) / (bins - 1) if hi > lo else 1.0
