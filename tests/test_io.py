@@ -165,6 +165,24 @@ def test_data_bar_crop():
     assert crop_data_bar(barred, known_rows=40)[1] == 40
 
 
+def test_a_flat_band_without_ink_is_image_not_a_data_bar():
+    # A smooth collector band that heavy JPEG flattened to one value with a few levels of ringing:
+    # rows as flat as a bar's, but no text or scale bar, so its rows (and particles' tips) stay.
+    rng = np.random.default_rng(2)
+    plain = _noisy((400, 500))
+    band = plain.copy()
+    band[-50:] = 78
+    ringing = rng.random((50, 500)) < 0.1
+    band[-50:][ringing] = 78 + rng.integers(-3, 4, int(ringing.sum()))
+    assert crop_data_bar(band)[1] == 0
+    inked = band.copy()
+    inked[-30:-20, 40:300:20] = 255  # the same band with white text: a bar
+    assert crop_data_bar(inked)[1] == 50
+    padded = plain.copy()
+    padded[-12:] = 0  # one exact value throughout: padding, cut (nothing in it to lose)
+    assert crop_data_bar(padded)[1] == 12
+
+
 def test_fei_data_bar_height_from_metadata(tmp_path):
     rng = np.random.default_rng(2)
     img = _with_bar(_noisy((300, 320)), 44, rng)
