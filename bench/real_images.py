@@ -2,7 +2,8 @@
 
     python bench/real_images.py [--detector models/fracscope_detector.onnx] [--phase-model ...] [--model ...]
                                 [--images pt_bse samba_3phase qbi_xct] [--workdir DIR]
-                                [--drift gain:0.2|vignette:0.3|ramp:0.15] [--set KEY=VALUE ...]
+                                [--degrade gain:0.2|vignette:0.3|ramp:0.15|noise:0.05|blur:1.5|jpeg:30]
+                                [--set KEY=VALUE ...]
 
 For each annotated image (see data/real/README.md) `infer.py`'s `run(cfg)` runs twice:
 (i) with no pixel size (the learned detector estimates one, `detect/scale.py`), and
@@ -28,11 +29,13 @@ lies in the rectangle are scored. Each run uses pore_polarity=auto, as a user's 
 judges an image's pores bright and the phase model was never trained on them (an error row), that image is
 run again with pore_polarity=dark (printed).
 
-`--drift KIND:S` darkens and brightens each image before the runs, as uneven illumination would (the
-annotations stay valid: no pixel moves): `gain` multiplies column by column from 1 - S (left) to 1 + S (right);
-`vignette` multiplies by 1 - S r^2 / 2 (r = 1 at the middle of each edge, sqrt(2) at the corners); `ramp` adds
--S to +S of the image's 0.5-99.5 % grey range from left to right. `--set` passes infer.py overrides (e.g.
-`even_illumination=false`).
+`--degrade KIND:S` (alias `--drift`) alters each image before the runs, as a lab's imaging would; no pixel
+moves, so the annotations stay valid. Uneven illumination: `gain` multiplies column by column from 1 - S (left)
+to 1 + S (right); `vignette` multiplies by 1 - S r^2 / 2 (r = 1 at the middle of each edge, sqrt(2) at the
+corners); `ramp` adds -S to +S of the image's 0.5-99.5 % grey range from left to right. A fast or low-current
+scan: `noise` adds Gaussian noise of SD S times that grey range (seeded, the same on every run). Focus:
+`blur` is a Gaussian of sigma S px. A lossy copy: `jpeg` re-encodes at JPEG quality S (8-bit images only).
+`--set` passes infer.py overrides (e.g. `even_illumination=false`).
 """
 
 from __future__ import annotations
@@ -173,17 +176,24 @@ def score(ann: Annotation, pred: np.ndarray, table: pd.DataFrame) -> tuple[int, 
     return m.tp, n_true, n_det, fp, n_small, confusion
 
 
-DRIFTS = ("gain", "vignette", "ramp")
+DEGRADATIONS = ("gain", "vignette", "ramp", "noise", "blur", "jpeg")
 
 
-def drifted(pixels: np.ndarray, spec: str | None) -> np.ndarray:
-    """`pixels` under an illumination drift `KIND:S` (see the module docstring), in their own dtype."""
+def degraded(pixels: np.ndarray, spec: str | None) -> np.ndarray:
+    """`pixels` under a degradation `KIND:S` (see the module docstring), in their own dtype."""
     if not spec:
         return pixels
     kind, _, amount = spec.partition(":")
-    if kind not in DRIFTS or not amount:
-        raise ValueError(f"--drift must be KIND:S with KIND one of {list(DRIFTS)}, got {spec!r}")
+    if kind not in DEGRADATIONS or not amount:
+        raise ValueError(f"--degrade must be KIND:S with KIND one of {list(DEGRADATIONS)}, got {spec!r}")
     s = float(amount)
+    if kind == "jpeg":
+        import cv2
+
+        if pixels.dtype != np.uint8:
+            raise ValueError(f"--degrade jpeg needs an 8-bit image, got {pixels.dtype}")
+        ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(s)])
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     f = pixels.astype(np.float64)
     h, w = f.shape
     x = np.linspace(-1.0, 1.0, w)[None, :]
@@ -192,9 +202,16 @@ def drifted(pixels: np.ndarray, spec: str | None) -> np.ndarray:
     elif kind == "vignette":
         y = np.linspace(-1.0, 1.0, h)[:, None]
         f = f * (1.0 - s * (x * x + y * y) / 2.0)
+    elif kind == "blur":
+        from scipy import ndimage as ndi
+
+        f = ndi.gaussian_filter(f, s)
     else:
         lo, hi = np.percentile(f, [0.5, 99.5])
-        f = f + s * (hi - lo) * x
+        if kind == "ramp":
+            f = f + s * (hi - lo) * x
+        else:
+            f = f + s * (hi - lo) * np.random.default_rng(0).standard_normal(f.shape)
     info = np.iinfo(pixels.dtype)
     return np.clip(np.rint(f), info.min, info.max).astype(pixels.dtype)
 
@@ -246,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default=None, help="crop model .onnx (default: the shipped one)")
     ap.add_argument("--images", nargs="+", default=["pt_bse", "samba_3phase", "qbi_xct"], choices=sorted(IMAGES))
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--drift", default=None, metavar="KIND:S", help="uneven illumination applied first: " + ", ".join(DRIFTS))
+    ap.add_argument("--degrade", "--drift", dest="degrade", default=None, metavar="KIND:S",
+                    help="an imaging degradation applied first: " + ", ".join(DEGRADATIONS))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra infer.py override")
     args = ap.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fracscope_real_"))
@@ -254,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
           f"crop model {args.model or 'shipped'}; IoU 0.5; work folder {work}")
     for name in args.images:
         ann = load_annotation(name)
-        ann.image = drifted(ann.image, args.drift)
+        ann.image = degraded(ann.image, args.degrade)
         implied = implied_pixel_size_um(ann.labels)
         by_median = median_rule_pixel_size_um(ann.labels)
         counts = {c: sum(v == c for v in ann.classes.values()) for c in (*CLASS_NAMES, "unsure")}

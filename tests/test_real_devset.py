@@ -99,16 +99,27 @@ def test_shipped_pipeline_finds_the_annotated_particles_at_the_implied_pixel_siz
     assert fp / n_det <= max_false
 
 
-def test_the_bench_drifts_an_image_as_documented():
-    from real_images import drifted
+def test_the_bench_degrades_an_image_as_documented():
+    from real_images import degraded
 
     image = np.full((4, 5), 100, np.uint8)
-    assert drifted(image, None) is image
-    gain = drifted(image, "gain:0.2")
+    assert degraded(image, None) is image
+    gain = degraded(image, "gain:0.2")
     np.testing.assert_array_equal(gain[0], [80, 90, 100, 110, 120])  # 1 - 0.2 ... 1 + 0.2, left to right
-    vignette = drifted(image, "vignette:0.4")
+    vignette = degraded(image, "vignette:0.4")
     assert vignette[0, 0] == 60 and vignette.max() < 100  # 1 - 0.4 r^2 / 2 with r^2 = 2 at the corners
-    ramp = drifted(np.arange(200, dtype=np.uint16).reshape(10, 20), "ramp:0.1")
+    ramp = degraded(np.arange(200, dtype=np.uint16).reshape(10, 20), "ramp:0.1")
     assert ramp.dtype == np.uint16 and ramp[0, 0] == 0 and ramp[9, 19] == 199 + 20  # +-0.1 of the 0.5-99.5 % range
     with pytest.raises(ValueError, match="KIND:S"):
-        drifted(image, "tilt:0.2")
+        degraded(image, "tilt:0.2")
+    two_levels = np.repeat(np.array([[50, 150]], np.uint8), 60, axis=1).repeat(50, axis=0)  # grey range 100
+    noisy = degraded(two_levels, "noise:0.05")
+    assert noisy.dtype == np.uint8 and 4.5 < (noisy.astype(float) - two_levels).std() < 5.5  # SD 0.05 of 100
+    step = np.zeros((20, 40), np.uint16)
+    step[:, 20:] = 1000
+    blurred = degraded(step, "blur:2")
+    assert abs(int(blurred[0, 19]) + int(blurred[0, 20]) - 1000) <= 1 and 0 < blurred[0, 17] < blurred[0, 19] < 500
+    jpeg = degraded(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)), "jpeg:20")
+    assert jpeg.shape == (64, 64) and jpeg.dtype == np.uint8 and 0 < np.abs(jpeg.astype(int) - np.arange(64) * 4).mean() < 10
+    with pytest.raises(ValueError, match="8-bit"):
+        degraded(step, "jpeg:30")
