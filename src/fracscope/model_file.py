@@ -860,7 +860,7 @@ def open_onnx_session(path: str | Path, kind: type[M], device: str = "cpu",
     """
     import onnxruntime as ort
 
-    from fracscope.ort_options import session_options
+    from fracscope.ort_options import int8_kernels_exact, session_options
 
     device_kind, index = parse_device(device)
     available = ort.get_available_providers()
@@ -874,7 +874,8 @@ def open_onnx_session(path: str | Path, kind: type[M], device: str = "cpu",
     else:
         providers = ["CPUExecutionProvider"]
     try:
-        session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        options = session_options(threads, int8_reference=device_kind == "cpu" and not int8_kernels_exact())
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as err:  # onnxruntime raises its own Fail/InvalidGraph types
         if device_kind == "cuda":
             raise BackendUnavailableError(f"onnxruntime-gpu is installed but CUDA failed to initialise: {err}") from err

@@ -45,6 +45,7 @@ from fracscope.io.groups import group_for, load_group_map, match_group_map
 from fracscope.io.read import has_glob
 from fracscope.locate import LocateFailure, locate_ahead
 from fracscope.mosaic import MosaicPage, analyse_mosaic, as_mosaic, mosaic_detector
+from fracscope.ort_options import int8_kernels_exact
 from fracscope.phases import resolve_pore_weight
 from fracscope.polarity import check_pore_polarity_setting
 from fracscope.progress import RunProgress
@@ -291,6 +292,12 @@ def _run(cfg: DictConfig | RunSettings, run_settings: RunSettings) -> RunOutcome
         return _report(cfg, run_settings, models, input_spec, found, root, group_map, client)
 
 
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Models, input_spec: str,
             found: FoundFiles, root: Path | None, group_map: dict[str, str] | None, client: Any) -> RunOutcome:
     """Analyse `found`'s images here (client None) or on the Dask cluster of `client`; write the report."""
@@ -308,6 +315,9 @@ def _report(cfg: DictConfig | RunSettings, run_settings: RunSettings, models: Mo
         "section_model_sha256": models.sections.sha256 if models.sections is not None else None,
         "input": input_spec,
         "command": " ".join(sys.argv),
+        "onnxruntime_version": _onnxruntime_version(),
+        # Where fused int8 kernels saturate, int8 graphs run in their reference form (ort_options).
+        "int8_kernels": "fused" if int8_kernels_exact() else "reference",
     }
     # The config as given is stored verbatim in the provenance; the settings come from run_settings.
     config = dataclasses.asdict(cfg) if isinstance(cfg, RunSettings) else cfg
