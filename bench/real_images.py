@@ -34,7 +34,8 @@ moves, so the annotations stay valid. Uneven illumination: `gain` multiplies col
 to 1 + S (right); `vignette` multiplies by 1 - S r^2 / 2 (r = 1 at the middle of each edge, sqrt(2) at the
 corners); `ramp` adds -S to +S of the image's 0.5-99.5 % grey range from left to right. A fast or low-current
 scan: `noise` adds Gaussian noise of SD S times that grey range (seeded, the same on every run). Focus:
-`blur` is a Gaussian of sigma S px. A lossy copy: `jpeg` re-encodes at JPEG quality S (8-bit images only).
+`blur` is a Gaussian of sigma S px. A lossy copy: `jpeg` re-encodes at JPEG quality S (a 16-bit image
+first goes to 8 bits over its own range).
 `--set` passes infer.py overrides (e.g. `even_illumination=false`).
 """
 
@@ -190,8 +191,9 @@ def degraded(pixels: np.ndarray, spec: str | None) -> np.ndarray:
     if kind == "jpeg":
         import cv2
 
-        if pixels.dtype != np.uint8:
-            raise ValueError(f"--degrade jpeg needs an 8-bit image, got {pixels.dtype}")
+        if pixels.dtype != np.uint8:  # exported as 8 bits over its own range, as a viewer saves a JPEG
+            lo, hi = float(pixels.min()), float(pixels.max())
+            pixels = np.rint((pixels - lo) * (255.0 / max(hi - lo, 1.0))).astype(np.uint8)
         ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, int(s)])
         return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     f = pixels.astype(np.float64)
