@@ -309,3 +309,15 @@ def test_summary_md_lists_at_most_100_flagged_images_and_counts_the_rest(tmp_pat
     listed = [line for line in md.splitlines() if line.startswith("- `i")]
     assert len(listed) == MAX_FLAGGED_LINES and listed[0].startswith("- `i0.tif`: no particle found")
     assert "- … and 3 more: images.csv rows with a non-empty `quality_flags`" in md
+
+
+def test_summary_md_says_when_the_int8_models_ran_in_their_reference_form(tmp_path):
+    from fracscope.report.options import ReportOptions
+    from fracscope.report.summary import build_summary
+
+    writer = ReportWriter(tmp_path, {"report": {"n_boot": 10}}, None)
+    scan = scan_particles(tmp_path, writer.options)
+    reference = render_markdown(build_summary(scan, ReportOptions(n_boot=10), {"int8_kernels": "reference"}, []))
+    assert "- int8 models: run in their reference form (this x86 CPU has no VNNI" in reference
+    fused = render_markdown(build_summary(scan, ReportOptions(n_boot=10), {"int8_kernels": "fused"}, []))
+    assert "int8 models" not in fused

@@ -192,6 +192,9 @@ def render_markdown(summary: Summary) -> str:
                 "model_sha256", "model", "model_path", "command"):
         if prov.get(key) is not None:
             lines.append(f"- {key.replace('_', ' ')}: `{prov[key]}`")
+    if prov.get("int8_kernels") == "reference":
+        lines.append("- int8 models: run in their reference form (this x86 CPU has no VNNI, whose fused int8 kernels "
+                     "saturate; the results are the models' own, see docs/OUTPUTS.md)")
     lines += [
         f"- images: {summary.total.n_images}, particles detected: {summary.total.n_particles_detected}, "
         f"failed files/pages: {len(summary.failed)}",
