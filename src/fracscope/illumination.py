@@ -121,7 +121,6 @@ def particle_grey_trend(pixels: np.ndarray, instances: np.ndarray) -> GreyTrend 
     values = np.asarray(pixels)
     if values.ndim != 2:
         raise ValueError(f"particle_grey_trend needs one grey channel, got shape {values.shape}")
-    h, w = values.shape
     y, x, v = section_cores(values, instances)
     n = len(v)
     if n < MIN_SECTIONS:

@@ -1,4 +1,4 @@
-"""onnxruntime session options shared by every model file (`model_file.load_session`)."""
+"""onnxruntime session options shared by every model file (`model_file.open_onnx_session`)."""
 
 from __future__ import annotations
 
@@ -27,10 +27,9 @@ def int8_kernels_exact(cpuinfo: str | None = None, machine: str | None = None) -
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             return False
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
+    # Every core repeats the same flags line: the first one says it.
+    line = next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+    flags = set(line.partition(":")[2].split())
     return any(flag in flags for flag in VNNI_FLAGS)
 
 
