@@ -202,13 +202,38 @@ def test_uneven_illumination_is_flagged_over_the_limit_and_said_in_words(tmp_pat
     assert "- `img.tif`: uneven illumination: the particles' grey level drifts by 28% across the image (evened" in md
 
 
+def test_edge_contrast_is_flagged_over_the_limit_and_said_in_words(tmp_path):
+    from fracscope.edges import EDGE_CONTRAST_LIMIT
+
+    parts = [_particle(1, (10, 10, 40, 40), 8.0), _particle(2, (50, 50, 80, 80), 9.0)]
+    for edge, flagged in [(None, False), (-0.1, False), (EDGE_CONTRAST_LIMIT, False),
+                          (EDGE_CONTRAST_LIMIT + 1e-6, True), (0.3, True)]:
+        result = _result(parts)
+        result.edge_contrast = edge
+        assert ("edge_contrast" in image_quality(result).flags) == flagged, edge
+    result = _result(parts)
+    result.edge_contrast = 0.25
+    row = image_row(result)
+    assert row["quality_flags"] == "edge_contrast" and row["edge_contrast"] == 0.25
+    (reason,) = describe_flags(row, TRAINED)
+    assert reason.startswith("bright bands inside the particle outlines (0.25 of the particle-matrix contrast), "
+                             "as a secondary-electron image shows")
+    writer = ReportWriter(tmp_path, {"report": {"n_boot": 10, "write_plots": False, "write_review": False}},
+                          {"phase_model_metadata": {"pixel_size_range_um": list(TRAINED)}})
+    writer.add(result)
+    md = render_markdown(writer.close())
+    assert "- `img.tif`: bright bands inside the particle outlines (0.25 of the" in md
+
+
 def test_the_images_csv_row_appends_the_quality_columns_after_the_old_ones():
     # Appended in order: the quality columns after the resume key, then pore_polarity (session 14), then
-    # n_curtain_streaks (session 20), then shading and illumination_evened (session 21).
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 4:-4] == QUALITY_COLUMNS
-    assert IMAGE_COLUMNS[-4:] == ("pore_polarity", "n_curtain_streaks", "shading", "illumination_evened")
+    # n_curtain_streaks (session 20), then shading and illumination_evened (session 21), then edge_contrast
+    # (session 23).
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 5:-5] == QUALITY_COLUMNS
+    assert IMAGE_COLUMNS[-5:] == ("pore_polarity", "n_curtain_streaks", "shading", "illumination_evened",
+                                  "edge_contrast")
     assert IMAGE_COLUMNS[:3] == ("image", "page", "stem")
-    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 5] == "source_mtime_ns"
+    assert IMAGE_COLUMNS[-len(QUALITY_COLUMNS) - 6] == "source_mtime_ns"
     row = image_row(_result([_particle(1, (10, 10, 40, 40), 0.5)]))
     assert list(row) == list(IMAGE_COLUMNS)
     assert row["quality_flags"] == "scale_implausible" and row["median_eq_diameter"] == 0.5

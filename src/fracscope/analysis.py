@@ -32,6 +32,7 @@ from fracscope.classify import (
 )
 from fracscope.curtains import remove_curtain_streaks
 from fracscope.detect import Detector
+from fracscope.edges import edge_contrast
 from fracscope.io import relative_source
 from fracscope.locate import LocatedParticles, locate_particles
 from fracscope.measure import measure_particle
@@ -292,11 +293,12 @@ def measure_particles(predicted: Predicted, settings: AnalysisSettings, times: S
     particles = [_particle_result(section, *_section_class(predicted, section, probs, settings), probs,
                                   located, instances.shape, settings, to_um)
                  for section, probs in zip(kept, network_probs, strict=True)]
+    edges = edge_contrast(located.pixels_for_networks, instances, px or image.estimated_pixel_size_um, boxes)
     times.add("measure", t)
     return ImageResult(image=image, stem=stem, group=group, instances=instances, phases=phases, particles=particles,
                        pixel_size_range_um=predicted.pixel_size_range_um, pore_polarity=polarity,
                        curtain_streaks=predicted.curtain_streaks, shading=located.shading,
-                       illumination_evened=located.illumination_evened)
+                       illumination_evened=located.illumination_evened, edge_contrast=edges)
 
 
 def _network_probs(predicted: Predicted, kept: list[MeasuredSection]) -> list[dict[str, float]]:

@@ -157,6 +157,8 @@ class ImageResult:
     curtain_streaks: crack components of the phase map made solid as curtaining (`fracscope.curtains`).
     shading: the particles' grey-level drift across the image as first detected (`fracscope.illumination`),
         None when not measured; illumination_evened: whether the image was evened out and detected again.
+    edge_contrast: how much brighter the sections' outline bands are than the solid under them
+        (`fracscope.edges`; an SE-like image's edge brightening), None when not measured.
     """
 
     image: SEMImage
@@ -170,3 +172,4 @@ class ImageResult:
     curtain_streaks: int = 0
     shading: float | None = None
     illumination_evened: bool = False
+    edge_contrast: float | None = None

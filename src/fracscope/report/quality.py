@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fracscope.crop import strided_sample
+from fracscope.edges import EDGE_CONTRAST_LIMIT
 from fracscope.illumination import SHADING_LIMIT
 from fracscope.types import ImageResult, ParticleResult
 
@@ -27,9 +28,10 @@ LOW_CLASS_CONFIDENCE = "low_class_confidence"
 LOW_DETECTOR_SCORE = "low_detector_score"
 GREY_LEVELS = "grey_levels"
 UNEVEN_ILLUMINATION = "uneven_illumination"
+EDGE_CONTRAST = "edge_contrast"
 #: Every flag, in the order images.csv lists them (the likeliest to spoil every number first).
 FLAGS: tuple[str, ...] = (SCALE_IMPLAUSIBLE, COARSE_PIXELS, FEW_PARTICLES, PARTICLE_AREA_FRACTION, GREY_LEVELS,
-                          UNEVEN_ILLUMINATION, LOW_DETECTOR_SCORE, LOW_CLASS_CONFIDENCE)
+                          UNEVEN_ILLUMINATION, EDGE_CONTRAST, LOW_DETECTOR_SCORE, LOW_CLASS_CONFIDENCE)
 FLAG_SEPARATOR = ";"
 
 #: images.csv columns this module fills, appended after the older ones.
@@ -217,12 +219,16 @@ def coarse_estimate(pixel_size_um: float | None, estimated_pixel_size_um: float 
 
 def flags_of(q: Mapping[str, float | None], pixel_size_um: float | None, n_particles: int,
              trained_range_um: Sequence[float] | None,
-             estimated_pixel_size_um: float | None = None, shading: float | None = None) -> tuple[str, ...]:
+             estimated_pixel_size_um: float | None = None, shading: float | None = None,
+             edge_contrast: float | None = None) -> tuple[str, ...]:
     """The flags an image's numbers raise (`FLAGS` order); `q` holds the `QUALITY_COLUMNS` numbers,
-    `shading` the particles' grey-level drift (`fracscope.illumination`, images.csv `shading`)."""
+    `shading` the particles' grey-level drift (`fracscope.illumination`, images.csv `shading`), `edge_contrast`
+    the outline bands' brightness (`fracscope.edges`, images.csv `edge_contrast`)."""
     raised = set()
     if shading is not None and shading > SHADING_LIMIT:
         raised.add(UNEVEN_ILLUMINATION)
+    if edge_contrast is not None and edge_contrast > EDGE_CONTRAST_LIMIT:
+        raised.add(EDGE_CONTRAST)
     median = q["median_eq_diameter"] if pixel_size_um is not None else None
     if scale_causes(pixel_size_um, median, trained_range_um):
         raised.add(SCALE_IMPLAUSIBLE)
@@ -257,7 +263,7 @@ def image_quality(result: ImageResult) -> ImageQuality:
     }
     numbers = {k: None if v is None else round(v, DECIMALS) for k, v in numbers.items()}
     flags = flags_of(numbers, result.image.pixel_size_um, len(parts), result.pixel_size_range_um,
-                     result.image.estimated_pixel_size_um, result.shading)
+                     result.image.estimated_pixel_size_um, result.shading, result.edge_contrast)
     return ImageQuality(**numbers, flags=flags)
 
 
@@ -313,6 +319,13 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
                     if str(row.get("illumination_evened")) in ("True", "true", "1")
                     else " (not evened out, even_illumination=false: sections on the dark side may be missed)")
             words.append(f"uneven illumination: the particles' grey level {how} across the image{done}")
+        elif flag == EDGE_CONTRAST:
+            e = _number(row, "edge_contrast")
+            how = f" ({e:.2f} of the particle-matrix contrast)" if e is not None else ""
+            words.append(f"bright bands inside the particle outlines{how}, as a secondary-electron image shows: the "
+                         "models were trained on backscatter-like contrast, and under such bands pores and thin "
+                         "cracks are missed (porosity low, damaged sections called intact); check them on the overlay, "
+                         "or image with the backscatter detector")
         elif flag == LOW_DETECTOR_SCORE:
             s = _number(row, "mean_detector_score")
             words.append(f"mean detector score {s:.2f} (< {MIN_MEAN_DETECTOR_SCORE:g}): outlines uncertain, "

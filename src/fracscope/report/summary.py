@@ -99,7 +99,7 @@ def _read_flagged(path: Path) -> list[dict]:
     if "quality_flags" not in header:
         return []
     cols = ["image", "page", *(c for c in ("pixel_size_um", "pixel_size_estimate_um", *QUALITY_COLUMNS, "shading",
-                                           "illumination_evened") if c in header)]
+                                           "illumination_evened", "edge_contrast") if c in header)]
     df = pd.read_csv(path, usecols=cols, dtype=str, keep_default_na=False, on_bad_lines="skip")
     df = df[(df["quality_flags"] != "") & df["page"].str.fullmatch(r"\d+")].drop_duplicates(["image", "page"])
     return df.to_dict("records")

@@ -77,6 +77,7 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "n_curtain_streaks",  # crack lines made solid as milling curtains (fracscope.curtains)
     "shading",  # the particles' grey-level drift across the image, as a fraction (fracscope.illumination)
     "illumination_evened",  # True: evened out and detected again (even_illumination, shading over the limit)
+    "edge_contrast",  # the outline bands' brightness over the solid under them (fracscope.edges: SE-like edges)
 )
 ERROR_COLUMNS: tuple[str, ...] = ("image", "page", "error")
 
@@ -199,6 +200,7 @@ def image_row(result: ImageResult) -> dict[str, object]:
     row["n_curtain_streaks"] = result.curtain_streaks
     row["shading"] = None if result.shading is None else round(result.shading, 6)
     row["illumination_evened"] = result.illumination_evened
+    row["edge_contrast"] = None if result.edge_contrast is None else round(result.edge_contrast, 6)
     return row
 
 
