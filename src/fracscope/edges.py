@@ -30,14 +30,14 @@ MIN_SECTION_UM = 2.0  # smaller sections have too little inside the band
 MATRIX_GAP_PX = 2  # the matrix ring starts this far outside the outline (past the blurred edge)
 MIN_RING_PX = 20  # the reference annulus and the matrix ring need this many pixels to give their grey level
 MAX_SECTIONS = 32  # evenly spaced over the sections by id: bounded cost on an image of hundreds
-# Measured (docs/BENCHMARKS.md "Edge contrast"): generated fields in the plain look 0.014-0.079 (76 fields,
+# Measured (docs/BENCHMARKS.md "Edge contrast"): generated fields in the plain look 0.014-0.080 (76 fields,
 # held-out and tuning), the SE-like look 0.073-0.447 (36 of 38 over 0.10); the real images of data/real: see there.
 EDGE_CONTRAST_LIMIT = 0.10
 
 
 def _distance_to_zero(mask: np.ndarray) -> np.ndarray:
     """Euclidean distance of each True pixel to the nearest False one (`scipy.ndimage.distance_transform_edt`,
-    exact; OpenCV's is ~10x faster)."""
+    exact; OpenCV's takes about half the time here)."""
     return cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
