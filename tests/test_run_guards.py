@@ -183,6 +183,27 @@ def small_field():
     return item.image.pixels
 
 
+def test_an_se_like_image_is_flagged_warned_and_listed_first_and_the_run_exits_0(tmp_path, caplog):
+    from fracscope.synth import load_config, make_field
+
+    base = ["electrode.field_px=[384,512]", "electrode.pixel_size_um=0.06"]
+    folder = tmp_path / "in"
+    for name, extra in (("a_plain.tif", []), ("b_se.tif", ["imaging.looks=[se_edges]"])):
+        _copy_tagged(make_field(load_config("gp", [*base, *extra]), 3, 0).image.pixels, folder, name, 0.06)
+    out = tmp_path / "out"
+    outcome = run(_cfg(folder, out))
+    assert outcome.exit_code == 0 and not outcome.failures
+    images = pd.read_csv(out / "images.csv", keep_default_na=False).set_index("image")
+    se, plain = str(folder / "b_se.tif"), str(folder / "a_plain.tif")
+    assert images.loc[plain, "quality_flags"] == "" and images.loc[plain, "edge_contrast"] < 0.10
+    assert images.loc[se, "quality_flags"] == "edge_contrast" and images.loc[se, "edge_contrast"] > 0.10
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert [m for m in warned if "bright bands inside the particle outlines" in m][0].startswith(f"{se}: ")
+    md = (out / "summary.md").read_text()
+    first = md[md.index("## Images to check first"):md.index("## Damage classes")]
+    assert f"- `{se}`: bright bands inside the particle outlines" in first and plain not in first
+
+
 def _copy_tagged(pixels, folder: Path, name: str, pixel_size_um: float) -> Path:
     """`pixels` as `folder/name` with `pixel_size_um` in the tags."""
     folder.mkdir(exist_ok=True)

@@ -14,7 +14,7 @@ from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
 from fracscope.report.plots import write_plots
-from fracscope.report.quality import COARSE_PIXELS, SCALE_IMPLAUSIBLE, describe_flags, parse_flags
+from fracscope.report.quality import COARSE_PIXELS, EDGE_CONTRAST, SCALE_IMPLAUSIBLE, describe_flags, parse_flags
 from fracscope.report.record import (
     INSTANCES_DIR,
     PHASES_DIR,
@@ -172,13 +172,14 @@ class ReportWriter:
             self._coco.add(record.coco)
         # Last: the images.csv row marks the image done (see tables.done_images).
         self._tables.commit(record.image_row)
-        self._warn_scale(record.image_row)
+        self._warn_unreliable(record.image_row)
         return True
 
-    def _warn_scale(self, row: Mapping[str, object]) -> None:
-        """A warning per image whose scale looks wrong or too coarse for the networks (images.csv flags it
-        too), naming the likely cause."""
-        for flag in (f for f in (SCALE_IMPLAUSIBLE, COARSE_PIXELS) if f in parse_flags(row.get("quality_flags"))):
+    def _warn_unreliable(self, row: Mapping[str, object]) -> None:
+        """A warning per image whose scale looks wrong or too coarse for the networks, or whose contrast they
+        were not trained on (SE-like edges); images.csv flags it too. Names the likely cause."""
+        warned = (SCALE_IMPLAUSIBLE, COARSE_PIXELS, EDGE_CONTRAST)
+        for flag in (f for f in warned if f in parse_flags(row.get("quality_flags"))):
             (words,) = describe_flags({**row, "quality_flags": flag}, trained_pixel_sizes(self.provenance))
             page = f" page {row['page']}" if row.get("page") else ""
             log.warning("%s%s: %s", row["image"], page, words)
