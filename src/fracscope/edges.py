@@ -23,6 +23,8 @@ import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
+from fracscope.measure.cracks import depth_px
+
 BAND_UM = 0.3  # the rings measured: out to this depth inside the outline (at least MIN_BAND_PX rings)
 REFERENCE_UM = 0.6  # the reference annulus: from the band to this depth (at least 2 px deep)
 MIN_BAND_PX = 3
@@ -35,10 +37,10 @@ MAX_SECTIONS = 32  # evenly spaced over the sections by id: bounded cost on an i
 EDGE_CONTRAST_LIMIT = 0.10
 
 
-def _distance_to_zero(mask: np.ndarray) -> np.ndarray:
-    """Euclidean distance of each True pixel to the nearest False one (`scipy.ndimage.distance_transform_edt`,
-    exact; OpenCV's takes about half the time here)."""
-    return cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+def _distance_outside(own: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each pixel outside the section to its nearest section pixel (exact, OpenCV's;
+    unlike `depth_px` the window's edge is not the section)."""
+    return cv2.distanceTransform((~own).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
 
 
 def ring_profile(pixels: np.ndarray, own: np.ndarray, matrix: np.ndarray, band_px: int,
@@ -53,8 +55,8 @@ def ring_profile(pixels: np.ndarray, own: np.ndarray, matrix: np.ndarray, band_p
     (reference median - matrix median); None when the annulus or the matrix ring is too small, or the annulus is
     not brighter than the matrix.
     """
-    d_in = _distance_to_zero(own)
-    d_out = _distance_to_zero(~own)
+    d_in = depth_px(own)  # the section never touches the window's edge: the same as without padding
+    d_out = _distance_outside(own)
     shell = (d_in > 0) & (d_in <= reference_px)  # the rings and the annulus, then binned on their own pixels
     grey, ring_of = pixels[shell], np.ceil(d_in[shell]).astype(np.int64) - 1
     reference = grey[ring_of >= band_px]
