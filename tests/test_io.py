@@ -22,6 +22,8 @@ from fracscope.io import (
     read_pixel_size,
     write_sem_tiff,
 )
+from fracscope.io.read import find_image_files
+from fracscope.io.tagged import write_hitachi_txt, write_jeol_txt
 from fracscope.types import SEMImage
 
 
@@ -40,6 +42,7 @@ ALL_TAGS = SEMTags(fei_pixel_size_um=0.05, zeiss_pixel_size=(20.0, "nm"), imagej
         (SEMTags(fei_pixel_size_um=0.05), 0.05, "fei"),
         (SEMTags(zeiss_pixel_size=(12.5, "nm")), 0.0125, "zeiss"),
         (SEMTags(zeiss_pixel_size=(0.04, "µm")), 0.04, "zeiss"),
+        (SEMTags(tescan_pixel_size_um=0.025), 0.025, "tescan"),
         (SEMTags(imagej_pixel_size_um=0.033), 0.033, "imagej"),
         (SEMTags(resolution_pixel_size_um=0.07), 0.07, "tiff_resolution"),
         (SEMTags(), None, "none"),
@@ -69,6 +72,41 @@ def test_pixel_size_precedence(tmp_path):
     bare = write_sem_tiff(tmp_path / "sub" / "bare.tif", _noisy(), SEMTags())
     page = read_image_pages(bare, coco_pixel_sizes={"sub/bare.tif": 0.2})[0]
     assert (page.pixel_size_um, page.pixel_size_source) == (0.2, "coco")
+
+
+def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
+    hitachi = write_sem_tiff(tmp_path / "h.tif", _noisy(), SEMTags())
+    write_hitachi_txt(hitachi, 0.0099)
+    jeol = tmp_path / "j.png"
+    Image.fromarray(_noisy()).save(jeol)
+    write_jeol_txt(jeol, "1um", 120)
+    for path, size_um, source in ((hitachi, 0.0099, "hitachi"), (jeol, 1 / 120, "jeol")):
+        (page,) = read_image_pages(path, coco_pixel_sizes={path.name: 0.2})  # the microscope's file wins over COCO
+        assert (page.pixel_size_um, page.pixel_size_source) == (pytest.approx(size_um), source)
+        assert read_pixel_size(path) == type(read_pixel_size(path))(page.pixel_size_um, source)
+    nm = tmp_path / "nm.tif"
+    write_sem_tiff(nm, _noisy(), SEMTags())
+    write_jeol_txt(nm, "500nm", 50)
+    assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.01)
+    # The image's own tags win; a text file that states no pixel size, or a nonsense one, gives none.
+    tagged = write_sem_tiff(tmp_path / "t.tif", _noisy(), SEMTags(fei_pixel_size_um=0.05))
+    write_hitachi_txt(tagged, 0.0099)
+    assert read_image_pages(tagged)[0].pixel_size_source == "fei"
+    for name, text in (("n.tif", "Operator notes: 5 kV, BSE\n"), ("z.tif", "[SemImageFile]\nPixelSize=0\n"),
+                       ("b.tif", "$$SM_MICRON_BAR 0\n$$SM_MICRON_MARKER 1um\n")):
+        write_sem_tiff(tmp_path / name, _noisy(), SEMTags())
+        (tmp_path / name).with_suffix(".txt").write_text(text)
+        assert read_image_pages(tmp_path / name)[0].pixel_size_source == "none"
+
+
+def test_an_images_text_file_is_not_a_passed_over_file(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = write_sem_tiff(folder / "a.tif", _noisy(), SEMTags())
+    write_hitachi_txt(image, 0.01)
+    (folder / "notes.txt").write_text("not an image's")
+    found = find_image_files(folder)
+    assert found.files == [image] and found.unsupported == [folder / "notes.txt"]
 
 
 def test_editor_dpi_is_not_a_pixel_size(tmp_path):

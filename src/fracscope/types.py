@@ -42,8 +42,8 @@ class SEMImage:
 
     pixels: 2-D array as read (uint8, uint16 or float32); never rescaled here.
     pixel_size_um: edge length of one pixel in µm, or None when unknown.
-    pixel_size_source: where pixel_size_um came from ("override", "fei", "zeiss",
-        "tiff_resolution", "imagej", "coco", "scale_bar", "synthetic", "none"), or "estimated"
+    pixel_size_source: where pixel_size_um came from ("override", "fei", "zeiss", "tescan",
+        "tiff_resolution", "imagej", "hitachi", "jeol", "coco", "scale_bar", "synthetic", "none"), or "estimated"
         when it is None and estimated_pixel_size_um holds an estimate.
     estimated_pixel_size_um: the pixel size estimated from the image itself
         (`fracscope.detect.scale`) when none is known: detection and the phase model run at it,

@@ -2,8 +2,8 @@
 
 `iter_images` expands files, folders and globs and yields one `SEMImage` per page (or
 a `ReadFailure` per bad file); `read_image_pages` reads one file; the pixel size comes
-from an override, FEI, Zeiss, ImageJ/TIFF-resolution tags, a COCO mapping
-(`fracscope.io.pixel_size`) or, last, the scale bar in the data bar (`fracscope.io.scalebar`),
+from an override, FEI, Zeiss, TESCAN, ImageJ/TIFF-resolution tags, a Hitachi or JEOL text file
+beside the image, a COCO mapping (`fracscope.io.pixel_size`) or, last, the scale bar in the data bar (`fracscope.io.scalebar`),
 in that order. `fracscope.io.tiff` writes images, label maps and
 volumes with their pixel size, every writer as ``(path, array, pixel size, ...)``;
 `fracscope.io.memmap` holds the disk-backed label arrays of tiled detection and pores3d.

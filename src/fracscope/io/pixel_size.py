@@ -6,12 +6,16 @@ Sources, first present wins (recorded as ``PixelSize.source``):
 2. FEI/Thermo tags 34680/34682, ``[Scan] PixelWidth`` (m)  -> "fei"
 3. Zeiss SmartSEM tag 34118, ``AP_IMAGE_PIXEL_SIZE`` /
    ``AP_PIXEL_SIZE`` with a unit                          -> "zeiss"
-4. ImageJ description ``unit=`` with XResolution           -> "imagej", or
+4. TESCAN tag 50431, ``PixelSizeX=`` (m)                   -> "tescan"
+5. ImageJ description ``unit=`` with XResolution           -> "imagej", or
    plain TIFF XResolution with ResolutionUnit cm/inch      -> "tiff_resolution"
-5. a COCO ``pixel_size_um`` looked up by file name         -> "coco"
-6. the scale bar in the image's data bar (needs the pixels,
+6. the microscope's text file beside the image (same name, ``.txt``):
+   Hitachi ``[SemImageFile]`` ``PixelSize=`` (nm)         -> "hitachi", or
+   JEOL ``$$SM_MICRON_MARKER`` over ``$$SM_MICRON_BAR`` px -> "jeol"
+7. a COCO ``pixel_size_um`` looked up by file name         -> "coco"
+8. the scale bar in the image's data bar (needs the pixels,
    so applied in `fracscope.io.read`; `fracscope.io.scalebar`) -> "scale_bar"
-7. nothing                                                  -> "none"
+9. nothing                                                  -> "none"
 
 Resolution tags are often written by image editors (72, 96, 300 dpi); such values
 give pixel sizes of tens to hundreds of µm, which no SEM image of cathode particles
@@ -21,6 +25,7 @@ has, so tag-derived values outside ``PLAUSIBLE_UM`` are ignored.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +60,10 @@ _RESOLUTION_UNIT_UM: dict[int, float] = {2: 25400.0, 3: 1e4}
 TAG_FEI_SFEG = 34680
 TAG_FEI_HELIOS = 34682
 TAG_ZEISS_SEM = 34118
+TAG_TESCAN = 50431
+
+# The text file a Hitachi or JEOL SEM saves beside an image: the image's name with one of these suffixes.
+SIDECAR_SUFFIXES: tuple[str, ...] = (".txt", ".TXT")
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,69 @@ def zeiss_pixel_size_um(sem: Mapping[str, Any] | None) -> float | None:
     return None
 
 
+def tescan_pixel_size_um(payload: Any) -> float | None:
+    """``PixelSizeX=`` (metres) of a TESCAN tag 50431 payload in µm.
+
+    TESCAN writes the tag as bytes: a binary part, then ``Key=Value`` text lines.
+    """
+    if isinstance(payload, (bytes, bytearray)):
+        payload = bytes(payload).decode("latin-1")
+    if not isinstance(payload, str):
+        return None
+    match = re.search(r"^\s*PixelSizeX\s*=\s*([-+0-9.eE]+)\s*$", payload, re.MULTILINE)
+    try:
+        return _plausible(float(match.group(1)) * 1e6) if match else None
+    except ValueError:
+        return None
+
+
+def hitachi_pixel_size_um(text: str) -> float | None:
+    """``PixelSize=`` (nm) of a Hitachi SEM text file (section ``[SemImageFile]``) in µm."""
+    if "[SemImageFile]" not in text:
+        return None
+    match = re.search(r"^\s*PixelSize\s*=\s*([0-9.eE+-]+)\s*$", text, re.MULTILINE)
+    try:
+        return _plausible(float(match.group(1)) * 1e-3) if match else None
+    except ValueError:
+        return None
+
+
+def jeol_pixel_size_um(text: str) -> float | None:
+    """A JEOL SEM text file's scale marker (``$$SM_MICRON_MARKER 1um``) over its length in image pixels
+    (``$$SM_MICRON_BAR 120``), in µm."""
+    bar = re.search(r"^\s*\$+SM_MICRON_BAR\s+([0-9.]+)\s*$", text, re.MULTILINE)
+    marker = re.search(r"^\s*\$+SM_MICRON_MARKER\s+([0-9.]+)\s*([^\s0-9.]+)\s*$", text, re.MULTILINE)
+    if not bar or not marker:
+        return None
+    scale = unit_to_um(marker.group(2))
+    try:
+        length, bar_px = float(marker.group(1)), float(bar.group(1))
+    except ValueError:
+        return None
+    return _plausible(length * scale / bar_px) if scale is not None and bar_px > 0 else None
+
+
+def sidecar_pixel_size(path: str | Path) -> PixelSize:
+    """Pixel size from the text file a Hitachi or JEOL microscope saves beside the image (same name,
+    ``.txt``); ``PixelSize(None, "none")`` when there is none or it states no pixel size."""
+    p = Path(path)
+    for suffix in SIDECAR_SUFFIXES:
+        sidecar = p.with_suffix(suffix)
+        if sidecar.is_file():
+            break
+    else:
+        return PixelSize(None, "none")
+    try:
+        text = sidecar.read_bytes()[:1_000_000].decode("latin-1")  # a vendor file is a few kB of text
+    except OSError:
+        return PixelSize(None, "none")
+    for source, parse in (("hitachi", hitachi_pixel_size_um), ("jeol", jeol_pixel_size_um)):
+        value_um = parse(text)
+        if value_um is not None:
+            return PixelSize(value_um, source)
+    return PixelSize(None, "none")
+
+
 def imagej_pixel_size_um(imagej: Mapping[str, Any] | None, x_resolution: Any) -> float | None:
     """ImageJ calibration: ``unit`` from the description, pixels per unit from XResolution."""
     if not imagej or "unit" not in imagej:
@@ -187,7 +259,7 @@ def coco_pixel_size_um(path: str | Path, coco_pixel_sizes: Mapping[str, float] |
 
 
 def tiff_page_pixel_size(page: Any, imagej: Mapping[str, Any] | None) -> PixelSize:
-    """Pixel size from the tags of one tifffile page (steps 2-4 of the precedence)."""
+    """Pixel size from the tags of one tifffile page (steps 2-5 of the precedence)."""
     tags = page.tags
     fei: dict[str, Any] = {}
     for code in (TAG_FEI_SFEG, TAG_FEI_HELIOS):
@@ -201,6 +273,9 @@ def tiff_page_pixel_size(page: Any, imagej: Mapping[str, Any] | None) -> PixelSi
     value_um = zeiss_pixel_size_um(sem if isinstance(sem, Mapping) else None)
     if value_um is not None:
         return PixelSize(value_um, "zeiss")
+    value_um = tescan_pixel_size_um(tags.valueof(TAG_TESCAN))
+    if value_um is not None:
+        return PixelSize(value_um, "tescan")
     x_res = tags.valueof(282)  # XResolution
     value_um = imagej_pixel_size_um(imagej, x_res)
     if value_um is not None:

@@ -13,11 +13,13 @@ from PIL import Image
 
 from fracscope.io.databar import crop_data_bar
 from fracscope.io.pixel_size import (
+    SIDECAR_SUFFIXES,
     TAG_FEI_HELIOS,
     TAG_FEI_SFEG,
     PixelSize,
     coco_pixel_size_um,
     fei_image_height_px,
+    sidecar_pixel_size,
     tiff_page_pixel_size,
 )
 from fracscope.io.prefetch import prefetch
@@ -93,7 +95,8 @@ def _finish(
     if options.pixel_size_um is not None:
         size = PixelSize(float(options.pixel_size_um), "override")
     elif size.value_um is None:
-        coco = coco_pixel_size_um(source, options.coco_pixel_sizes)
+        size = sidecar_pixel_size(source)
+        coco = coco_pixel_size_um(source, options.coco_pixel_sizes) if size.value_um is None else None
         if coco is not None:
             size = PixelSize(coco, "coco")
     if size.value_um is None:
@@ -193,8 +196,8 @@ def read_pixel_size(
 ) -> PixelSize:
     """Pixel size of one page of a file from its metadata alone (pixels are not decoded).
 
-    Same precedence as `read_image_pages`: override, FEI, Zeiss, ImageJ / TIFF
-    resolution, COCO mapping, else ``PixelSize(None, "none")``.
+    Same precedence as `read_image_pages`: override, FEI, Zeiss, TESCAN, ImageJ / TIFF
+    resolution, a Hitachi or JEOL text file beside the image, COCO mapping, else ``PixelSize(None, "none")``.
     """
     if pixel_size_um is not None:
         return PixelSize(float(pixel_size_um), "override")
@@ -206,6 +209,8 @@ def read_pixel_size(
             size = tiff_page_pixel_size(pages[page], tif.imagej_metadata)
             if size.value_um is None and page > 0:
                 size = tiff_page_pixel_size(pages[0], tif.imagej_metadata)
+    if size.value_um is None:
+        size = sidecar_pixel_size(path)
     if size.value_um is None:
         coco = coco_pixel_size_um(path, coco_pixel_sizes)
         if coco is not None:
@@ -238,7 +243,8 @@ def find_image_files(inputs: str | Path | Iterable[str | Path]) -> FoundFiles:
 
     A directory gives its supported files, recursively, sorted by path; a string with
     ``*?[`` is a (recursive ``**``) glob, sorted. Files of other types that a folder or a
-    glob turns up are returned apart, as `unsupported`. A file named as such is kept as
+    glob turns up are returned apart, as `unsupported`, except an image's own text file
+    (same name, ``.txt``: where Hitachi and JEOL microscopes write the pixel size). A file named as such is kept as
     given, whatever its suffix (reading it will report an unsupported type). A list keeps
     its order. Paths that do not exist are kept, so reading reports them.
     """
@@ -254,8 +260,11 @@ def find_image_files(inputs: str | Path | Iterable[str | Path]) -> FoundFiles:
         else:
             out.append(p)
             continue
-        out.extend(f for f in found if f.suffix.lower() in SUPPORTED_SUFFIXES)
-        passed_over.extend(f for f in found if f.suffix.lower() not in SUPPORTED_SUFFIXES)
+        images = [f for f in found if f.suffix.lower() in SUPPORTED_SUFFIXES]
+        out.extend(images)
+        # A microscope's text file beside an image (Hitachi, JEOL: same name, .txt) is part of it.
+        sidecars = {f.with_suffix(s) for f in images for s in SIDECAR_SUFFIXES}
+        passed_over.extend(f for f in found if f.suffix.lower() not in SUPPORTED_SUFFIXES and f not in sidecars)
     return FoundFiles(_unique(out), _unique(passed_over))
 
 

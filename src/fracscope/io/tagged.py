@@ -1,4 +1,5 @@
-"""Write TIFFs carrying FEI-, Zeiss- or ImageJ-style pixel-size metadata.
+"""Write TIFFs carrying FEI-, Zeiss-, TESCAN- or ImageJ-style pixel-size metadata, and the text
+files Hitachi and JEOL microscopes save beside an image.
 
 For tests: real instrument files cannot ship with the project, so tests write small
 files whose tags tifffile parses exactly as it parses the instruments' own
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from fracscope.io.pixel_size import TAG_FEI_HELIOS, TAG_ZEISS_SEM
+from fracscope.io.pixel_size import TAG_FEI_HELIOS, TAG_TESCAN, TAG_ZEISS_SEM
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class SEMTags:
     fei_image_height_px: ``[Image] ResolutionY`` of the FEI tag (the image height without
         the data bar), written only with fei_pixel_size_um.
     zeiss_pixel_size: (value, unit) for Zeiss tag 34118, e.g. (50.0, "nm") or (0.05, "µm").
+    tescan_pixel_size_um: TESCAN tag 50431 (bytes), ``PixelSizeX=`` in metres.
     imagej_pixel_size_um: ImageJ description ``unit=micron`` + XResolution (pixels per µm).
     resolution_pixel_size_um: plain TIFF XResolution in pixels per centimetre
         (ignored when imagej_pixel_size_um is set: both use XResolution).
@@ -32,6 +34,7 @@ class SEMTags:
     fei_pixel_size_um: float | None = None
     fei_image_height_px: int | None = None
     zeiss_pixel_size: tuple[float, str] | None = None
+    tescan_pixel_size_um: float | None = None
     imagej_pixel_size_um: float | None = None
     resolution_pixel_size_um: float | None = None
 
@@ -54,6 +57,31 @@ def zeiss_text(value: float, unit: str) -> str:
     lines = ["0", "0", "DP_DETECTOR_TYPE", "Detector = InLens", "AP_IMAGE_PIXEL_SIZE",
              f"Image Pixel Size = {value:g} {unit}", "AP_WD", "WD = 5.1 mm"]
     return "\r\n".join(lines) + "\r\n"
+
+
+def tescan_bytes(pixel_size_um: float) -> bytes:
+    """A TESCAN tag 50431 payload: a binary header, then ``Key=Value`` lines (pixel size in metres)."""
+    lines = ["[MAIN]", "Description=", "Device=MIRA3", f"PixelSizeX={pixel_size_um * 1e-6!r}",
+             f"PixelSizeY={pixel_size_um * 1e-6!r}", "HV=15000.0"]
+    return b"\x00\x01\x02\x03" * 4 + ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def write_hitachi_txt(image_path: str | Path, pixel_size_um: float) -> Path:
+    """The text file a Hitachi SEM saves beside `image_path` (same name, ``.txt``): ``PixelSize`` in nm."""
+    lines = ["[SemImageFile]", "InstructName=S-4800", "SerialNumber=123456-01", "DataSize=1280x960",
+             f"PixelSize={pixel_size_um * 1e3:g}", "AcceleratingVoltage=5000 Volt", "Magnification=20000"]
+    path = Path(image_path).with_suffix(".txt")
+    path.write_text("\r\n".join(lines) + "\r\n", encoding="ascii")
+    return path
+
+
+def write_jeol_txt(image_path: str | Path, marker: str, bar_px: int) -> Path:
+    """The text file a JEOL SEM saves beside `image_path`: a scale marker (e.g. "1um") `bar_px` pixels long."""
+    lines = ["$CM_FORMAT JEOL/SEM", "$CM_LABEL JEOL", "$CM_FULL_SIZE 1280 960", "$CM_MAG 5000",
+             f"$$SM_MICRON_BAR {int(bar_px)}", f"$$SM_MICRON_MARKER {marker}", "$SEM_DATA_VERSION 1"]
+    path = Path(image_path).with_suffix(".txt")
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return path
 
 
 def write_sem_tiff(path: str | Path, pages: np.ndarray | list[np.ndarray], tags: SEMTags) -> Path:
@@ -84,6 +112,8 @@ def write_sem_tiff(path: str | Path, pages: np.ndarray | list[np.ndarray], tags:
         # Zeiss writes Windows-1252 text (µ is byte 0xB5); tifffile decodes it back.
         text = zeiss_text(*tags.zeiss_pixel_size)
         extratags.append((TAG_ZEISS_SEM, "s", 0, text.encode("cp1252"), True))
+    if tags.tescan_pixel_size_um is not None:
+        extratags.append((TAG_TESCAN, 7, 0, tescan_bytes(tags.tescan_pixel_size_um), True))  # 7: UNDEFINED
     kwargs: dict = {}
     imagej = tags.imagej_pixel_size_um is not None
     if imagej:
