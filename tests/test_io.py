@@ -77,11 +77,12 @@ def test_pixel_size_precedence(tmp_path):
 def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
     hitachi = write_sem_tiff(tmp_path / "h.tif", _noisy(), SEMTags())
     write_hitachi_txt(hitachi, 0.0099)
-    jeol = tmp_path / "j.png"
+    jeol = tmp_path / "j.bmp"  # a JEOL save: BMP with its text file
     Image.fromarray(_noisy()).save(jeol)
     write_jeol_txt(jeol, "1um", 120)
     for path, size_um, source in ((hitachi, 0.0099, "hitachi"), (jeol, 1 / 120, "jeol")):
         (page,) = read_image_pages(path, coco_pixel_sizes={path.name: 0.2})  # the microscope's file wins over COCO
+        assert np.array_equal(page.pixels, _noisy())
         assert (page.pixel_size_um, page.pixel_size_source) == (pytest.approx(size_um), source)
         assert read_pixel_size(path) == type(read_pixel_size(path))(page.pixel_size_um, source)
     nm = tmp_path / "nm.tif"

@@ -65,7 +65,7 @@ def test_no_input_images_is_one_line_and_exit_2_before_any_output(tmp_path, layo
     folder.mkdir()
     spec = str(folder)
     if layout == "only unsupported files":
-        (folder / "a.bmp").write_bytes(b"BM")
+        (folder / "a.emd").write_bytes(b"\x89HDF")
         (folder / "b.dm4").write_bytes(b"\0")
     elif layout == "glob typo":
         (folder / "x.tif").write_bytes(b"")
@@ -74,7 +74,7 @@ def test_no_input_images_is_one_line_and_exit_2_before_any_output(tmp_path, layo
     line = _one_line_usage_error(lambda: infer(_cfg(spec, out)), capsys)
     assert "no input images" in line and spec in line
     if layout == "only unsupported files":
-        assert "1 .bmp" in line and "1 .dm4" in line
+        assert "1 .emd" in line and "1 .dm4" in line
     assert not out.exists()
 
 
@@ -93,24 +93,24 @@ def test_unsupported_files_are_skipped_rows_counted_in_the_final_line(tmp_path, 
     folder = tmp_path / "in"
     (folder / "A").mkdir(parents=True)
     (folder / "A" / "f0.tif").write_bytes((fields / "A" / "f0.tif").read_bytes())
-    for name in ("A/x.bmp", "y.bmp", "z.dm4"):
+    for name in ("A/x.emd", "y.emd", "z.dm4"):
         (folder / name).write_bytes(b"\0")
     out = tmp_path / "out"
     cfg = _cfg(folder, out)
     infer(cfg)  # no SystemExit: skipped files are not failures
-    assert "3 files skipped (2 .bmp, 1 .dm4)" in capsys.readouterr().out
+    assert "3 files skipped (2 .emd, 1 .dm4)" in capsys.readouterr().out
     outcome = run(_cfg(folder, tmp_path / "again"))
     assert outcome.exit_code == 0 and outcome.n_images == 1 and not outcome.failures
     errors = pd.read_csv(out / "errors.csv")
-    assert sorted(Path(p).name for p in errors["image"]) == ["x.bmp", "y.bmp", "z.dm4"]
-    assert set(errors["error"]) == {"skipped: unsupported format .bmp", "skipped: unsupported format .dm4"}
+    assert sorted(Path(p).name for p in errors["image"]) == ["x.emd", "y.emd", "z.dm4"]
+    assert set(errors["error"]) == {"skipped: unsupported format .emd", "skipped: unsupported format .dm4"}
 
 
 def test_a_resume_with_nothing_to_do_leaves_the_skipped_rows_and_every_file_as_they_were(tmp_path, fields):
     folder = tmp_path / "in"
     folder.mkdir()
     (folder / "f0.tif").write_bytes((fields / "A" / "f0.tif").read_bytes())
-    (folder / "x.bmp").write_bytes(b"\0")
+    (folder / "x.emd").write_bytes(b"\0")
     out = tmp_path / "out"
     run(_cfg(folder, out))
     before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*") if p.is_file() and p.name != "infer.log"}

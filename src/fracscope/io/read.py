@@ -1,4 +1,4 @@
-"""Read SEM image files (TIFF, PNG, JPEG) into `SEMImage` pages with their pixel size."""
+"""Read SEM image files (TIFF, PNG, JPEG, BMP) into `SEMImage` pages with their pixel size."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from fracscope.io.scalebar import scale_bar_pixel_size_um
 from fracscope.types import ReadFailure, SEMImage
 
 TIFF_SUFFIXES: frozenset[str] = frozenset({".tif", ".tiff"})
-SUPPORTED_SUFFIXES: frozenset[str] = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg"}
+SUPPORTED_SUFFIXES: frozenset[str] = TIFF_SUFFIXES | {".png", ".jpg", ".jpeg", ".bmp"}  # BMP: some JEOL and Hitachi saves
 
 # ITU-R BT.601 luma weights: what ImageJ and most SEM software use for RGB -> grey.
 _LUMA = np.array([0.299, 0.587, 0.114])
@@ -155,7 +155,7 @@ def read_image_pages(
     Parameters
     ----------
     path : str or Path
-        A TIFF (8/16-bit, float, multi-page, RGB(A)), PNG or JPEG file.
+        A TIFF (8/16-bit, float, multi-page, RGB(A)), PNG, JPEG or BMP file.
     pixel_size_um : float, optional
         Override for every page (source "override").
     coco_pixel_sizes : mapping, optional
