@@ -87,8 +87,11 @@ def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
         assert read_pixel_size(path) == type(read_pixel_size(path))(page.pixel_size_um, source)
     nm = tmp_path / "nm.tif"
     write_sem_tiff(nm, _noisy(), SEMTags())
-    write_jeol_txt(nm, "500nm", 50)
-    assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.01)
+    for marker, bar_px in (("500nm", 50), ("5µm", 500)):
+        write_jeol_txt(nm, marker, bar_px)
+        assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.01)
+    nm.with_suffix(".txt").write_text("[SemImageFile]\r\nPixelSize=0.012 um\r\n")
+    assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.012)
     # The image's own tags win; a text file that states no pixel size, or a nonsense one, gives none.
     tagged = write_sem_tiff(tmp_path / "t.tif", _noisy(), SEMTags(fei_pixel_size_um=0.05))
     write_hitachi_txt(tagged, 0.0099)

@@ -169,12 +169,15 @@ def tescan_pixel_size_um(payload: Any) -> float | None:
 
 
 def hitachi_pixel_size_um(text: str) -> float | None:
-    """``PixelSize=`` (nm) of a Hitachi SEM text file (section ``[SemImageFile]``) in µm."""
+    """``PixelSize=`` (nm unless a unit follows) of a Hitachi SEM text file (section ``[SemImageFile]``) in µm."""
     if "[SemImageFile]" not in text:
         return None
-    match = re.search(r"^\s*PixelSize\s*=\s*([0-9.eE+-]+)\s*$", text, re.MULTILINE)
+    match = re.search(r"^\s*PixelSize\s*=\s*([0-9.eE+-]+)\s*([^\s0-9.]*)\s*$", text, re.MULTILINE)
+    if not match:
+        return None
+    scale = unit_to_um(match.group(2)) if match.group(2) else 1e-3
     try:
-        return _plausible(float(match.group(1)) * 1e-3) if match else None
+        return _plausible(float(match.group(1)) * scale) if scale is not None else None
     except ValueError:
         return None
 
@@ -205,9 +208,14 @@ def sidecar_pixel_size(path: str | Path) -> PixelSize:
     else:
         return PixelSize(None, "none")
     try:
-        text = sidecar.read_bytes()[:1_000_000].decode("latin-1")  # a vendor file is a few kB of text
+        with open(sidecar, "rb") as f:
+            raw = f.read(1_000_000)  # a vendor's file is a few kB of text
     except OSError:
         return PixelSize(None, "none")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
     for source, parse in (("hitachi", hitachi_pixel_size_um), ("jeol", jeol_pixel_size_um)):
         value_um = parse(text)
         if value_um is not None:

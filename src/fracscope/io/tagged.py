@@ -80,7 +80,7 @@ def write_jeol_txt(image_path: str | Path, marker: str, bar_px: int) -> Path:
     lines = ["$CM_FORMAT JEOL/SEM", "$CM_LABEL JEOL", "$CM_FULL_SIZE 1280 960", "$CM_MAG 5000",
              f"$$SM_MICRON_BAR {int(bar_px)}", f"$$SM_MICRON_MARKER {marker}", "$SEM_DATA_VERSION 1"]
     path = Path(image_path).with_suffix(".txt")
-    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
