@@ -94,11 +94,6 @@ def _finish(
     pixels = to_grey(pixels)
     if options.pixel_size_um is not None:
         size = PixelSize(float(options.pixel_size_um), "override")
-    elif size.value_um is None:
-        size = sidecar_pixel_size(source)
-        coco = coco_pixel_size_um(source, options.coco_pixel_sizes) if size.value_um is None else None
-        if coco is not None:
-            size = PixelSize(coco, "coco")
     if size.value_um is None:
         # Last resort, read before the bar is cropped: the scale bar in the data bar.
         reading = scale_bar_pixel_size_um(pixels, bar_rows)
@@ -109,8 +104,19 @@ def _finish(
     return SEMImage(pixels=pixels, pixel_size_um=size.value_um, pixel_size_source=size.source, source=source, page=page)
 
 
+def _size_beside(path: str | Path, coco_pixel_sizes: Mapping[str, float] | None) -> PixelSize:
+    """A file's pixel size from outside its tags: the microscope's text file beside it, else the COCO mapping."""
+    size = sidecar_pixel_size(path)
+    if size.value_um is None:
+        coco = coco_pixel_size_um(path, coco_pixel_sizes)
+        if coco is not None:
+            size = PixelSize(coco, "coco")
+    return size
+
+
 def _read_tiff(path: Path, options: ReadOptions) -> list[SEMImage]:
     images: list[SEMImage] = []
+    beside: PixelSize | None = None  # looked up once per file, when a page has no tagged size
     with tifffile.TiffFile(path) as tif:
         pages = [p for p in tif.pages if isinstance(p, tifffile.TiffPage) and not _is_reduced(p)]
         if not pages:
@@ -122,6 +128,9 @@ def _read_tiff(path: Path, options: ReadOptions) -> list[SEMImage]:
             # ImageJ and some vendors tag only the first page of a stack.
             if size.value_um is None:
                 size = first
+            if size.value_um is None and options.pixel_size_um is None:
+                beside = beside or _size_beside(path, options.coco_pixel_sizes)
+                size = beside
             fei: dict = {}
             for code in (TAG_FEI_SFEG, TAG_FEI_HELIOS):
                 value = page.tags.valueof(code)
@@ -141,7 +150,8 @@ def _read_pil(path: Path, options: ReadOptions) -> list[SEMImage]:
         if im.mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         pixels = np.asarray(im)
-    return [_finish(pixels, PixelSize(None, "none"), str(path), 0, None, options)]
+    size = _size_beside(path, options.coco_pixel_sizes) if options.pixel_size_um is None else PixelSize(None, "none")
+    return [_finish(pixels, size, str(path), 0, None, options)]
 
 
 def read_image_pages(
@@ -209,13 +219,7 @@ def read_pixel_size(
             size = tiff_page_pixel_size(pages[page], tif.imagej_metadata)
             if size.value_um is None and page > 0:
                 size = tiff_page_pixel_size(pages[0], tif.imagej_metadata)
-    if size.value_um is None:
-        size = sidecar_pixel_size(path)
-    if size.value_um is None:
-        coco = coco_pixel_size_um(path, coco_pixel_sizes)
-        if coco is not None:
-            size = PixelSize(coco, "coco")
-    return size
+    return size if size.value_um is not None else _size_beside(path, coco_pixel_sizes)
 
 
 def load_file(path: str | Path, options: ReadOptions | None = None) -> list[SEMImage | ReadFailure]:
