@@ -44,7 +44,7 @@ from skimage.segmentation import relabel_sequential
 
 from fracscope.crop import NORM_PERCENTILES, normalize_intensity
 from fracscope.detect.base import Detector
-from fracscope.detect.postprocess import grow_labels, labels_from_maps, mean_per_label
+from fracscope.detect.postprocess import grow_labels, labels_from_maps, object_scores
 from fracscope.model_file import DETECTOR_INPUT_NAME, DETECTOR_OUTPUT_NAMES, DetectorMetadata, open_onnx_session
 from fracscope.types import SEMImage
 
@@ -138,7 +138,7 @@ class LearnedDetection:
 
     labels: uint32 (H, W) at the image's resolution, 0 = matrix, objects 1..N.
     scores: float32 (N,), score of label k at index k - 1: mean foreground probability
-        over the object's pixels at working scale.
+        over the object's foreground pixels at working scale (`postprocess.object_scores`).
     foreground_prob, distance: the network's maps at working scale (unpadded).
     scale: working pixels per image pixel.
     """
@@ -284,7 +284,7 @@ class LearnedDetector(Detector):
             px = self._pixel_size_for(image)
         fg, dist, scale = self.predict_maps(pixels, px)
         small = labels_from_maps(fg, dist, params=self.params)
-        scores = mean_per_label(fg, small)[1:].astype(np.float32)
+        scores = object_scores(fg, small, self.params.foreground_threshold)[1:].astype(np.float32)
         labels = self._to_full_resolution(small, fg, pixels.shape, scale)
         kept = np.unique(labels)
         kept = kept[kept > 0]

@@ -41,7 +41,8 @@ class PostprocessParams:
     min_area_px: objects with fewer pixels are removed.
     fill_holes: holes enclosed by one object become part of it (pores and cracks the
         foreground map missed).
-    min_score: objects whose mean foreground probability is below this are removed:
+    min_score: objects whose score (`object_scores`: the mean foreground probability
+        over the pixels the network calls foreground) is below this are removed:
         matrix features (bright binder clumps) the network only half believes in
         (0 = keep all).
     """
@@ -220,10 +221,26 @@ def labels_from_maps(
         labels = _fill_holes_per_object(labels)
     labels = _drop_small(labels, p.min_area_px)
     if p.min_score > 0 and labels.any():
-        doubtful = mean_per_label(fg_prob, labels) < p.min_score
+        doubtful = object_scores(fg_prob, labels, p.foreground_threshold) < p.min_score
         doubtful[0] = False
         labels[doubtful[labels]] = 0
     return relabel_sequential(labels)[0].astype(np.uint32)
+
+
+def object_scores(foreground_prob: np.ndarray, labels: np.ndarray, foreground_threshold: float = 0.5) -> np.ndarray:
+    """Each object's confidence, indexed by label (entry 0: the background): the mean foreground
+    probability over its pixels above `foreground_threshold`.
+
+    The holes an object was given (`fill_holes`: its cracks and pores, where the network sees
+    matrix) do not count: over all of its pixels, a cracked particle scored as low as a binder
+    clump the network half believes in, and `min_score` dropped it (a real Pt-infiltrated
+    section with a crack network: 0.926 against the shipped cut-off of 0.94)."""
+    fg = np.asarray(foreground_prob, np.float64).ravel()
+    labels = np.asarray(labels).ravel()
+    n = int(labels.max(initial=0)) + 1
+    believed = fg > foreground_threshold
+    total = np.bincount(labels[believed], weights=fg[believed], minlength=n)
+    return total / np.maximum(np.bincount(labels[believed], minlength=n), 1)
 
 
 def mean_per_label(values: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     detector.add_argument("--foreground-threshold", type=float, default=None)
     detector.add_argument("--seed-threshold", type=float, default=None)
     detector.add_argument("--min-score", type=float, default=None,
-                          help="drop objects whose mean foreground probability is lower (default 0: keep all)")
+                          help="drop objects whose score (mean foreground probability over their foreground pixels) is lower (default 0: keep all)")
     return parser
 
 

@@ -54,7 +54,7 @@ TRAINED_RANGE_FACTOR = 3.0
 # images of ../shared/real at the pixel sizes tried; below 0.7 most particles sit near a class
 # boundary and the image's class fractions are unreliable.
 MIN_MEAN_CLASS_CONFIDENCE = 0.7
-# Mean of the learned detector's object scores (mean foreground probability inside each object).
+# Mean of the learned detector's object scores (`detect.postprocess.object_scores`).
 # The shipped file's own cut-off (min_score) drops objects under 0.94, so the mean of the kept ones
 # lies in 0.94-1: 0.99 on generated fields, 0.966-0.971 on the two real images of ../shared/real.
 # Under 0.96 most kept objects sit at the cut-off. (It did not separate the Pt-infiltrated image,
