@@ -9,7 +9,7 @@ import pytest
 
 from fracscope.assets import resolve_phase_model
 from fracscope.calibrate import evidence, main, run
-from fracscope.classify import SECTION_FEATURES, CrackClassifier, class_rule_from_dict
+from fracscope.classify import SECTION_FEATURES, CrackClassifier, class_rule_from_dict, damage_evidence_sign
 from fracscope.model_file import PhaseMetadata, read_metadata
 from fracscope.scores import ClassScores
 from fracscope.types import CLASS_NAMES
@@ -22,6 +22,19 @@ def _shipped() -> CrackClassifier:
     rule = class_rule_from_dict(read_metadata(resolve_phase_model(None), PhaseMetadata).class_rule)
     assert isinstance(rule, CrackClassifier)
     return rule
+
+
+def assert_monotone(rule: CrackClassifier) -> None:
+    """More damage evidence never makes intact more likely against either damaged class."""
+    coef = np.asarray(rule.coef)
+    for j, name in enumerate(rule.features):
+        sign = damage_evidence_sign(name)
+        for damaged in (MILD, BROKEN):
+            assert sign * (coef[damaged, j] - coef[INTACT, j]) >= -1e-9, (name, CLASS_NAMES[damaged], coef[:, j])
+
+
+def test_the_shipped_rule_is_monotone():
+    assert_monotone(_shipped())
 
 
 def constructed_table(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
@@ -73,6 +86,7 @@ def test_calibration_recovers_a_shifted_intact_mild_boundary(tmp_path, strength)
     assert (result.rule.predict_proba(x[long_]).argmax(1) == MILD).mean() > 0.8
     assert result.n_per_class == tuple(np.bincount(label[fit], minlength=3))
     assert result.kappa_cv > result.kappa_shipped
+    assert_monotone(result.rule)
     assert result.strength == strength or strength == "auto"
 
 

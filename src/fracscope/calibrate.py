@@ -135,11 +135,12 @@ def evidence(rows: pd.DataFrame, features: Sequence[str]) -> np.ndarray:
 
 def fit_rule(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None, strength: float | None) -> CrackClassifier:
     """The lab's rule: pulled towards `shipped` with L2 `strength`, or (None / no shipped logistic) refitted from
-    scratch with a small L2 towards 0."""
+    scratch with a small L2 towards 0; bounded as the shipped rule is (`CrackClassifier.fit(monotone=True)`),
+    so that a few labels cannot teach it that more crack means intact."""
     features = shipped.features if shipped is not None else CRACK_FEATURES
     if strength is None or shipped is None:
-        return CrackClassifier.fit(x, y, features, l2=PLAIN_L2)
-    return CrackClassifier.fit(x, y, features, l2=strength, prior=shipped)
+        return CrackClassifier.fit(x, y, features, l2=PLAIN_L2, monotone=True)
+    return CrackClassifier.fit(x, y, features, l2=strength, prior=shipped, monotone=True)
 
 
 def cross_validated(x: np.ndarray, y: np.ndarray, shipped: CrackClassifier | None, strength: float | None,
