@@ -235,19 +235,21 @@ def object_scores(foreground_prob: np.ndarray, labels: np.ndarray, foreground_th
     matrix) do not count: over all of its pixels, a cracked particle scored as low as a binder
     clump the network half believes in, and `min_score` dropped it (a real Pt-infiltrated
     section with a crack network: 0.926 against the shipped cut-off of 0.94)."""
-    fg = np.asarray(foreground_prob, np.float64).ravel()
+    fg = np.asarray(foreground_prob)
+    return mean_per_label(fg, labels, where=fg > foreground_threshold)
+
+
+def mean_per_label(values: np.ndarray, labels: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+    """Mean of `values` over each label of `labels`, indexed by label (entry 0: the background); with `where`
+    (bool, as `labels`), over those pixels only (0 for a label with none)."""
     labels = np.asarray(labels).ravel()
+    values = np.asarray(values, np.float64).ravel()
     n = int(labels.max(initial=0)) + 1
-    believed = fg > foreground_threshold
-    total = np.bincount(labels[believed], weights=fg[believed], minlength=n)
-    return total / np.maximum(np.bincount(labels[believed], minlength=n), 1)
-
-
-def mean_per_label(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Mean of `values` over each label of `labels`, indexed by label (entry 0: the background)."""
-    n = int(labels.max()) + 1
-    total = np.bincount(labels.ravel(), weights=np.asarray(values, np.float64).ravel(), minlength=n)
-    return total / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
+    if where is not None:
+        keep = np.asarray(where, bool).ravel()
+        labels, values = labels[keep], values[keep]
+    total = np.bincount(labels, weights=values, minlength=n)
+    return total / np.maximum(np.bincount(labels, minlength=n), 1)
 
 
 def grow_labels(labels: np.ndarray, distance: float) -> np.ndarray:
