@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -174,7 +175,7 @@ def test_an_estimated_pixel_size_too_coarse_for_the_networks_is_flagged_and_said
     assert image_quality(untrained).flags == ()
 
 
-def test_uneven_illumination_is_flagged_over_the_limit_and_said_in_words(tmp_path):
+def test_uneven_illumination_is_flagged_over_the_limit_and_said_in_words(tmp_path, caplog):
     from fracscope.illumination import SHADING_LIMIT
 
     parts = [_particle(1, (10, 10, 40, 40), 8.0), _particle(2, (50, 50, 80, 80), 9.0)]
@@ -193,6 +194,16 @@ def test_uneven_illumination_is_flagged_over_the_limit_and_said_in_words(tmp_pat
     result.illumination_evened = False
     (reason,) = describe_flags(image_row(result), TRAINED)
     assert "not evened out, even_illumination=false" in reason
+    # A warning per image only where the drift was left as it is (evened out: summary.md says it).
+    for evened, warned in [(False, True), (True, False)]:
+        result.illumination_evened = evened
+        with caplog.at_level(logging.WARNING, logger="fracscope.report.writer"):
+            caplog.clear()
+            ReportWriter(tmp_path / str(evened), {"report": {"n_boot": 10, "write_plots": False,
+                                                            "write_review": False}},
+                         {"phase_model_metadata": {"pixel_size_range_um": list(TRAINED)}}).add(result)
+        said = [r.getMessage() for r in caplog.records if "uneven illumination" in r.getMessage()]
+        assert said == ([f"img.tif: {reason}"] if warned else []), said
     # summary.md reads it back from images.csv (True as written there).
     result.illumination_evened = True
     writer = ReportWriter(tmp_path, {"report": {"n_boot": 10, "write_plots": False, "write_review": False}},

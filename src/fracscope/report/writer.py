@@ -14,7 +14,14 @@ from fracscope.report.coco import CocoWriter
 from fracscope.report.markdown import write_summary_md
 from fracscope.report.options import ReportOptions
 from fracscope.report.plots import write_plots
-from fracscope.report.quality import COARSE_PIXELS, EDGE_CONTRAST, SCALE_IMPLAUSIBLE, describe_flags, parse_flags
+from fracscope.report.quality import (
+    COARSE_PIXELS,
+    EDGE_CONTRAST,
+    SCALE_IMPLAUSIBLE,
+    UNEVEN_ILLUMINATION,
+    describe_flags,
+    parse_flags,
+)
 from fracscope.report.record import (
     INSTANCES_DIR,
     PHASES_DIR,
@@ -176,9 +183,12 @@ class ReportWriter:
         return True
 
     def _warn_unreliable(self, row: Mapping[str, object]) -> None:
-        """A warning per image whose scale looks wrong or too coarse for the networks, or whose contrast they
-        were not trained on (SE-like edges); images.csv flags it too. Names the likely cause."""
-        warned = (SCALE_IMPLAUSIBLE, COARSE_PIXELS, EDGE_CONTRAST)
+        """A warning per image whose scale looks wrong or too coarse for the networks, whose contrast they
+        were not trained on (SE-like edges), or whose uneven illumination was left as it is
+        (even_illumination=false); images.csv flags it too. Names the likely cause."""
+        warned = [SCALE_IMPLAUSIBLE, COARSE_PIXELS, EDGE_CONTRAST]
+        if str(row.get("illumination_evened")) not in ("True", "true", "1"):
+            warned.append(UNEVEN_ILLUMINATION)  # evened out: handled, said in summary.md only
         for flag in (f for f in warned if f in parse_flags(row.get("quality_flags"))):
             (words,) = describe_flags({**row, "quality_flags": flag}, trained_pixel_sizes(self.provenance))
             page = f" page {row['page']}" if row.get("page") else ""
