@@ -1,7 +1,7 @@
 """Learned vs classical particle detector on the frozen held-out synthetic electrode fields.
 
 Usage: ``python bench/detection.py [--model detector.onnx] [--fields 4] [--json out.json]
-[--foreground-threshold F --seed-threshold S]``
+[--foreground-threshold F --seed-threshold S] [--synth KEY=VALUE ...]``
 
 Without ``--model`` only the classical detector runs. Fields: ``--fields`` per preset
 (gp and p) of `conf/synth/heldout.yaml` (seed 9001, 0.07 µm/px, 768 x 1024 px, more
@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -264,6 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed-threshold", type=float, default=None, help="likewise")
     parser.add_argument("--min-score", type=float, default=None,
                         help="likewise (choose it with bench/detector_min_score.py)")
+    parser.add_argument("--synth", action="append", default=[], metavar="KEY=VALUE",
+                        help="fracscope.synth override of the held-out fields, e.g. 'particle.crack_width_um=[0.4,0.8]' "
+                             "(a stress check; thresholds are never chosen on these fields)")
     args = parser.parse_args(argv)
 
     dets = detectors(args.model, args.threads, foreground_threshold=args.foreground_threshold,
@@ -274,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mps = throughput(predict, speed_field.image)
         for preset in ("gp", "p"):
             evals = []
-            for item in heldout_fields(preset, args.fields):
+            for item in heldout_fields(preset, args.fields, args.synth):
                 labels, scores = predict(item.image)
                 evals.append(evaluate_image(item, labels, scores))
             row = pool(name, preset, evals)
@@ -282,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(row)
             print(f"{name} {preset}: AP50 {row.ap50:.3f} AP75 {row.ap75:.3f} ({row.n_gt} GT)", flush=True)
     print(table(rows))
+    print("reproduce: python bench/detection.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
     return 0
