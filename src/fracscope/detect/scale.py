@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from fracscope.detect.postprocess import labels_from_maps, mean_per_label
+from fracscope.detect.postprocess import labels_from_maps, object_scores
 
 # The learned detector (`fracscope.detect.learned.LearnedDetector`, which calls this module): anything
 # with its `predict_maps(pixels, pixel_size_um)` and `params`.
@@ -191,7 +191,7 @@ def detect_candidate(pixels: np.ndarray, detector: LearnedDetector, pixel_size_u
     for k in np.flatnonzero(on_border & (areas > 0)):
         fitted = fitted_circle_diameter_px(labels == k + 1) * detector.working_pixel_size_um
         diameters[k] = min(max(diameters[k], fitted), MAX_CUT_GROWTH * diameters[k])
-    scores = mean_per_label(fg, labels)[1:]
+    scores = object_scores(fg, labels, detector.params.foreground_threshold)[1:]  # the detector's own score
     present = areas > 0
     return summarise_objects(pixel_size_um, diameters[present], areas[present], scores[present], int(fg.size))
 
