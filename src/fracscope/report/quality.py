@@ -283,6 +283,11 @@ def _number(row: Mapping[str, object], column: str) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def illumination_evened(row: Mapping[str, object]) -> bool:
+    """Whether an images.csv row's image was evened out (True in memory, "True" read back from the CSV)."""
+    return str(row.get("illumination_evened")) in ("True", "true", "1")
+
+
 def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] | None = None) -> list[str]:
     """One phrase per flag of an images.csv row (values as written or as read back), `FLAGS` order."""
     words = []
@@ -316,7 +321,7 @@ def describe_flags(row: Mapping[str, object], trained_range_um: Sequence[float] 
             drift = _number(row, "shading")
             how = f"drifts by {drift:.0%}" if drift is not None else "drifts"
             done = (" (evened out before detection and measurement; check the overlay)"
-                    if str(row.get("illumination_evened")) in ("True", "true", "1")
+                    if illumination_evened(row)
                     else " (not evened out, even_illumination=false: sections on the dark side may be missed)")
             words.append(f"uneven illumination: the particles' grey level {how} across the image{done}")
         elif flag == EDGE_CONTRAST:

@@ -20,6 +20,7 @@ from fracscope.report.quality import (
     SCALE_IMPLAUSIBLE,
     UNEVEN_ILLUMINATION,
     describe_flags,
+    illumination_evened,
     parse_flags,
 )
 from fracscope.report.record import (
@@ -187,7 +188,7 @@ class ReportWriter:
         were not trained on (SE-like edges), or whose uneven illumination was left as it is
         (even_illumination=false); images.csv flags it too. Names the likely cause."""
         warned = [SCALE_IMPLAUSIBLE, COARSE_PIXELS, EDGE_CONTRAST]
-        if str(row.get("illumination_evened")) not in ("True", "true", "1"):
+        if not illumination_evened(row):
             warned.append(UNEVEN_ILLUMINATION)  # evened out: handled, said in summary.md only
         for flag in (f for f in warned if f in parse_flags(row.get("quality_flags"))):
             (words,) = describe_flags({**row, "quality_flags": flag}, trained_pixel_sizes(self.provenance))
