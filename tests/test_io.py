@@ -27,6 +27,9 @@ from fracscope.io.tagged import write_hitachi_txt, write_jeol_txt
 from fracscope.types import SEMImage
 
 
+SAVED_SIZE = (80, 64)  # width, height of _noisy(): the size a microscope's text file states for it
+
+
 def _noisy(shape=(64, 80), dtype=np.uint8, seed=0):
     rng = np.random.default_rng(seed)
     hi = np.iinfo(dtype).max
@@ -76,10 +79,10 @@ def test_pixel_size_precedence(tmp_path):
 
 def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
     hitachi = write_sem_tiff(tmp_path / "h.tif", _noisy(), SEMTags())
-    write_hitachi_txt(hitachi, 0.0099)
+    write_hitachi_txt(hitachi, 0.0099, SAVED_SIZE)
     jeol = tmp_path / "j.bmp"  # a JEOL save: BMP with its text file
     Image.fromarray(_noisy()).save(jeol)
-    write_jeol_txt(jeol, "1um", 120)
+    write_jeol_txt(jeol, "1um", 120, SAVED_SIZE)
     for path, size_um, source in ((hitachi, 0.0099, "hitachi"), (jeol, 1 / 120, "jeol")):
         (page,) = read_image_pages(path, coco_pixel_sizes={path.name: 0.2})  # the microscope's file wins over COCO
         assert np.array_equal(page.pixels, _noisy())
@@ -88,7 +91,7 @@ def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
     nm = tmp_path / "nm.tif"
     write_sem_tiff(nm, _noisy(), SEMTags())
     for marker, bar_px in (("500nm", 50), ("5µm", 500)):
-        write_jeol_txt(nm, marker, bar_px)
+        write_jeol_txt(nm, marker, bar_px, SAVED_SIZE)
         assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.01)
     nm.with_suffix(".txt").write_text("[SemImageFile]\r\nPixelSize=0.012 um\r\n")
     assert read_image_pages(nm)[0].pixel_size_um == pytest.approx(0.012)
@@ -101,6 +104,26 @@ def test_pixel_size_from_the_microscopes_text_file_beside_the_image(tmp_path):
         write_sem_tiff(tmp_path / name, _noisy(), SEMTags())
         (tmp_path / name).with_suffix(".txt").write_text(text)
         assert read_image_pages(tmp_path / name)[0].pixel_size_source == "none"
+
+
+def test_a_resized_copy_gets_its_own_pixel_size_from_the_text_file(tmp_path):
+    # The text files state the size their pixel size refers to (Hitachi DataSize, JEOL $CM_FULL_SIZE, 1280 x 960
+    # here): a copy saved at 80 px wide (1/16, 64 rows: the 960 image rows plus a data bar, scaled) has pixels 16x
+    # larger; a crop keeps the stated size.
+    resized = write_sem_tiff(tmp_path / "r.tif", _noisy(), SEMTags())
+    cropped = tmp_path / "c.png"
+    Image.fromarray(_noisy((40, 80))).save(cropped)  # 40 x 80 px cut out of the 1280 x 960 image: not a resize
+    for write, stated_um in ((lambda p: write_hitachi_txt(p, 0.01), 0.01), (lambda p: write_jeol_txt(p, "1um", 100), 0.01)):
+        write(resized)
+        write(cropped)
+        (page,) = read_image_pages(resized)
+        assert page.pixel_size_um == pytest.approx(16 * stated_um)
+        assert read_pixel_size(resized).value_um == pytest.approx(16 * stated_um)
+        assert read_image_pages(cropped)[0].pixel_size_um == pytest.approx(stated_um)
+        assert read_pixel_size(cropped).value_um == pytest.approx(stated_um)
+    # A file that states no size keeps its pixel size whatever the image's.
+    resized.with_suffix(".txt").write_text("[SemImageFile]\r\nPixelSize=10\r\n")
+    assert read_image_pages(resized)[0].pixel_size_um == pytest.approx(0.01)
 
 
 def test_an_images_text_file_is_not_a_passed_over_file(tmp_path):

@@ -12,6 +12,8 @@ Sources, first present wins (recorded as ``PixelSize.source``):
 6. the microscope's text file beside the image (same name, ``.txt``):
    Hitachi ``[SemImageFile]`` ``PixelSize=`` (nm)         -> "hitachi", or
    JEOL ``$$SM_MICRON_MARKER`` over ``$$SM_MICRON_BAR`` px -> "jeol"
+   (for a copy resized from the size the file states, ``DataSize`` /
+   ``$CM_FULL_SIZE``, scaled to the copy: `size_for_saved_image`)
 7. a COCO ``pixel_size_um`` looked up by file name         -> "coco"
 8. the scale bar in the image's data bar (needs the pixels,
    so applied in `fracscope.io.read`; `fracscope.io.scalebar`) -> "scale_bar"
@@ -168,6 +170,34 @@ def tescan_pixel_size_um(payload: Any) -> float | None:
         return None
 
 
+def sidecar_image_size_px(text: str) -> tuple[int, int] | None:
+    """(width, height) in pixels of the image a Hitachi (``DataSize=1280x960``) or JEOL (``$CM_FULL_SIZE 1280 960``)
+    text file describes: the size its pixel size refers to, data bar excluded."""
+    match = (re.search(r"^\s*DataSize\s*=\s*(\d+)\s*[xX]\s*(\d+)\s*$", text, re.MULTILINE)
+             or re.search(r"^\s*\$+CM_FULL_SIZE\s+(\d+)\s+(\d+)\s*$", text, re.MULTILINE))
+    if not match or not int(match.group(1)) or not int(match.group(2)):
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def size_for_saved_image(value_um: float, stated_px: tuple[int, int] | None, shape_px: tuple[int, int] | None) -> float:
+    """A text file's pixel size for the image as saved (`shape_px` = rows, columns).
+
+    A copy resized as a whole (its width differs from the `stated_px` one and its height matches the same
+    factor, with room for a data bar below) has pixels `stated width / saved width` times larger; a crop,
+    or an image the size the file states, keeps the stated size.
+    """
+    if stated_px is None or shape_px is None:
+        return value_um
+    (full_w, full_h), (rows, cols) = stated_px, shape_px
+    if cols == full_w or cols <= 0:
+        return value_um
+    factor = full_w / cols
+    if full_h - 2 * factor <= rows * factor <= 1.3 * full_h + 2 * factor:  # a data bar adds up to ~30 % rows
+        return value_um * factor
+    return value_um
+
+
 def hitachi_pixel_size_um(text: str) -> float | None:
     """``PixelSize=`` (nm unless a unit follows) of a Hitachi SEM text file (section ``[SemImageFile]``) in µm."""
     if "[SemImageFile]" not in text:
@@ -197,9 +227,12 @@ def jeol_pixel_size_um(text: str) -> float | None:
     return _plausible(length * scale / bar_px) if scale is not None and bar_px > 0 else None
 
 
-def sidecar_pixel_size(path: str | Path) -> PixelSize:
+def sidecar_pixel_size(path: str | Path, shape_px: tuple[int, int] | None = None) -> PixelSize:
     """Pixel size from the text file a Hitachi or JEOL microscope saves beside the image (same name,
-    ``.txt``); ``PixelSize(None, "none")`` when there is none or it states no pixel size."""
+    ``.txt``); ``PixelSize(None, "none")`` when there is none or it states no pixel size.
+
+    With the saved image's `shape_px` (rows, columns), a copy resized from the size the file states gets
+    its own pixel size (`size_for_saved_image`)."""
     p = Path(path)
     for suffix in SIDECAR_SUFFIXES:
         sidecar = p.with_suffix(suffix)
@@ -219,7 +252,7 @@ def sidecar_pixel_size(path: str | Path) -> PixelSize:
     for source, parse in (("hitachi", hitachi_pixel_size_um), ("jeol", jeol_pixel_size_um)):
         value_um = parse(text)
         if value_um is not None:
-            return PixelSize(value_um, source)
+            return PixelSize(size_for_saved_image(value_um, sidecar_image_size_px(text), shape_px), source)
     return PixelSize(None, "none")
 
 

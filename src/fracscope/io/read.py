@@ -104,14 +104,21 @@ def _finish(
     return SEMImage(pixels=pixels, pixel_size_um=size.value_um, pixel_size_source=size.source, source=source, page=page)
 
 
-def _size_beside(path: str | Path, coco_pixel_sizes: Mapping[str, float] | None) -> PixelSize:
-    """A file's pixel size from outside its tags: the microscope's text file beside it, else the COCO mapping."""
-    size = sidecar_pixel_size(path)
+def _size_beside(path: str | Path, coco_pixel_sizes: Mapping[str, float] | None,
+                 shape_px: tuple[int, int] | None) -> PixelSize:
+    """A file's pixel size from outside its tags: the microscope's text file beside it (for an image of
+    `shape_px`, rows and columns), else the COCO mapping."""
+    size = sidecar_pixel_size(path, shape_px)
     if size.value_um is None:
         coco = coco_pixel_size_um(path, coco_pixel_sizes)
         if coco is not None:
             size = PixelSize(coco, "coco")
     return size
+
+
+def _page_shape(page: tifffile.TiffPage) -> tuple[int, int]:
+    """(rows, columns) of a TIFF page, from its tags."""
+    return int(page.imagelength), int(page.imagewidth)
 
 
 def _read_tiff(path: Path, options: ReadOptions) -> list[SEMImage]:
@@ -129,7 +136,7 @@ def _read_tiff(path: Path, options: ReadOptions) -> list[SEMImage]:
             if size.value_um is None:
                 size = first
             if size.value_um is None and options.pixel_size_um is None:
-                beside = beside or _size_beside(path, options.coco_pixel_sizes)
+                beside = beside or _size_beside(path, options.coco_pixel_sizes, _page_shape(page))
                 size = beside
             fei: dict = {}
             for code in (TAG_FEI_SFEG, TAG_FEI_HELIOS):
@@ -150,7 +157,8 @@ def _read_pil(path: Path, options: ReadOptions) -> list[SEMImage]:
         if im.mode == "P":
             im = im.convert("RGBA" if "transparency" in im.info else "RGB")
         pixels = np.asarray(im)
-    size = _size_beside(path, options.coco_pixel_sizes) if options.pixel_size_um is None else PixelSize(None, "none")
+    size = (_size_beside(path, options.coco_pixel_sizes, pixels.shape[:2]) if options.pixel_size_um is None
+            else PixelSize(None, "none"))
     return [_finish(pixels, size, str(path), 0, None, options)]
 
 
@@ -219,7 +227,14 @@ def read_pixel_size(
             size = tiff_page_pixel_size(pages[page], tif.imagej_metadata)
             if size.value_um is None and page > 0:
                 size = tiff_page_pixel_size(pages[0], tif.imagej_metadata)
-    return size if size.value_um is not None else _size_beside(path, coco_pixel_sizes)
+            shape = _page_shape(pages[page])
+    else:
+        try:
+            with Image.open(path) as im:  # reads the header only
+                shape = (im.height, im.width)
+        except OSError:
+            shape = None  # the pixels fail later, where a bad file is reported
+    return size if size.value_um is not None else _size_beside(path, coco_pixel_sizes, shape)
 
 
 def load_file(path: str | Path, options: ReadOptions | None = None) -> list[SEMImage | ReadFailure]:

@@ -66,18 +66,20 @@ def tescan_bytes(pixel_size_um: float) -> bytes:
     return b"\x00\x01\x02\x03" * 4 + ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
-def write_hitachi_txt(image_path: str | Path, pixel_size_um: float) -> Path:
-    """The text file a Hitachi SEM saves beside `image_path` (same name, ``.txt``): ``PixelSize`` in nm."""
-    lines = ["[SemImageFile]", "InstructName=S-4800", "SerialNumber=123456-01", "DataSize=1280x960",
+def write_hitachi_txt(image_path: str | Path, pixel_size_um: float, size_px: tuple[int, int] = (1280, 960)) -> Path:
+    """The text file a Hitachi SEM saves beside `image_path` (same name, ``.txt``): ``PixelSize`` in nm for an
+    image of `size_px` (width, height; ``DataSize``)."""
+    lines = ["[SemImageFile]", "InstructName=S-4800", "SerialNumber=123456-01", f"DataSize={size_px[0]}x{size_px[1]}",
              f"PixelSize={pixel_size_um * 1e3:g}", "AcceleratingVoltage=5000 Volt", "Magnification=20000"]
     path = Path(image_path).with_suffix(".txt")
     path.write_text("\r\n".join(lines) + "\r\n", encoding="ascii")
     return path
 
 
-def write_jeol_txt(image_path: str | Path, marker: str, bar_px: int) -> Path:
-    """The text file a JEOL SEM saves beside `image_path`: a scale marker (e.g. "1um") `bar_px` pixels long."""
-    lines = ["$CM_FORMAT JEOL/SEM", "$CM_LABEL JEOL", "$CM_FULL_SIZE 1280 960", "$CM_MAG 5000",
+def write_jeol_txt(image_path: str | Path, marker: str, bar_px: int, size_px: tuple[int, int] = (1280, 960)) -> Path:
+    """The text file a JEOL SEM saves beside `image_path`: a scale marker (e.g. "1um") `bar_px` pixels long, for
+    an image of `size_px` (width, height; ``$CM_FULL_SIZE``)."""
+    lines = ["$CM_FORMAT JEOL/SEM", "$CM_LABEL JEOL", f"$CM_FULL_SIZE {size_px[0]} {size_px[1]}", "$CM_MAG 5000",
              f"$$SM_MICRON_BAR {int(bar_px)}", f"$$SM_MICRON_MARKER {marker}", "$SEM_DATA_VERSION 1"]
     path = Path(image_path).with_suffix(".txt")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
